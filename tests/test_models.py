@@ -1,0 +1,219 @@
+"""Model zoo: parameter counts, torchvision parity, shapes, shortcut options, plain nets, errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from resnet_jax import convert, models, summary
+
+TORCHVISION_PARAMS = {
+  'resnet18': 11_689_512,
+  'resnet34': 21_797_672,
+  'resnet50': 25_557_032,
+  'resnet101': 44_549_160,
+  'resnet152': 60_192_808,
+}
+TORCHVISION_GMACS = {
+  'resnet18': 1.81,
+  'resnet34': 3.66,
+  'resnet50': 4.09,
+  'resnet101': 7.80,
+  'resnet152': 11.51,
+}
+
+
+def variables_of(model, size, batch=1):
+  return jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((batch, size, size, 3)), train=False)
+  )
+
+
+def count(tree):
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('name', sorted(TORCHVISION_PARAMS))
+def test_imagenet_param_counts_equal_torchvision(name):
+  model = models.get_model(name, num_classes=1000)
+  assert count(variables_of(model, 224)['params']) == TORCHVISION_PARAMS[name]
+
+
+@pytest.mark.parametrize(
+  'depth, paper_millions', [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)]
+)
+def test_cifar_param_counts_match_paper_table6(depth, paper_millions):
+  model = models.get_model(f'cifar_resnet{depth}', num_classes=10)
+  millions = count(variables_of(model, 32)['params']) / 1e6
+  assert millions == pytest.approx(paper_millions, abs=0.01 if depth < 110 else 0.05)
+
+
+def test_cifar_resnet1202_has_19_4m_params():
+  model = models.get_model('cifar_resnet1202', num_classes=10)
+  assert count(variables_of(model, 32)['params']) / 1e6 == pytest.approx(19.4, abs=0.05)
+
+
+@pytest.mark.parametrize('name', sorted(TORCHVISION_GMACS))
+def test_mult_adds_match_torchvision(name):
+  rows = summary.layer_rows(models.get_model(name, num_classes=1000), (1, 224, 224, 3))
+  gmacs = sum(r.mult_adds for r in rows) / 1e9
+  assert gmacs == pytest.approx(TORCHVISION_GMACS[name], rel=0.01)
+  assert sum(r.params for r in rows) == TORCHVISION_PARAMS[name]
+
+
+def test_summary_resnet18_batch128_matches_torchinfo(capsys):
+  summary.main(['resnet18', '--image-size', '224', '--batch-size', '128'])
+  out = capsys.readouterr().out
+  assert 'Total params: 11,689,512' in out
+  assert 'Total mult-adds (G): 232.20' in out
+
+
+@pytest.mark.parametrize(
+  'name, size, expected',
+  [
+    ('resnet18', 224, (2, 1000)),
+    ('resnet50', 160, (2, 1000)),
+    ('resnet34', 97, (2, 1000)),
+    ('cifar_resnet20', 32, (2, 10)),
+    ('cifar_resnet20', 48, (2, 10)),
+  ],
+)
+def test_output_shapes_any_input_size(name, size, expected):
+  model = models.get_model(name, num_classes=expected[1])
+  variables = variables_of(model, size, batch=2)
+  out = jax.eval_shape(
+    lambda v: model.apply(v, jnp.zeros((2, size, size, 3)), train=False), variables
+  )
+  assert out.shape == expected and out.dtype == jnp.float32
+
+
+def test_spatial_logits_are_the_fully_convolutional_form():
+  model = models.get_model('cifar_resnet20', num_classes=10)
+  x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  spatial = model.apply(variables, x, train=False, spatial_logits=True)
+  assert spatial.shape == (2, 16, 16, 10)
+  # The head is linear, so averaging its spatial outputs equals the pooled logits.
+  pooled = model.apply(variables, x, train=False)
+  np.testing.assert_allclose(spatial.mean(axis=(1, 2)), pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_option_a_adds_no_parameters_and_c_projects_every_block():
+  sizes = {}
+  for option in 'ABC':
+    model = models.get_model('resnet18', num_classes=1000, shortcut=option)
+    params = variables_of(model, 64)['params']
+    sizes[option] = count(params)
+    flat = traverse_util.flatten_dict(params, sep='/')
+    sizes[option + '_projections'] = len({k.split('/')[0] for k in flat if 'downsample_0' in k})
+  plain = count(variables_of(models.get_model('plain18', num_classes=1000), 64)['params'])
+  assert sizes['A'] == plain  # option A: identity shortcuts only, like no shortcut at all
+  assert sizes['B_projections'] == 3  # first block of stages 2-4
+  assert sizes['C_projections'] == 8  # every block
+  assert sizes['A'] < sizes['B'] < sizes['C']
+
+
+def test_cifar_option_a_equals_plain_param_count():
+  for depth in (20, 56):
+    res = count(variables_of(models.get_model(f'cifar_resnet{depth}', num_classes=10), 32))
+    plain = count(variables_of(models.get_model(f'cifar_plain{depth}', num_classes=10), 32))
+    assert res == plain
+
+
+@pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])
+def test_plain_nets_have_exactly_the_projections_fewer(depth):
+  res = variables_of(models.get_model(f'resnet{depth}', num_classes=1000), 64)['params']
+  plain = variables_of(models.get_model(f'plain{depth}', num_classes=1000), 64)['params']
+  flat = traverse_util.flatten_dict(res, sep='/')
+  projection = sum(v.size for k, v in flat.items() if '/downsample_' in k)
+  assert projection > 0
+  assert count(plain) == count(res) - projection
+
+
+def test_stride_in_1x1_moves_the_stride_and_keeps_params():
+  v15 = models.get_model('resnet50', num_classes=1000)
+  v1 = models.get_model('resnet50', num_classes=1000, stride_in_1x1=True)
+  assert count(variables_of(v15, 64)) == count(variables_of(v1, 64))
+  rows_v15 = {r.path: r for r in summary.layer_rows(v15, (1, 224, 224, 3))}
+  rows_v1 = {r.path: r for r in summary.layer_rows(v1, (1, 224, 224, 3))}
+  assert rows_v15['layer2_0/conv1'].output_shape == (1, 56, 56, 128)
+  assert rows_v1['layer2_0/conv1'].output_shape == (1, 28, 28, 128)
+  # The paper's placement does the 3x3 at the lower resolution: fewer multiply-adds.
+  assert sum(r.mult_adds for r in rows_v1.values()) < sum(r.mult_adds for r in rows_v15.values())
+
+
+def test_initialisation_matches_torchvision_statistics():
+  model = models.get_model('resnet50', num_classes=1000, zero_init_residual=True)
+  v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  kernel = v['params']['layer3_0']['conv2']['kernel']  # 3x3x256x256, fan_out = 9 * 256
+  assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2 / (9 * 256)), rel=0.02)
+  fc = v['params']['fc']['kernel']
+  assert float(jnp.max(jnp.abs(fc))) <= 1 / np.sqrt(2048)
+  assert float(jnp.max(jnp.abs(fc))) > 0.99 / np.sqrt(2048)
+  assert float(jnp.abs(v['params']['layer1_0']['bn3']['scale']).max()) == 0.0
+  assert float(v['params']['layer1_0']['bn1']['scale'].min()) == 1.0
+  assert float(v['batch_stats']['bn1']['var'].min()) == 1.0
+
+
+def test_zero_init_residual_blocks_start_as_identity_of_the_shortcut():
+  trunk = jax.random.normal(jax.random.key(2), (2, 32, 32, 16))
+  conv = functools.partial(models._conv, dtype=jnp.float32)
+  for block_cls, width in [(models.BasicBlock, 16), (models.Bottleneck, 4)]:
+    block = block_cls(width, 1, 'B', True, conv, models.BatchNorm, zero_init_residual=True)
+    bv = block.init(jax.random.key(3), trunk, train=False)
+    out = block.apply(bv, trunk, train=False)
+    np.testing.assert_allclose(out, jax.nn.relu(trunk), atol=1e-6)
+
+
+def test_mixed_precision_keeps_params_stats_and_logits_float32():
+  model = models.get_model('cifar_resnet20', num_classes=10, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  v = model.init(jax.random.key(0), x, train=False)
+  assert {leaf.dtype for leaf in jax.tree.leaves(v)} == {jnp.dtype('float32')}
+  logits, updates = model.apply(v, x, train=True, mutable=['batch_stats'])
+  assert logits.dtype == jnp.float32
+  assert {leaf.dtype for leaf in jax.tree.leaves(updates)} == {jnp.dtype('float32')}
+  full = models.get_model('cifar_resnet20', num_classes=10).apply(v, x, train=False)
+  half = model.apply(v, x, train=False)
+  np.testing.assert_allclose(half, full, atol=0.1 * float(jnp.abs(full).max()) + 0.05)
+
+
+@pytest.mark.parametrize(
+  'name, message',
+  [
+    ('resnet19', 'Impossible ImageNet depth 19'),
+    ('cifar_resnet21', 'Impossible CIFAR depth 21'),
+    ('cifar_resnet2', 'Impossible CIFAR depth 2'),
+    ('vgg16', "Unknown model 'vgg16'"),
+  ],
+)
+def test_bad_names_raise_with_the_valid_choices(name, message):
+  with pytest.raises(ValueError, match=message) as err:
+    models.get_model(name, num_classes=10)
+  assert 'resnet' in str(err.value)
+
+
+def test_bad_options_raise():
+  with pytest.raises(ValueError, match="shortcut must be 'A', 'B' or 'C'"):
+    models.get_model('resnet18', num_classes=10, shortcut='D')
+  with pytest.raises(ValueError, match='Unknown model option'):
+    models.get_model('resnet18', num_classes=10, shortcutt='A')
+
+
+def test_any_6n_plus_2_depth_builds():
+  model = models.get_model('cifar_resnet14', num_classes=10)
+  assert model.stage_sizes == (2, 2, 2)
+
+
+def test_convert_rejects_wrong_keys_naming_them():
+  good = {'fc.weight': np.zeros((10, 512)), 'fc.bias': np.zeros(10)}
+  with pytest.raises(ValueError, match=r'missing for resnet18: \[.*conv1/kernel'):
+    convert.from_torchvision(good, 'resnet18')
+  bad = {**good, 'fc.weight': np.zeros((10, 256)), 'layer9.0.conv1.weight': np.zeros((1, 1, 1, 1))}
+  with pytest.raises(ValueError) as err:
+    convert.from_torchvision(bad, 'resnet18')
+  assert 'layer9.0.conv1.weight' in str(err.value)
+  assert 'fc.weight: got (256, 10)' in str(err.value)
