@@ -25,7 +25,7 @@ from jax import lax
 
 Dtype = Any
 
-# torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu') -> N(0, 2 / fan_out), untruncated.
+# torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / fan_out) untruncated.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias.
 dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
@@ -356,7 +356,8 @@ def get_model(name: str, *, num_classes: int, dtype: Dtype = jnp.float32, **over
   """Builds a network by name.
 
   Args:
-    name: ``resnet18|34|50|101|152``, ``plain18..152``, ``cifar_resnet<6n+2>``, ``cifar_plain<6n+2>``.
+    name: ``resnet18|34|50|101|152``, ``plain18..152``, ``cifar_resnet<6n+2>``,
+      ``cifar_plain<6n+2>``.
     num_classes: classifier width.
     dtype: compute dtype (``jnp.bfloat16`` / ``jnp.float16`` for mixed precision).
     **overrides: any ResNet attribute, e.g. ``shortcut='C'``, ``zero_init_residual=True``,

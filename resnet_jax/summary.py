@@ -82,7 +82,7 @@ def format_table(rows: list[LayerRow], title: str) -> str:
   lines = [title, '=' * len(header), header, '=' * len(header)]
   for r in rows:
     lines.append(
-      f'{r.path:<34}{r.kind:<11}{str(list(r.output_shape)):<22}{r.params:>13,}{r.mult_adds:>17,}'
+      f'{r.path:<34}{r.kind:<11}{list(r.output_shape)!s:<22}{r.params:>13,}{r.mult_adds:>17,}'
     )
   total_params = sum(r.params for r in rows)
   total_macs = sum(r.mult_adds for r in rows)

@@ -8,7 +8,7 @@ os.environ['XLA_FLAGS'] = (
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-import sys  # noqa: E402
+import sys
 
 # tests/ holds helpers (torch_resnet) imported by name.
 sys.path.insert(0, os.path.dirname(__file__))

@@ -55,8 +55,9 @@ def test_logits_and_train_step_match_torchvision(name):
   torch_error = np.abs(ref_train32 - ref_train).max()
   assert np.abs(ours_train - ref_train).max() <= max(1.5 * torch_error, 1e-4 * scale)
   # Running statistics follow torch too (momentum 0.1, unbiased variance).
+  stats = updates['batch_stats']
   for torch_key, ours_stat in [
-    ('layer1.0.bn1.running_mean', updates['batch_stats']['layer1_0']['bn1']['mean']),
-    ('layer2.0.downsample.1.running_var', updates['batch_stats']['layer2_0']['downsample_1']['var']),
+    ('layer1.0.bn1.running_mean', stats['layer1_0']['bn1']['mean']),
+    ('layer2.0.downsample.1.running_var', stats['layer2_0']['downsample_1']['var']),
   ]:
     np.testing.assert_allclose(ours_stat, torch_state[torch_key].numpy(), rtol=1e-4, atol=1e-5)
