@@ -1,0 +1,119 @@
+"""Every configuration field, with its meaning and default. Recipes override a few of these.
+
+Launch (any recipe; fields override with --config.FIELD=VALUE):
+  python -m resnet_jax.main --config=configs/default.py --workdir=/tmp/run
+"""
+
+import ml_collections
+
+
+def get_config():
+  """The defaults: the paper's ImageNet ResNet-50 recipe (section 3.4)."""
+  c = ml_collections.ConfigDict()
+
+  # --- Data -------------------------------------------------------------------------------------
+  # A TFDS name ('imagenet2012', 'cifar10', 'imagenette', ...), 'folder' (data_dir/train/<class>/*
+  # and data_dir/test/<class>/*), 'digits' (scikit-learn's bundled 8x8 digits, offline) or 'fake'
+  # (random images, for throughput measurements only).
+  c.dataset = 'imagenet2012'
+  c.data_dir = (
+    None  # TFDS data_dir (or the folder root); None = TFDS's default (~/tensorflow_datasets).
+  )
+  c.train_split = 'train'  # TFDS split syntax, e.g. 'train[:45000]' for CIFAR's 45k/5k protocol.
+  c.eval_split = 'validation'  # e.g. 'train[45000:]' or 'test'.
+  c.num_classes = 0  # 0: read from the dataset's info.
+  # Datasets whose split is smaller than this are decoded once and held in host memory.
+  c.in_memory_max_bytes = 2 * 1024**3
+  c.shuffle_buffer = 16_384  # Only for TFDS datasets stored as TFRecord (no random access).
+  c.prefetch_batches = 2  # Global batches prepared ahead of the device.
+  c.num_parallel_calls = -1  # tf.data decode/augment parallelism; -1 = AUTOTUNE.
+  c.digits_test_fraction = 0.2  # 'digits': held-out fraction (stratified, fixed split seed 0).
+  c.fake_num_examples = 1_281_167  # 'fake': epoch size (ImageNet's by default).
+
+  # --- Augmentation (augment.py) ----------------------------------------------------------------
+  c.image_size = 224  # Side of the training crop / centre test crop.
+  # 'scale': the paper's shorter side in scale_range, random image_size crop (ImageNet, 3.4).
+  # 'inception': random-resized crop (area_range, aspect_range), modern recipes.
+  # 'pad_crop': pad `pad` pixels of zeros and take a random image_size crop (CIFAR, 4.2).
+  # 'none': the centre view, no randomness.
+  c.train_augment = 'scale'
+  c.scale_range = (256, 480)
+  c.area_range = (0.08, 1.0)
+  c.aspect_range = (3 / 4, 4 / 3)
+  c.pad = 4
+  c.random_flip = True
+  c.lighting_std = 0.1  # AlexNet PCA colour noise std; 0 disables.
+  # 'pixel_mean': subtract the per-pixel mean image of the training split (the paper).
+  # 'channel_mean_std': (x - channel_mean) / channel_std (torchvision's pretrained weights).
+  c.normalization = 'pixel_mean'
+  c.channel_mean = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+  c.channel_std = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+  c.mean_image_path = ''  # '': <data_dir>/mean_images/<dataset>_<split>_<sizes>_<count>.npy.
+  c.mean_image_examples = 50_000  # Training images averaged for the mean image; 0 = all.
+
+  # --- Evaluation views -------------------------------------------------------------------------
+  # 'center': shorter side eval_resize, central image_size crop. '10crop': 4 corners + centre and
+  # their flips, softmax averaged. 'multiscale': fully-convolutional scores averaged over the
+  # spatial map, multiscale_sizes and flips.
+  c.eval_mode = 'center'
+  c.eval_resize = 256
+  c.multiscale_sizes = (224, 256, 384, 480, 640)
+  c.multiscale_max_aspect = 4 / 3  # Longer sides beyond this x shorter are centre-cropped.
+  c.eval_batch_size = 0  # 0: batch_size. Lower it for multiscale (big canvases).
+
+  # --- Model (models.py) ------------------------------------------------------------------------
+  c.model = 'resnet50'
+  c.shortcut = ''  # '' = the model's default (B for ImageNet nets, A for CIFAR); or 'A', 'B', 'C'.
+  c.stride_in_1x1 = False  # True: the paper's original bottleneck (stride on the first 1x1).
+  c.zero_init_residual = False
+  c.bn_momentum = 0.9  # Weight of the old running average (torch's momentum 0.1).
+  c.bn_epsilon = 1e-5
+  # Devices whose batches share BatchNorm statistics: 1 = per device (the paper's 32 images per
+  # GPU), 0 = all devices, k = groups of k consecutive devices.
+  c.bn_group_size = 1
+  c.half_precision = False  # Compute in half_dtype; params, BN statistics, logits stay float32.
+  c.half_dtype = 'bfloat16'  # 'bfloat16' (TPU, Ampere+) or 'float16' (dynamic loss scaling).
+  c.init_from = ''  # A workdir or a converted checkpoint (resnet_jax.convert) to start from.
+
+  # --- Optimisation (optim.py) ------------------------------------------------------------------
+  c.batch_size = 256  # Global, over all devices of all processes.
+  c.num_epochs = 120.0
+  c.num_train_steps = -1  # > 0 wins over num_epochs.
+  c.learning_rate = 0.1  # At batch lr_reference_batch; scaled linearly with batch_size.
+  c.lr_reference_batch = 256
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 1e-4
+  c.weight_decay_bn_and_bias = False  # False: decay conv/dense kernels only.
+  c.label_smoothing = 0.0
+  # 'step': x lr_decay_factor at each of lr_boundaries. 'plateau': x lr_decay_factor when the
+  # plateau_metric of evaluation has not improved by plateau_min_delta for plateau_patience
+  # evaluations (then plateau_cooldown evaluations of rest; never below plateau_min_lr).
+  # 'cosine': cosine decay to 0 over the run.
+  c.schedule = 'plateau'
+  c.lr_boundaries = (30.0, 60.0, 90.0)
+  c.lr_boundaries_unit = 'epochs'  # 'epochs' or 'steps'.
+  c.lr_decay_factor = 0.1
+  c.plateau_metric = 'top1_err'
+  c.plateau_patience = 3
+  c.plateau_min_delta = 1e-3
+  c.plateau_cooldown = 0
+  c.plateau_min_lr = 1e-5
+  c.warmup_epochs = 0.0  # Linear warmup from 0 (Goyal et al.); counted in epochs.
+  # > 0: run at warmup_lr_factor x lr until the logged training error falls below this (the paper's
+  # ResNet-110 start: 0.01 until training error < 80%).
+  c.warmup_until_train_error = 0.0
+  c.warmup_lr_factor = 0.1
+
+  # --- Parallelism (parallel.py) ----------------------------------------------------------------
+  c.parallelism = 'shard_map'  # 'shard_map' (jit over a global mesh) or 'pmap'.
+
+  # --- Loop, logging, checkpoints ---------------------------------------------------------------
+  c.seed = 0
+  c.log_every = 100  # Steps between progress lines / metrics records.
+  c.eval_every = -1  # Steps between evaluations; -1 = once per epoch.
+  c.checkpoint_every = 1000  # Steps between checkpoints (and always at the end and on SIGTERM).
+  c.keep_checkpoints = 3  # Latest checkpoints kept...
+  c.keep_best = 1  # ...plus this many best by eval top-1 error.
+  c.async_checkpoints = True
+  return c

@@ -1,0 +1,121 @@
+"""TrainState and the per-device train and eval steps (named-axis collectives over 'data').
+
+Both steps are written once and run under parallel.DataParallel (shard_map or pmap).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from resnet_jax import optim
+from resnet_jax.parallel import AXIS
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a run needs to continue exactly.
+
+  Attributes:
+    step: optimisation steps taken.
+    params, batch_stats: model variables (float32).
+    opt_state: optax state (momentum buffers).
+    schedule: optim.initial_schedule_state(): plateau factor and counters, warmup phase.
+    loss_scale: {'scale', 'good_steps'} for float16 dynamic loss scaling, else {}.
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  schedule: dict
+  loss_scale: dict
+
+
+LOSS_SCALE_PERIOD = 2000  # Steps of finite gradients before the float16 loss scale doubles.
+
+
+def create_train_state(model, tx, image_shape, rng, *, fp16_loss_scale: bool) -> TrainState:
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables['params']
+  loss_scale = (
+    {'scale': jnp.float32(2.0**15), 'good_steps': jnp.int32(0)} if fp16_loss_scale else {}
+  )
+  return TrainState(
+    step=jnp.int32(0),
+    params=params,
+    batch_stats=variables['batch_stats'],
+    opt_state=tx.init(params),
+    schedule={k: jnp.asarray(v) for k, v in optim.initial_schedule_state().items()},
+    loss_scale=loss_scale,
+  )
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def topk_errors(scores, labels, mask=None):
+  """Per-example top-1 and top-5 errors (1.0 = wrong) from scores of any monotone kind."""
+  top5 = lax.top_k(scores, min(5, scores.shape[-1]))[1]
+  hit = top5 == labels[:, None]
+  top1_err = 1.0 - hit[:, 0].astype(jnp.float32)
+  top5_err = 1.0 - jnp.any(hit, axis=-1).astype(jnp.float32)
+  if mask is not None:
+    top1_err, top5_err = top1_err * mask, top5_err * mask
+  return top1_err, top5_err
+
+
+def train_step(state: TrainState, batch, *, model, tx, config, base_schedule, num_classes):
+  """One SGD step on this device's rows; gradients and BN running averages averaged over AXIS."""
+  scale = state.loss_scale.get('scale', 1.0)
+
+  def loss_fn(params):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    logits, updates = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
+    loss = cross_entropy(logits, batch['label'], num_classes, config.label_smoothing).mean()
+    return loss * scale, (updates['batch_stats'], logits, loss)
+
+  grads, (batch_stats, logits, loss) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.pmean(grads, AXIS)
+  grads = jax.tree.map(lambda g: g / scale, grads)
+  # Running averages are linear in the batch statistics, so averaging them every step equals
+  # averaging per-device averages at the end: one consistent set to evaluate and save.
+  batch_stats = lax.pmean(batch_stats, AXIS)
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  lr = optim.learning_rate(config, base_schedule, state.step, state.schedule)
+  params = optim.apply_updates(state.params, updates, lr)
+  new_state = state.replace(
+    step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+  )
+  if state.loss_scale:
+    new_state = _dynamic_loss_scale(state, new_state, grads)
+
+  top1, top5 = topk_errors(logits, batch['label'])
+  metrics = {'loss': loss, 'top1_err': top1.mean(), 'top5_err': top5.mean()}
+  metrics = lax.pmean(metrics, AXIS)
+  metrics['learning_rate'] = lr
+  return new_state, metrics
+
+
+def _dynamic_loss_scale(old: TrainState, new: TrainState, grads) -> TrainState:
+  """float16: skip the step and halve the scale on overflow; double it after a calm period."""
+  finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  good = jnp.where(finite, old.loss_scale['good_steps'] + 1, 0)
+  scale = jnp.where(finite, old.loss_scale['scale'], old.loss_scale['scale'] / 2)
+  grow = good >= LOSS_SCALE_PERIOD
+  scale = jnp.where(grow, scale * 2, scale)
+  good = jnp.where(grow, 0, good)
+  keep = lambda n, o: jnp.where(finite, n, o)  # noqa: E731
+  return new.replace(
+    params=jax.tree.map(keep, new.params, old.params),
+    opt_state=jax.tree.map(keep, new.opt_state, old.opt_state),
+    batch_stats=jax.tree.map(keep, new.batch_stats, old.batch_stats),
+    loss_scale={'scale': scale, 'good_steps': good},
+  )

@@ -1,0 +1,271 @@
+"""The training loop: set-up, resume, train steps, evaluation, checkpoints, preemption."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from resnet_jax import (
+  checkpoint,
+  evaluate,
+  input_pipeline,
+  metrics,
+  models,
+  optim,
+  parallel,
+  sources,
+  steps,
+)
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the loop polls; agreed across processes so all save together."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint and exiting.')
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      return self.requested or multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
+  overrides = dict(
+    zero_init_residual=config.zero_init_residual,
+    stride_in_1x1=config.stride_in_1x1,
+    bn_momentum=config.bn_momentum,
+    bn_epsilon=config.bn_epsilon,
+  )
+  if config.shortcut:
+    overrides['shortcut'] = config.shortcut
+  if train_bn_axis and config.bn_group_size != 1:
+    overrides['bn_axis_name'] = parallel.AXIS
+    if config.bn_group_size > 1:
+      n = jax.device_count()
+      if n % config.bn_group_size:
+        raise ValueError(f'bn_group_size={config.bn_group_size} does not divide {n} devices.')
+      groups = np.arange(n).reshape(-1, config.bn_group_size).tolist()
+      overrides['bn_axis_index_groups'] = groups
+  dtype = jnp.float32
+  if config.half_precision:
+    dtype = {'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[config.half_dtype]
+  return models.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
+
+
+class Run:
+  """Everything derived from a config: data sources, model, optimiser, mesh, checkpoints."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.mesh = parallel.make_mesh()
+    self.dp = parallel.DataParallel(self.mesh, config.parallelism)
+    input_pipeline.check_batch(config.batch_size, jax.device_count(), jax.process_count())
+    if config.eval_batch_size:
+      input_pipeline.check_batch(config.eval_batch_size, jax.device_count(), jax.process_count())
+    self.train_source = sources.get_source(config, config.train_split)
+    self.eval_source = sources.get_source(config, config.eval_split)
+    self.num_classes = config.num_classes or self.train_source.num_classes
+    self.layout = input_pipeline.Layout.current(config.batch_size)
+    self.steps_per_epoch = input_pipeline.train_steps_per_epoch(self.train_source, self.layout)
+    self.total_steps = optim.total_steps(config, self.steps_per_epoch)
+    self.base_schedule = optim.schedule_fn(config, self.steps_per_epoch, self.total_steps)
+    self.model = build_model(config, self.num_classes)
+    eval_model = build_model(config, self.num_classes, train_bn_axis=False)
+    self.tx = optim.create_optimizer(config)
+    self.train_fn = self.dp.wrap(
+      functools.partial(
+        steps.train_step,
+        model=self.model,
+        tx=self.tx,
+        config=config,
+        base_schedule=self.base_schedule,
+        num_classes=self.num_classes,
+      )
+    )
+    self.eval_fn = self.dp.wrap(
+      functools.partial(evaluate.eval_step, model=eval_model, config=config), donate_state=False
+    )
+    self.checkpointer = checkpoint.Checkpointer(
+      os.path.join(workdir, 'checkpoints'),
+      keep=config.keep_checkpoints,
+      keep_best=config.keep_best,
+      async_save=config.async_checkpoints,
+    )
+    self.meta = {'model': config.model, 'num_classes': self.num_classes}
+
+  def initial_state(self) -> steps.TrainState:
+    """A fresh state (seeded), or the latest checkpoint of the workdir, or init_from weights."""
+    config = self.config
+    image_shape = (config.image_size, config.image_size, 3)
+    init = jax.jit(
+      functools.partial(
+        steps.create_train_state,
+        self.model,
+        self.tx,
+        image_shape,
+        fp16_loss_scale=config.half_precision and config.half_dtype == 'float16',
+      ),
+      out_shardings=self.dp.replicated,
+    )
+    state = init(jax.random.key(config.seed))
+    restored = self.checkpointer.restore(state, self.meta)
+    if restored is not None:
+      logging.warning('Resuming from step %d of %s', int(restored[0].step), self.workdir)
+      return restored[0]
+    if config.init_from:
+      state = self._init_from(state)
+    return state
+
+  def _init_from(self, state):
+    abstract = {'params': state.params, 'batch_stats': state.batch_stats}
+    loaded = checkpoint.load_variables(self.config.init_from, abstract, self.dp.replicated)
+    merged = jax.tree.map(
+      lambda new, old: old if new is None else new, loaded, abstract, is_leaf=lambda x: x is None
+    )
+    return state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
+
+  def evaluate(self, state) -> dict:
+    return evaluate.run_evaluation(self.dp, state, self.eval_fn, self.config, self.eval_source)
+
+
+def _write_config(config, workdir: str):
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(json.dumps(config.to_dict(), indent=2, default=str))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from ``workdir`` if it has checkpoints) and returns the last eval record."""
+  _write_config(config, workdir)
+  run = Run(config, workdir)
+  writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  state = run.dp.put_state(run.initial_state())
+  start_step = int(run.dp.host(state.step))
+  eval_every = config.eval_every if config.eval_every > 0 else run.steps_per_epoch
+  log_every = max(1, config.log_every)
+  local = input_pipeline.train_dataset(config, run.train_source, run.layout, start_step)
+  batches = run.dp.batches(local.as_numpy_iterator())
+  progress = metrics.Progress(run.total_steps, config.batch_size, start_step)
+  preemption = Preemption()
+  pending, last_eval = [], {}
+  logging.warning(
+    '%s on %s: %d steps (%d per epoch), %d devices in %d processes, from step %d',
+    config.model,
+    config.dataset,
+    run.total_steps,
+    run.steps_per_epoch,
+    jax.device_count(),
+    jax.process_count(),
+    start_step,
+  )
+  try:
+    for step in range(start_step + 1, run.total_steps + 1):
+      state, step_metrics = run.train_fn(state, next(batches))
+      pending.append(step_metrics)
+      if step % log_every == 0 or step == run.total_steps:
+        state = _log_train(run, writer, progress, state, pending, step)
+        pending = []
+      if step % eval_every == 0 or step == run.total_steps:
+        last_eval = _evaluate(run, writer, state, step)
+        state = run.dp.put_state(
+          run.dp.canonical(state).replace(
+            schedule=optim.plateau_update(
+              config, run.dp.host(state.schedule), last_eval[config.plateau_metric]
+            )
+          )
+        )
+      preempted = preemption.reached(step)
+      if step % config.checkpoint_every == 0 or step == run.total_steps or preempted:
+        metric = {'top1_err': last_eval['top1_err']} if last_eval.get('step') == step else None
+        run.checkpointer.save(step, run.dp.canonical(state), run.meta, metric)
+      if preempted:
+        logging.warning('Saved step %d after SIGTERM; exiting.', step)
+        break
+  finally:
+    run.checkpointer.wait()
+    run.checkpointer.close()
+    preemption.restore()
+  return last_eval
+
+
+def _log_train(run, writer, progress, state, pending, step):
+  """Writes the mean of the window's train metrics; ends warmup-until-error when due."""
+  window = run.dp.host(pending)
+  record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+  record['learning_rate'] = float(window[-1]['learning_rate'])
+  images_per_sec, seconds_per_step = progress.rate(step)
+  record.update(
+    step=step, epoch=step / run.steps_per_epoch, split='train', images_per_sec=images_per_sec
+  )
+  writer.write(record)
+  if jax.process_index() == 0:
+    print(progress.line(record, seconds_per_step), flush=True)
+  if run.config.warmup_until_train_error > 0:
+    schedule = run.dp.host(state.schedule)
+    if not schedule['warmup_done']:
+      new = optim.warmup_update(run.config, schedule, record['top1_err'])
+      state = run.dp.put_state(run.dp.canonical(state).replace(schedule=new))
+  return state
+
+
+def _evaluate(run, writer, state, step) -> dict:
+  result = run.evaluate(run.dp.canonical(state))
+  images_per_sec = result['num_examples'] / max(result['eval_time_s'], 1e-9)
+  record = dict(
+    step=step,
+    epoch=step / run.steps_per_epoch,
+    split='eval',
+    images_per_sec=images_per_sec,
+    learning_rate=float(
+      optim.learning_rate(run.config, run.base_schedule, step, run.dp.host(state.schedule))
+    ),
+    **result,
+  )
+  writer.write(record)
+  if jax.process_index() == 0:
+    print(
+      f'eval step {step}: top1_err {result["top1_err"]:.4f} top5_err {result["top5_err"]:.4f} '
+      f'loss {result["loss"]:.4f} over {result["num_examples"]} examples',
+      flush=True,
+    )
+  return record
+
+
+def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
+  """Restores a run (latest or ``step``) and scores the eval split with ``config.eval_mode``."""
+  run = Run(config, workdir)
+  state = run.initial_state() if step is None else None
+  if step is not None:
+    fresh = run.initial_state()
+    state, _ = run.checkpointer.restore(fresh, run.meta, step)
+  elif run.checkpointer.latest_step() is None and not config.init_from:
+    raise checkpoint.CheckpointError(f'No checkpoint in {workdir}/checkpoints to evaluate.')
+  result = run.evaluate(state)
+  run.checkpointer.close()
+  return {'step': int(jax.device_get(state.step)), **result}
+
+
+def flat_params(state) -> dict:
+  """Parameters as a flat {path: numpy} dict (for comparisons in tests and tools)."""
+  return traverse_util.flatten_dict(jax.device_get(state.params), sep='/')
