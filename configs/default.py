@@ -28,7 +28,8 @@ def get_config():
   c.prefetch_batches = 2  # Global batches prepared ahead of the device.
   c.num_parallel_calls = -1  # tf.data decode/augment parallelism; -1 = AUTOTUNE.
   c.digits_test_fraction = 0.2  # 'digits': held-out fraction (stratified, fixed split seed 0).
-  c.fake_num_examples = 1_281_167  # 'fake': epoch size (ImageNet's by default).
+  c.fake_num_examples = 1_281_167  # 'fake': training epoch size (ImageNet's by default).
+  c.fake_eval_examples = 10_000  # 'fake': size of any other split.
 
   # --- Augmentation (augment.py) ----------------------------------------------------------------
   c.image_size = 224  # Side of the training crop / centre test crop.

@@ -223,7 +223,8 @@ def get_source(config, split: str) -> Source:
   if config.dataset == 'folder':
     return folder(config.data_dir, split)
   if config.dataset == 'fake':
-    return fake(config.fake_num_examples, config.image_size, config.num_classes or 1000)
+    size = config.fake_num_examples if split == config.train_split else config.fake_eval_examples
+    return fake(size, config.image_size, config.num_classes or 1000)
   return tfds_source(
     config.dataset,
     config.data_dir or None,

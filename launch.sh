@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Launches resnet_jax.main on a TPU VM pod slice, a SLURM GPU cluster, or N local processes.
+#
+#   launch.sh tpu NAME ZONE TYPE -- <args of resnet_jax.main>   create/reuse a TPU VM, run on all workers
+#   launch.sh tpu-logs NAME ZONE                                 tail the run's log on every worker
+#   launch.sh tpu-delete NAME ZONE                               delete the TPU VM
+#   launch.sh slurm NODES GPUS_PER_NODE -- <args>                sbatch one process per GPU
+#   launch.sh local N -- <args>                                  N cooperating processes here
+#
+# DRY_RUN=1 prints every command instead of running it. Environment knobs: TPU_VERSION (runtime
+# image, default tpu-ubuntu2204-base), REPO_URL / REPO_REF (what the TPU workers install),
+# SLURM_PARTITION, SLURM_TIME, SLURM_ACCOUNT, PORT (coordinator port, default 12355),
+# DEVICES_PER_PROCESS (local mode: simulated CPU devices per process, default 4).
+set -euo pipefail
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+
+run() {
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    printf '%q ' "$@"; echo
+  else
+    "$@"
+  fi
+}
+
+split_args() {  # everything after `--` goes to resnet_jax.main
+  MAIN_ARGS=()
+  local seen=0
+  for a in "$@"; do
+    if [[ $seen == 1 ]]; then MAIN_ARGS+=("$a"); elif [[ "$a" == -- ]]; then seen=1; fi
+  done
+  if [[ $seen == 0 ]]; then echo "launch.sh: put the arguments of resnet_jax.main after --" >&2; exit 2; fi
+}
+
+quoted_main_args() { printf '%q ' "${MAIN_ARGS[@]}"; }
+
+tpu() {
+  local name=$1 zone=$2 type=$3; shift 3; split_args "$@"
+  local repo=${REPO_URL:-https://github.com/resnet-jax/resnet_jax.git} ref=${REPO_REF:-main}
+  if ! run gcloud compute tpus tpu-vm describe "$name" --zone "$zone" >/dev/null 2>&1; then
+    run gcloud compute tpus tpu-vm create "$name" --zone "$zone" --accelerator-type "$type" \
+      --version "${TPU_VERSION:-tpu-ubuntu2204-base}"
+  fi
+  # Every worker installs the same commit; all of them must run main, or the others wait forever.
+  local setup="set -e; if [ ! -d resnet_jax ]; then git clone $repo resnet_jax; fi; cd resnet_jax; \
+git fetch -q origin && git checkout -q $ref; pip install -q 'jax[tpu]' -e ."
+  run gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "$setup"
+  local cmd
+  cmd="cd resnet_jax && nohup python3 -m resnet_jax.main $(quoted_main_args) > ~/resnet_jax.log 2>&1 &"
+  run gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "$cmd"
+  echo "Started on all workers of $name. Logs: launch.sh tpu-logs $name $zone"
+}
+
+slurm() {
+  local nodes=$1 gpus=$2; shift 2; split_args "$@"
+  # One task per GPU: jax.distributed.initialize() reads SLURM_* and binds each to its GPU.
+  local script
+  script=$(cat <<SBATCH
+#!/usr/bin/env bash
+#SBATCH --job-name=resnet_jax
+#SBATCH --nodes=$nodes
+#SBATCH --ntasks-per-node=$gpus
+#SBATCH --gpus-per-node=$gpus
+#SBATCH --cpus-per-task=${SLURM_CPUS_PER_TASK:-8}
+#SBATCH --time=${SLURM_TIME:-72:00:00}
+#SBATCH --signal=TERM@120
+${SLURM_PARTITION:+#SBATCH --partition=$SLURM_PARTITION}
+${SLURM_ACCOUNT:+#SBATCH --account=$SLURM_ACCOUNT}
+srun python3 -m resnet_jax.main $(quoted_main_args)
+SBATCH
+)
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then echo "$script"; echo "sbatch <script above>"; return; fi
+  sbatch <<<"$script"
+}
+
+local_run() {
+  local n=$1; shift; split_args "$@"
+  local port=${PORT:-12355} per=${DEVICES_PER_PROCESS:-4} pids=() status=0
+  for ((i = 0; i < n; i++)); do
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+      echo "JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i" \
+        "python3 -m resnet_jax.main $(quoted_main_args)"
+      continue
+    fi
+    JAX_PLATFORMS=cpu JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i \
+      XLA_FLAGS="--xla_force_host_platform_device_count=$per ${XLA_FLAGS:-}" \
+      python3 -m resnet_jax.main "${MAIN_ARGS[@]}" &
+    pids+=($!)
+  done
+  # If one process dies, stop the rest instead of leaving them waiting on a collective.
+  trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
+  for pid in "${pids[@]}"; do
+    if ! wait "$pid"; then
+      status=1
+      kill "${pids[@]}" 2>/dev/null || true
+    fi
+  done
+  return $status
+}
+
+case "${1:-}" in
+  tpu) shift; [[ $# -ge 4 ]] || { usage; exit 2; }; tpu "$@" ;;
+  tpu-logs) run gcloud compute tpus tpu-vm ssh "$2" --zone "$3" --worker=all --command "tail -n 20 ~/resnet_jax.log" ;;
+  tpu-delete) run gcloud compute tpus tpu-vm delete "$2" --zone "$3" --quiet ;;
+  slurm) shift; [[ $# -ge 3 ]] || { usage; exit 2; }; slurm "$@" ;;
+  local) shift; [[ $# -ge 2 ]] || { usage; exit 2; }; local_run "$@" ;;
+  -h|--help|help) usage ;;
+  *) usage; exit 2 ;;
+esac
