@@ -145,6 +145,7 @@ class Run:
     return state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
 
   def evaluate(self, state) -> dict:
+    """Scores the eval split; ``state`` in the form the wrapped steps take (put_state)."""
     return evaluate.run_evaluation(self.dp, state, self.eval_fn, self.config, self.eval_source)
 
 
@@ -188,13 +189,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         pending = []
       if step % eval_every == 0 or step == run.total_steps:
         last_eval = _evaluate(run, writer, state, step)
-        state = run.dp.put_state(
-          run.dp.canonical(state).replace(
-            schedule=optim.plateau_update(
-              config, run.dp.host(state.schedule), last_eval[config.plateau_metric]
-            )
-          )
-        )
+        if step % eval_every == 0:  # a run's extra final eval must not move the schedule
+          state = _update_plateau(run, state, last_eval)
       preempted = preemption.reached(step)
       if step % config.checkpoint_every == 0 or step == run.total_steps or preempted:
         metric = {'top1_err': last_eval['top1_err']} if last_eval.get('step') == step else None
@@ -209,6 +205,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return last_eval
 
 
+def _update_plateau(run, state, eval_record):
+  schedule = optim.plateau_update(
+    run.config, run.dp.host(state.schedule), eval_record[run.config.plateau_metric]
+  )
+  return run.dp.put_state(run.dp.canonical(state).replace(schedule=schedule))
+
+
 def _log_train(run, writer, progress, state, pending, step):
   """Writes the mean of the window's train metrics; ends warmup-until-error when due."""
   window = run.dp.host(pending)
@@ -221,7 +224,7 @@ def _log_train(run, writer, progress, state, pending, step):
   writer.write(record)
   if jax.process_index() == 0:
     print(progress.line(record, seconds_per_step), flush=True)
-  if run.config.warmup_until_train_error > 0:
+  if run.config.warmup_until_train_error > 0 and step % run.config.log_every == 0:
     schedule = run.dp.host(state.schedule)
     if not schedule['warmup_done']:
       new = optim.warmup_update(run.config, schedule, record['top1_err'])
@@ -230,7 +233,7 @@ def _log_train(run, writer, progress, state, pending, step):
 
 
 def _evaluate(run, writer, state, step) -> dict:
-  result = run.evaluate(run.dp.canonical(state))
+  result = run.evaluate(state)
   images_per_sec = result['num_examples'] / max(result['eval_time_s'], 1e-9)
   record = dict(
     step=step,
@@ -261,7 +264,7 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
     state, _ = run.checkpointer.restore(fresh, run.meta, step)
   elif run.checkpointer.latest_step() is None and not config.init_from:
     raise checkpoint.CheckpointError(f'No checkpoint in {workdir}/checkpoints to evaluate.')
-  result = run.evaluate(state)
+  result = run.evaluate(run.dp.put_state(state))
   run.checkpointer.close()
   return {'step': int(jax.device_get(state.step)), **result}
 

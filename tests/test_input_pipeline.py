@@ -103,7 +103,7 @@ def test_scale_augmentation_short_side_range_on_real_photos():
   # The crop window covers 224/S of the shorter side: check it on the window function.
   h, w = tf.constant(427), tf.constant(640)
   for s in (256, 480):
-    y, x, size_y, size_x = augment._window_of_resized(h, w, s, 0, 0, 224)
+    _, _, size_y, size_x = augment._window_of_resized(h, w, s, 0, 0, 224)
     assert int(size_y) == round(224 * 427 / s) and int(size_x) == int(size_y)
 
 

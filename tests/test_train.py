@@ -1,0 +1,269 @@
+"""Training loop: learning, shard_map == pmap, exact resume, schedules, checkpoints, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from helpers import digits_config
+
+from resnet_jax import checkpoint, metrics, optim, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(tmp_path, **overrides):
+  """cifar_resnet8 on digits at 8x8: a few seconds of compile, sub-second steps."""
+  defaults = dict(
+    model='cifar_resnet8',
+    image_size=8,
+    eval_resize=8,
+    pad=1,
+    batch_size=64,
+    num_train_steps=12,
+    schedule='step',
+    lr_boundaries=(8,),
+    lr_boundaries_unit='steps',
+    warmup_epochs=0,
+    log_every=4,
+    eval_every=6,
+    checkpoint_every=6,
+    async_checkpoints=False,
+  )
+  defaults.update(overrides)
+  return digits_config(tmp_path, **defaults)
+
+
+def final_params(workdir, config):
+  run = train.Run(config, workdir)
+  state = run.initial_state()
+  run.checkpointer.close()
+  return train.flat_params(state), int(state.step)
+
+
+def test_training_lowers_the_loss_and_records_metrics(tmp_path):
+  config = tiny(tmp_path, num_train_steps=24, eval_every=24, lr_boundaries=(1000,))
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(config, workdir)
+  records = metrics.read(workdir)
+  losses = [r['loss'] for r in records if r['split'] == 'train']
+  assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
+  assert result['num_examples'] == 360
+  assert {'step', 'epoch', 'learning_rate', 'images_per_sec', 'top1_err', 'top5_err'} <= set(
+    records[0]
+  )
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+  assert os.listdir(os.path.join(workdir, 'tensorboard', 'train'))
+
+
+def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
+  params = {}
+  for kind in ('shard_map', 'pmap'):
+    config = tiny(tmp_path, parallelism=kind, num_train_steps=5, eval_every=5, keep_best=0)
+    workdir = str(tmp_path / kind)
+    train.train_and_evaluate(config, workdir)
+    params[kind], step = final_params(workdir, config)
+    assert step == 5
+  for key, value in params['shard_map'].items():
+    np.testing.assert_allclose(params['pmap'][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path):
+  config = tiny(tmp_path, schedule='plateau', plateau_patience=0, eval_every=4)
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(config, straight)
+  resumed = str(tmp_path / 'resumed')
+  half = tiny(tmp_path, schedule='plateau', plateau_patience=0, eval_every=4, num_train_steps=6)
+  train.train_and_evaluate(half, resumed)
+  train.train_and_evaluate(config, resumed)  # same command again: resumes at step 6
+  a, step_a = final_params(straight, config)
+  b, step_b = final_params(resumed, config)
+  assert step_a == step_b == 12
+  for key in a:
+    assert np.array_equal(a[key], b[key]), key
+  evals = {
+    name: {
+      r['step']: (r['learning_rate'], r['top1_err'])
+      for r in metrics.read(d)
+      if r['split'] == 'eval'
+    }
+    for name, d in [('straight', straight), ('resumed', resumed)]
+  }
+  assert evals['resumed'][8] == evals['straight'][8]
+  assert evals['resumed'][12] == evals['straight'][12]
+
+
+def test_plateau_rule_and_its_counters():
+  from configs import default
+
+  c = default.get_config()
+  c.plateau_patience, c.plateau_min_delta, c.plateau_cooldown = 1, 0.01, 1
+  state = optim.initial_schedule_state()
+  scales = []
+  for err in [0.5, 0.45, 0.445, 0.444, 0.3, 0.299, 0.298, 0.297, 0.296]:
+    state = optim.plateau_update(c, state, err)
+    scales.append(float(state['lr_scale']))
+  # 0.445 and 0.444 do not improve 0.45 by 0.01: more than patience=1 bad evals -> drop at 0.444.
+  # The cooldown eval (0.3, an improvement) resets the count; 0.299 and 0.298 are bad again ->
+  # drop at 0.298; then cooldown, and 0.296 is the first bad eval of a new count.
+  assert scales == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01])
+  c.plateau_min_lr = 0.1 * optim.peak_learning_rate(c) * 0.05
+  for _ in range(10):
+    state = optim.plateau_update(c, state, 1.0)
+  assert float(state['lr_scale']) == pytest.approx(0.005)
+
+
+def test_step_schedule_warmup_and_warmup_until_error():
+  from configs import cifar10
+
+  c = cifar10.get_config('110')
+  base = optim.schedule_fn(c, steps_per_epoch=390, total_steps=64_000)
+  s = optim.initial_schedule_state()
+  lr = lambda step, st: float(optim.learning_rate(c, base, step, st))  # noqa: E731
+  assert lr(0, s) == pytest.approx(0.01)  # the paper's ResNet-110 warm start
+  s = optim.warmup_update(c, s, train_error=0.85)
+  assert lr(100, s) == pytest.approx(0.01)
+  s = optim.warmup_update(c, s, train_error=0.79)
+  assert lr(100, s) == pytest.approx(0.1)
+  assert lr(32_000, s) == pytest.approx(0.01) and lr(48_000, s) == pytest.approx(0.001)
+  c.warmup_epochs = 5
+  ramp = optim.schedule_fn(c, 390, 64_000)
+  assert float(ramp(975)) == pytest.approx(0.5) and float(ramp(1950)) == pytest.approx(1.0)
+
+
+def test_corrupt_and_incompatible_checkpoints_name_the_problem(tmp_path):
+  config = tiny(tmp_path, num_train_steps=6, eval_every=6)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  other = tiny(tmp_path, model='cifar_resnet14', num_train_steps=6)
+  with pytest.raises(checkpoint.CheckpointError, match=r"model: saved 'cifar_resnet8'"):
+    train.train_and_evaluate(other, workdir)
+  state_dir = os.path.join(workdir, 'checkpoints', '6', 'state')
+  for root, _, files in os.walk(state_dir):
+    for f in files:
+      if 'manifest' in f or f.endswith('.ocdbt') or 'd' == os.path.basename(root):
+        with open(os.path.join(root, f), 'wb') as fh:
+          fh.write(b'garbage')
+  with pytest.raises(checkpoint.CheckpointError, match='checkpoints/6 is corrupt'):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_init_from_another_run_with_a_new_head(tmp_path):
+  config = tiny(tmp_path, num_train_steps=6, eval_every=6)
+  source = str(tmp_path / 'source')
+  train.train_and_evaluate(config, source)
+  src_params, _ = final_params(source, config)
+  new = tiny(tmp_path, num_train_steps=1, num_classes=7, init_from=source)
+  run = train.Run(new, str(tmp_path / 'new'))
+  state = run.initial_state()
+  run.checkpointer.close()
+  params = train.flat_params(state)
+  assert np.array_equal(params['conv1/kernel'], src_params['conv1/kernel'])
+  assert params['fc/kernel'].shape == (64, 7)
+
+
+def run_main(workdir, *overrides, devices=8, wait=True):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env['PYTHONPATH'] = os.pathsep.join([REPO, os.path.join(REPO, 'tests')])
+  cmd = [
+    sys.executable,
+    '-m',
+    'resnet_jax.main',
+    '--config=configs/digits.py',
+    f'--workdir={workdir}',
+    *overrides,
+  ]
+  if not wait:
+    return subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def tiny_flags(tmp_path, **extra):
+  flags = dict(
+    model='cifar_resnet8',
+    image_size=8,
+    eval_resize=8,
+    pad=1,
+    batch_size=64,
+    log_every=4,
+    mean_image_path=str(tmp_path / 'mean.npy'),
+    async_checkpoints=False,
+  )
+  flags.update(extra)
+  return [f'--config.{k}={v}' for k, v in flags.items()]
+
+
+def test_restore_on_fewer_devices(tmp_path):
+  workdir = str(tmp_path / 'run')
+  first = run_main(workdir, *tiny_flags(tmp_path, num_train_steps=4, checkpoint_every=4))
+  assert first.returncode == 0, first.stdout + first.stderr
+  second = run_main(
+    workdir, *tiny_flags(tmp_path, num_train_steps=8, checkpoint_every=4), devices=4
+  )
+  assert second.returncode == 0, second.stdout + second.stderr
+  assert 'Resuming from step 4' in second.stderr
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+
+
+def test_sigterm_saves_before_exiting(tmp_path):
+  workdir = str(tmp_path / 'run')
+  proc = run_main(
+    workdir,
+    *tiny_flags(
+      tmp_path, num_train_steps=100000, checkpoint_every=100000, eval_every=100000, log_every=1
+    ),
+    wait=False,
+  )
+  deadline = time.time() + 300
+  for line in proc.stdout:  # wait until training is really under way
+    if b'step 3/' in line or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0].decode()
+  assert proc.returncode == 0, out
+  steps = [int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit()]
+  assert len(steps) == 1 and 3 <= steps[0] < 100000
+
+
+def test_kill_9_during_save_leaves_the_previous_checkpoint(tmp_path):
+  script = f"""
+import sys, jax, jax.numpy as jnp
+sys.path.insert(0, {REPO!r})
+from resnet_jax import checkpoint
+ck = checkpoint.Checkpointer(sys.argv[1], keep=5, keep_best=0, async_save=False)
+big = {{'w': jnp.arange(64 * 1024 * 1024, dtype=jnp.float32)}}
+ck.save(1, big, {{'model': 'x'}}); ck.wait()
+print('saved 1', flush=True)
+for step in range(2, 1000):
+  ck.save(step, {{'w': big['w'] + step}}, {{'model': 'x'}})
+"""
+  for delay in (0.3, 1.0):
+    directory = str(tmp_path / f'ck{delay}')
+    proc = subprocess.Popen([sys.executable, '-c', script, directory], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b'saved 1')
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+    ck = checkpoint.Checkpointer(directory, keep=5, keep_best=0, async_save=False)
+    latest = ck.latest_step()
+    abstract = {'w': jax.ShapeDtypeStruct((64 * 1024 * 1024,), np.float32)}
+    state, meta = ck.restore(abstract, {'model': 'x'})
+    assert meta['model'] == 'x'
+    assert float(state['w'][1]) == 1.0 + (latest if latest > 1 else 0)
+    ck.close()
+
+
+@pytest.mark.slow
+def test_digits_recipe_reaches_97_percent(tmp_path):
+  workdir = str(tmp_path / 'digits')
+  result = run_main(workdir, f'--config.mean_image_path={tmp_path}/mean.npy')
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  evals = [r for r in metrics.read(workdir) if r['split'] == 'eval']
+  assert evals[-1]['num_examples'] == 360
+  assert evals[-1]['top1_err'] <= 0.03
