@@ -145,7 +145,7 @@ def test_corrupt_and_incompatible_checkpoints_name_the_problem(tmp_path):
   state_dir = os.path.join(workdir, 'checkpoints', '6', 'state')
   for root, _, files in os.walk(state_dir):
     for f in files:
-      if 'manifest' in f or f.endswith('.ocdbt') or 'd' == os.path.basename(root):
+      if 'manifest' in f or f.endswith('.ocdbt') or os.path.basename(root) == 'd':
         with open(os.path.join(root, f), 'wb') as fh:
           fh.write(b'garbage')
   with pytest.raises(checkpoint.CheckpointError, match='checkpoints/6 is corrupt'):
