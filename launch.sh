@@ -66,7 +66,7 @@ slurm() {
 #SBATCH --signal=TERM@120
 ${SLURM_PARTITION:+#SBATCH --partition=$SLURM_PARTITION}
 ${SLURM_ACCOUNT:+#SBATCH --account=$SLURM_ACCOUNT}
-srun python3 -m resnet_jax.main $(quoted_main_args)
+srun --kill-on-bad-exit=1 python3 -m resnet_jax.main $(quoted_main_args)
 SBATCH
 )
   if [[ "${DRY_RUN:-0}" == 1 ]]; then echo "$script"; echo "sbatch <script above>"; return; fi
@@ -89,8 +89,10 @@ local_run() {
   done
   # If one process dies, stop the rest instead of leaving them waiting on a collective.
   trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
-  for pid in "${pids[@]}"; do
-    if ! wait "$pid"; then
+  # wait -n returns as soon as any process ends; the first failure stops the others.
+  for ((i = 0; i < n; i++)); do
+    if ! wait -n "${pids[@]}"; then
+      echo "launch.sh: a process failed; stopping the other $((n - 1))" >&2
       status=1
       kill "${pids[@]}" 2>/dev/null || true
     fi

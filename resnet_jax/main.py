@@ -13,6 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from resnet_jax import distributed, train
@@ -26,6 +27,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:  # orbax and jax log every save at INFO
+    absl_logging.set_verbosity(absl_logging.WARNING)
   distributed.initialize()
   distributed.hide_accelerators_from_tensorflow()
   logging.warning(

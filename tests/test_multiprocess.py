@@ -1,0 +1,83 @@
+"""Real multi-process runs: 2 processes x 4 CPU devices through launch.sh local."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+from test_train import REPO, final_params, run_main, tiny, tiny_flags
+
+from resnet_jax import metrics
+
+
+def launch_local(tmp_path, workdir, flags, port, wait=True):
+  env = dict(
+    os.environ, DEVICES_PER_PROCESS='4', PORT=str(port), JAX_HEARTBEAT_TIMEOUT_SECONDS='10'
+  )
+  env.pop('XLA_FLAGS', None)
+  env['PYTHONPATH'] = REPO
+  cmd = [
+    'bash',
+    'launch.sh',
+    'local',
+    '2',
+    '--',
+    '--config=configs/digits.py',
+    f'--workdir={workdir}',
+    *flags,
+  ]
+  if not wait:
+    return subprocess.Popen(
+      cmd,
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+    )
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
+  steps = dict(num_train_steps=12, eval_every=6, checkpoint_every=6)
+  multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')
+  result = launch_local(tmp_path, multi, tiny_flags(tmp_path, **steps), port=12421)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  result = run_main(single, *tiny_flags(tmp_path, **steps))
+  assert result.returncode == 0, result.stderr[-3000:]
+  evals = [r for r in metrics.read(multi) if r['split'] == 'eval']
+  assert [e['num_examples'] for e in evals] == [360, 360]
+  config = tiny(tmp_path, **steps)
+  config.mean_image_path = str(tmp_path / 'mean.npy')
+  multi_params, multi_step = final_params(multi, config)  # restored in this 1-process session
+  single_params, single_step = final_params(single, config)
+  assert multi_step == single_step == 12
+  for key, value in single_params.items():
+    np.testing.assert_allclose(multi_params[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+  single_evals = [r for r in metrics.read(single) if r['split'] == 'eval']
+  assert abs(evals[-1]['top1_err'] - single_evals[-1]['top1_err']) <= 1 / 360 + 1e-9
+
+
+def test_killing_one_process_stops_the_other(tmp_path):
+  flags = tiny_flags(
+    tmp_path, num_train_steps=100000, eval_every=100000, checkpoint_every=100000, log_every=1
+  )
+  launcher = launch_local(tmp_path, str(tmp_path / 'run'), flags, port=12431, wait=False)
+  deadline = time.time() + 300
+  for line in launcher.stdout:
+    if b'step 2/' in line or time.time() > deadline:
+      break
+  workers = subprocess.run(
+    ['pgrep', '-f', f'workdir={tmp_path}/run'], capture_output=True, text=True
+  ).stdout.split()
+  workers = [int(p) for p in workers if int(p) != launcher.pid]
+  assert len(workers) >= 2
+  os.kill(max(workers), signal.SIGKILL)
+  start = time.time()
+  out = launcher.communicate(timeout=180)[0].decode()
+  assert launcher.returncode != 0
+  assert time.time() - start < 120
+  assert 'a process failed; stopping the other 1' in out
+  alive = subprocess.run(['pgrep', '-f', f'workdir={tmp_path}/run'], capture_output=True).stdout
+  assert not alive
