@@ -172,14 +172,7 @@ def tfds_source(name, data_dir, split, *, in_memory_max_bytes: int, seed: int):
   fixed_shape = None not in image_feature.shape
   decoders = None if fixed_shape else {'image': tfds.decode.SkipDecoding()}
 
-  if split_info.num_bytes <= in_memory_max_bytes:
-    data = tfds.as_numpy(builder.as_dataset(split, batch_size=-1, decoders=decoders))
-    images = data['image'] if fixed_shape else np.array(list(data['image']), dtype=object)
-    if fixed_shape and images.shape[-1] == 1:
-      images = np.repeat(images, 3, axis=-1)
-    labels = data['label'].astype(np.int32)
-    return _array_source(name, images, labels, num_classes, not fixed_shape)
-
+  in_memory = split_info.num_bytes <= in_memory_max_bytes
   skip = {'image': tfds.decode.SkipDecoding()}
   if info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     records = builder.as_data_source(split, decoders=skip)
@@ -189,7 +182,17 @@ def tfds_source(name, data_dir, split, *, in_memory_max_bytes: int, seed: int):
       data = np.array([item['image'] for item in items], dtype=object)
       return data, np.array([item['label'] for item in items], dtype=np.int32)
 
+    if in_memory:  # encoded bytes in host memory, decoded on use
+      return _array_source(name, *fetch(np.arange(num_examples)), num_classes, True)
     return Source(name, num_examples, num_classes, True, fetch, data_dtype=tf.string)
+
+  if in_memory:
+    data = tfds.as_numpy(builder.as_dataset(split, batch_size=-1, decoders=decoders))
+    images = data['image'] if fixed_shape else np.array(list(data['image']), dtype=object)
+    if fixed_shape and images.shape[-1] == 1:
+      images = np.repeat(images, 3, axis=-1)
+    labels = data['label'].astype(np.int32)
+    return _array_source(name, images, labels, num_classes, not fixed_shape)
 
   def stream(process_index: int, process_count: int, train: bool):
     # Training drops the remainder so every process runs the same number of steps; evaluation

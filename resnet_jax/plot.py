@@ -1,0 +1,59 @@
+"""Training curves as in the paper's Fig. 4 and 6: error (%) against iterations, training error
+dashed and test error bold, one colour per run.
+
+  python -m resnet_jax.plot /tmp/cifar_p20 /tmp/cifar_r20 --out=fig6.png --labels plain-20 ResNet-20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from resnet_jax import metrics  # noqa: E402
+
+
+def curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
+  """{'train': (steps, top1 error %), 'eval': (...)} of a workdir's metrics.jsonl."""
+  out = {}
+  for split in ('train', 'eval'):
+    records = [r for r in metrics.read(workdir) if r['split'] == split]
+    out[split] = ([r['step'] for r in records], [100 * r['top1_err'] for r in records])
+  return out
+
+
+def plot(workdirs, out: str, labels=None, title: str | None = None) -> str:
+  labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for i, (workdir, label) in enumerate(zip(workdirs, labels, strict=True)):
+    colour = f'C{i}'
+    data = curves(workdir)
+    ax.plot(*data['train'], '--', color=colour, linewidth=1, alpha=0.8)
+    ax.plot(*data['eval'], '-', color=colour, linewidth=2, label=label)
+  ax.set_xlabel('iterations')
+  ax.set_ylabel('error (%)')
+  ax.set_title(title or 'dashed: training error, bold: test error')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('workdirs', nargs='+')
+  parser.add_argument('--out', default='curves.png')
+  parser.add_argument('--labels', nargs='*')
+  parser.add_argument('--title')
+  args = parser.parse_args(argv)
+  print(plot(args.workdirs, args.out, args.labels, args.title))
+
+
+if __name__ == '__main__':
+  main()
