@@ -12,9 +12,9 @@ import os
 import matplotlib
 
 matplotlib.use('Agg')  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from resnet_jax import metrics  # noqa: E402
+from resnet_jax import metrics
 
 
 def curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:

@@ -81,7 +81,7 @@ def test_eval_counts_exact_on_every_path(prepared, tmp_path, processes):
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == n
     steps.add(n)
-    labels.extend(l for b in batches for l in b['label'][b['mask']])
+    labels.extend(label for b in batches for label in b['label'][b['mask']])
   assert len(steps) == 1  # every process runs the same number of eval steps
   assert sorted(labels) == sorted(i % 4 for i in range(11))
 
