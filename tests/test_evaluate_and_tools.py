@@ -1,0 +1,144 @@
+"""Evaluation protocols, the evaluate / convert / summary / plot command lines, init_from."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import folder_config, write_image_folder
+from test_train import REPO, tiny, tiny_flags
+
+from configs import digits
+from resnet_jax import checkpoint, convert, evaluate, metrics, models, plot, train
+
+torch = pytest.importorskip('torch')
+torch_resnet = pytest.importorskip('torch_resnet')
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp('trained')
+  config = tiny(tmp_path, num_train_steps=12, eval_every=12)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  return config, workdir, tmp_path
+
+
+def test_evaluate_center_reproduces_the_training_eval(trained):
+  config, workdir, _ = trained
+  last = [r for r in metrics.read(workdir) if r['split'] == 'eval'][-1]
+  result = train.evaluate_workdir(config, workdir)
+  assert result['step'] == 12 and result['num_examples'] == 360
+  assert result['top1_err'] == pytest.approx(last['top1_err'])
+  assert result['loss'] == pytest.approx(last['loss'], rel=1e-5)
+
+
+@pytest.mark.parametrize('mode', ['10crop', 'multiscale'])
+def test_evaluate_cli_other_protocols_count_every_example(trained, mode):
+  _, workdir, tmp_path = trained
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', PYTHONPATH=REPO)
+  cmd = [
+    sys.executable,
+    '-m',
+    'resnet_jax.evaluate',
+    '--config=configs/digits.py',
+    f'--workdir={workdir}',
+    f'--config.eval_mode={mode}',
+    '--config.multiscale_sizes=(8, 12)',
+    '--config.eval_batch_size=40',
+    *[f for f in tiny_flags(tmp_path) if 'async' not in f],
+  ]
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result['eval_mode'] == mode and result['num_examples'] == 360 and result['step'] == 12
+  assert result['eval_steps'] == 9
+  assert 0 <= result['top5_err'] <= result['top1_err'] <= 1
+  assert os.path.exists(os.path.join(workdir, f'eval_{mode}.jsonl'))
+
+
+def test_ten_identical_views_score_like_one_view_and_its_flip():
+  model = models.get_model('cifar_resnet8', num_classes=10)
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+  views = jnp.concatenate([jnp.repeat(x[:, None], 5, 1), jnp.repeat(x[:, None, :, ::-1], 5, 1)], 1)
+  cfg = digits.get_config()
+  cfg.eval_mode = '10crop'
+  probs = evaluate.view_probs(model, variables, {'image': views}, cfg)
+  one = jax.nn.softmax(model.apply(variables, x, train=False))
+  flipped = jax.nn.softmax(model.apply(variables, x[:, :, ::-1], train=False))
+  np.testing.assert_allclose(probs, (one + flipped) / 2, atol=1e-6)
+
+
+def test_multiscale_flip_mirrors_inside_the_valid_region():
+  model = models.get_model('cifar_resnet8', num_classes=10)
+  image = jax.random.normal(jax.random.key(0), (1, 8, 12, 3))
+  variables = model.init(jax.random.key(1), image, train=False)
+  canvas = jnp.zeros((1, 16, 16, 3))
+  placed = canvas.at[:, :8, :12].set(image)
+  mirrored = canvas.at[:, :8, :12].set(image[:, :, ::-1])
+  hw = jnp.array([[8, 12]])
+  flip = evaluate._multiscale_probs(model, variables, placed, hw, flip=True)
+  direct = evaluate._multiscale_probs(model, variables, mirrored, hw, flip=False)
+  np.testing.assert_allclose(flip, direct, atol=1e-6)
+  assert flip.shape == (1, 10) and float(flip.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_convert_cli_and_init_from_torchvision_weights(tmp_path):
+  torch.manual_seed(0)
+  net = torch_resnet.build('resnet18', 10)
+  pth = str(tmp_path / 'r18.pth')
+  torch.save(net.state_dict(), pth)
+  out = str(tmp_path / 'converted')
+  env = dict(os.environ, PYTHONPATH=REPO)
+  cmd = [
+    sys.executable,
+    '-m',
+    'resnet_jax.convert',
+    f'--torchvision={pth}',
+    '--model=resnet18',
+    f'--out={out}',
+  ]
+  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Wrote resnet18 (11,181,642 parameters)' in result.stdout
+
+  root = write_image_folder(tmp_path / 'imgs')
+  config = folder_config(
+    tmp_path,
+    root,
+    model='resnet18',
+    init_from=out,
+    batch_size=8,
+    num_train_steps=1,
+    normalization='channel_mean_std',
+  )
+  run = train.Run(config, str(tmp_path / 'finetune'))
+  state = run.initial_state()
+  run.checkpointer.close()
+  expected = convert.from_torchvision(net.state_dict(), 'resnet18')
+  np.testing.assert_array_equal(
+    state.params['conv1']['kernel'], expected['params']['conv1']['kernel']
+  )
+  np.testing.assert_array_equal(
+    state.batch_stats['layer4_1']['bn2']['var'], expected['batch_stats']['layer4_1']['bn2']['var']
+  )
+  assert state.params['fc']['kernel'].shape == (512, 3)  # new head for the folder's 3 classes
+
+
+def test_init_from_a_path_without_weights_is_a_clear_error(tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match='Cannot read weights'):
+    checkpoint.load_variables(str(tmp_path / 'nothing'), {}, None)
+
+
+def test_plot_writes_a_png(trained, tmp_path):
+  _, workdir, _ = trained
+  out = plot.plot([workdir], str(tmp_path / 'curves.png'), labels=['tiny'])
+  with open(out, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  data = plot.curves(workdir)
+  assert data['eval'][0] == [12] and len(data['train'][0]) == 3
