@@ -185,6 +185,10 @@ def time_input(config, cores: int, num_batches: int, baseline: bool) -> dict:
 
 def main(argv):
   del argv
+  from resnet_jax import distributed
+
+  distributed.initialize()
+  distributed.hide_accelerators_from_tensorflow()
   config = FLAGS.config
   if FLAGS.mode in ('input', 'input_baseline'):
     result = time_input(config, FLAGS.cores, FLAGS.steps, FLAGS.mode == 'input_baseline')

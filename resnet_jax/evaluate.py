@@ -89,8 +89,10 @@ def run_evaluation(dp, state, eval_fn, config, source) -> dict[str, float]:
 
 def main(argv):
   del argv
-  from resnet_jax import train  # the run's set-up (model, state, checkpoint) lives there
+  from resnet_jax import distributed, train  # the run's set-up lives in train
 
+  distributed.initialize()
+  distributed.hide_accelerators_from_tensorflow()
   config = FLAGS.config
   result = train.evaluate_workdir(config, FLAGS.workdir, FLAGS.checkpoint_step)
   line = json.dumps({'eval_mode': config.eval_mode, **result})

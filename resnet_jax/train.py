@@ -27,11 +27,17 @@ from resnet_jax import (
 
 
 class Preemption:
-  """Turns SIGTERM into a flag the loop polls; agreed across processes so all save together."""
+  """SIGTERM (preemption, SLURM's time limit) -> save a checkpoint and exit at the next step.
+
+  One process: a Python handler sets a flag. Several processes: all must stop at the same step or
+  the save deadlocks, so JAX's preemption sync point decides (its service catches the signal).
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.multi = jax.process_count() > 1
+    if not self.multi:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -39,14 +45,15 @@ class Preemption:
     self.requested = True
 
   def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
+    if self.multi:
       from jax.experimental import multihost_utils
 
-      return self.requested or multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self.multi:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
@@ -258,12 +265,11 @@ def _evaluate(run, writer, state, step) -> dict:
 def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
   """Restores a run (latest or ``step``) and scores the eval split with ``config.eval_mode``."""
   run = Run(config, workdir)
-  state = run.initial_state() if step is None else None
-  if step is not None:
-    fresh = run.initial_state()
-    state, _ = run.checkpointer.restore(fresh, run.meta, step)
-  elif run.checkpointer.latest_step() is None and not config.init_from:
+  if run.checkpointer.latest_step() is None and not config.init_from:
     raise checkpoint.CheckpointError(f'No checkpoint in {workdir}/checkpoints to evaluate.')
+  state = run.initial_state()  # the latest checkpoint
+  if step is not None:
+    state, _ = run.checkpointer.restore(state, run.meta, step)
   result = run.evaluate(run.dp.put_state(state))
   run.checkpointer.close()
   return {'step': int(jax.device_get(state.step)), **result}

@@ -217,3 +217,33 @@ def test_convert_rejects_wrong_keys_naming_them():
     convert.from_torchvision(bad, 'resnet18')
   assert 'layer9.0.conv1.weight' in str(err.value)
   assert 'fc.weight: got (256, 10)' in str(err.value)
+
+
+@pytest.mark.parametrize('groups', [None, [[0, 1, 2, 3], [4, 5, 6, 7]]])
+def test_cross_device_batchnorm_equals_batchnorm_of_the_whole_group(groups):
+  from jax.sharding import Mesh, PartitionSpec
+
+  x = jax.random.normal(jax.random.key(0), (16, 3, 3, 4)) * 3 + 1
+  synced = models.BatchNorm(axis_name='data', axis_index_groups=groups)
+  local = models.BatchNorm()
+  variables = local.init(jax.random.key(1), x, train=False)
+
+  def per_device(xs):
+    return synced.apply(variables, xs, train=True, mutable=['batch_stats'])
+
+  mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
+  step = jax.shard_map(
+    per_device,
+    mesh=mesh,
+    in_specs=PartitionSpec('data'),
+    out_specs=PartitionSpec('data'),
+    check_vma=False,
+  )
+  y, stats = jax.jit(step)(x)
+  parts = [x] if groups is None else [x[:8], x[8:]]
+  expected = [local.apply(variables, p, train=True, mutable=['batch_stats']) for p in parts]
+  np.testing.assert_allclose(y, jnp.concatenate([e[0] for e in expected]), atol=1e-5)
+  # Running variance uses the group's unbiased variance (n = 2 * 9 * group size, as torch would).
+  got_var = stats['batch_stats']['var'].reshape(8, -1)
+  np.testing.assert_allclose(got_var[0], expected[0][1]['batch_stats']['var'], rtol=1e-5)
+  np.testing.assert_allclose(got_var[-1], expected[-1][1]['batch_stats']['var'], rtol=1e-5)

@@ -267,3 +267,28 @@ def test_digits_recipe_reaches_97_percent(tmp_path):
   evals = [r for r in metrics.read(workdir) if r['split'] == 'eval']
   assert evals[-1]['num_examples'] == 360
   assert evals[-1]['top1_err'] <= 0.03
+
+
+@pytest.mark.parametrize('half_dtype', ['bfloat16', 'float16'])
+def test_half_precision_trains_with_float32_state(tmp_path, half_dtype):
+  config = tiny(
+    tmp_path,
+    half_precision=True,
+    half_dtype=half_dtype,
+    num_train_steps=16,
+    eval_every=16,
+    lr_boundaries=(1000,),
+  )
+  workdir = str(tmp_path / half_dtype)
+  result = train.train_and_evaluate(config, workdir)
+  losses = [r['loss'] for r in metrics.read(workdir) if r['split'] == 'train']
+  assert losses[-1] < 0.8 * losses[0] and result['num_examples'] == 360
+  run = train.Run(config, workdir)
+  state = run.initial_state()
+  run.checkpointer.close()
+  dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))}
+  assert dtypes == {np.dtype('float32')}
+  if half_dtype == 'float16':
+    assert float(state.loss_scale['scale']) > 1 and int(state.loss_scale['good_steps']) == 16
+  else:
+    assert state.loss_scale == {}
