@@ -8,12 +8,13 @@
 #   launch.sh local N -- <args>                                  N cooperating processes here
 #
 # DRY_RUN=1 prints every command instead of running it. Environment knobs: TPU_VERSION (runtime
-# image, default tpu-ubuntu2204-base), REPO_URL / REPO_REF (what the TPU workers install),
+# image, default tpu-ubuntu2204-base), REPO_URL / REPO_REF (TPU workers clone this instead of
+# receiving this checkout's HEAD),
 # SLURM_PARTITION, SLURM_TIME, SLURM_ACCOUNT, PORT (coordinator port, default 12355),
 # DEVICES_PER_PROCESS (local mode: simulated CPU devices per process, default 4).
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 run() {
   if [[ "${DRY_RUN:-0}" == 1 ]]; then
@@ -36,18 +37,30 @@ quoted_main_args() { printf '%q ' "${MAIN_ARGS[@]}"; }
 
 tpu() {
   local name=$1 zone=$2 type=$3; shift 3; split_args "$@"
-  local repo=${REPO_URL:-https://github.com/resnet-jax/resnet_jax.git} ref=${REPO_REF:-main}
-  if ! run gcloud compute tpus tpu-vm describe "$name" --zone "$zone" >/dev/null 2>&1; then
-    run gcloud compute tpus tpu-vm create "$name" --zone "$zone" --accelerator-type "$type" \
+  local where=(--zone "$zone")
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    echo "# if $name does not exist yet:"
+    run gcloud compute tpus tpu-vm create "$name" "${where[@]}" --accelerator-type "$type" \
+      --version "${TPU_VERSION:-tpu-ubuntu2204-base}"
+  elif ! gcloud compute tpus tpu-vm describe "$name" "${where[@]}" >/dev/null 2>&1; then
+    gcloud compute tpus tpu-vm create "$name" "${where[@]}" --accelerator-type "$type" \
       --version "${TPU_VERSION:-tpu-ubuntu2204-base}"
   fi
-  # Every worker installs the same commit; all of them must run main, or the others wait forever.
-  local setup="set -e; if [ ! -d resnet_jax ]; then git clone $repo resnet_jax; fi; cd resnet_jax; \
-git fetch -q origin && git checkout -q $ref; pip install -q 'jax[tpu]' -e ."
-  run gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "$setup"
+  # Every worker gets the same code (this checkout's HEAD, or REPO_URL at REPO_REF); all of them
+  # must run main, or the others wait forever at the first collective.
+  local fetch
+  if [[ -n "${REPO_URL:-}" ]]; then
+    fetch="rm -rf resnet_jax && git clone -q $REPO_URL resnet_jax && git -C resnet_jax checkout -q ${REPO_REF:-main}"
+  else
+    run git -C "$(dirname "$0")" archive --format=tar.gz -o /tmp/resnet_jax.tgz HEAD
+    run gcloud compute tpus tpu-vm scp /tmp/resnet_jax.tgz "$name": "${where[@]}" --worker=all
+    fetch="rm -rf resnet_jax && mkdir resnet_jax && tar -xzf resnet_jax.tgz -C resnet_jax"
+  fi
+  run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=all \
+    --command "set -e; $fetch; cd resnet_jax && pip install -q 'jax[tpu]' -e ."
   local cmd
   cmd="cd resnet_jax && nohup python3 -m resnet_jax.main $(quoted_main_args) > ~/resnet_jax.log 2>&1 &"
-  run gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "$cmd"
+  run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=all --command "$cmd"
   echo "Started on all workers of $name. Logs: launch.sh tpu-logs $name $zone"
 }
 
@@ -107,5 +120,5 @@ case "${1:-}" in
   slurm) shift; [[ $# -ge 3 ]] || { usage; exit 2; }; slurm "$@" ;;
   local) shift; [[ $# -ge 2 ]] || { usage; exit 2; }; local_run "$@" ;;
   -h|--help|help) usage ;;
-  *) usage; exit 2 ;;
+  *) echo "launch.sh: unknown mode '${1:-}'" >&2; usage >&2; exit 2 ;;
 esac

@@ -16,14 +16,14 @@ from resnet_jax import checkpoint, metrics, optim, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# cifar_resnet8 on digits at 8x8: a few seconds of compile, sub-second steps.
+TINY = dict(model='cifar_resnet8', image_size=8, eval_resize=8, pad=1, batch_size=64)
+
+
 def tiny(tmp_path, **overrides):
-  """cifar_resnet8 on digits at 8x8: a few seconds of compile, sub-second steps."""
+  """The TINY model on digits, as a config object for in-process runs."""
   defaults = dict(
-    model='cifar_resnet8',
-    image_size=8,
-    eval_resize=8,
-    pad=1,
-    batch_size=64,
+    TINY,
     num_train_steps=12,
     schedule='step',
     lr_boundaries=(8,),
@@ -185,12 +185,9 @@ def run_main(workdir, *overrides, devices=8, wait=True):
 
 
 def tiny_flags(tmp_path, **extra):
+  """The TINY model on digits, as command-line overrides of configs/digits.py."""
   flags = dict(
-    model='cifar_resnet8',
-    image_size=8,
-    eval_resize=8,
-    pad=1,
-    batch_size=64,
+    TINY,
     log_every=4,
     mean_image_path=str(tmp_path / 'mean.npy'),
     async_checkpoints=False,
