@@ -289,3 +289,15 @@ def test_half_precision_trains_with_float32_state(tmp_path, half_dtype):
     assert float(state.loss_scale['scale']) > 1 and int(state.loss_scale['good_steps']) == 16
   else:
     assert state.loss_scale == {}
+
+
+def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
+  ck = checkpoint.Checkpointer(str(tmp_path / 'ck'), keep=2, keep_best=1, async_save=False)
+  for step, err in enumerate([0.5, 0.2, 0.4, 0.45, 0.48], start=1):
+    ck.save(step, {'w': np.full(4, step, np.float32)}, {'model': 'x'}, {'top1_err': err})
+  ck.wait()
+  assert sorted(ck.manager.all_steps()) == [2, 4, 5]
+  abstract = {'w': jax.ShapeDtypeStruct((4,), np.float32)}
+  state, _ = ck.restore(abstract, {'model': 'x'}, step=2)
+  assert state['w'].tolist() == [2.0] * 4
+  ck.close()
