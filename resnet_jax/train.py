@@ -187,6 +187,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     jax.process_count(),
     start_step,
   )
+  if start_step >= run.total_steps:
+    print(
+      f'{workdir} already holds the final step {start_step}; raise num_train_steps or '
+      f'num_epochs to train further, or use resnet_jax.evaluate.',
+      flush=True,
+    )
   try:
     for step in range(start_step + 1, run.total_steps + 1):
       state, step_metrics = run.train_fn(state, next(batches))
