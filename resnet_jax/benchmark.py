@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import input_pipeline, parallel, sources, steps, train
+from resnet_jax import evaluate, input_pipeline, optim, parallel, sources, steps, train
 
 
 def _device_batch(dp, config, num_classes, mode):
@@ -45,21 +45,8 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
   dp = parallel.DataParallel(mesh, config.parallelism)
   input_pipeline.check_batch(config.batch_size, jax.device_count(), jax.process_count())
   model = train.build_model(config, num_classes)
-  from resnet_jax import evaluate, optim
-
   tx = optim.create_optimizer(config)
-  image_shape = (config.image_size, config.image_size, 3)
-  state = jax.jit(
-    functools.partial(
-      steps.create_train_state,
-      model,
-      tx,
-      image_shape,
-      fp16_loss_scale=config.half_precision and config.half_dtype == 'float16',
-    ),
-    out_shardings=dp.replicated,
-  )(jax.random.key(0))
-  state = dp.put_state(state)
+  state = dp.put_state(train.fresh_state(config, model, tx, dp))
   batch = _device_batch(dp, config, num_classes, mode)
   if mode == 'train':
     schedule = optim.schedule_fn(config, 1000, 10_000)

@@ -96,7 +96,7 @@ class Normalizer:
     full = (config.image_size, config.image_size, 3)
     if self.mode == 'pixel_mean':
       mean = mean_image.load_or_compute(config, train_source)
-      self.mean, self.inv_std = tf.constant(mean, tf.float32), tf.ones(full)
+      self.mean, self.inv_std = tf.constant(mean, tf.float32), None
     elif self.mode == 'channel_mean_std':
       channel_mean = np.asarray(config.channel_mean, np.float32)
       inv_std = 1.0 / np.asarray(config.channel_std, np.float32)
@@ -108,10 +108,12 @@ class Normalizer:
   def __call__(self, image):
     if self.mode == 'none':
       return image
+    if self.mode == 'pixel_mean':
+      if image.shape[:2] == self.mean.shape[:2]:
+        return image - self.mean
+      return image - tf.image.resize(self.mean, tf.shape(image)[:2])
     if image.shape[:2] == self.mean.shape[:2]:
       return (image - self.mean) * self.inv_std
-    if self.mode == 'pixel_mean':
-      return image - tf.image.resize(self.mean, tf.shape(image)[:2])
     return (image - self.mean[0, 0]) * self.inv_std[0, 0]
 
 

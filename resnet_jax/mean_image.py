@@ -2,7 +2,7 @@
 
 The mean is taken over the images' centre views (shorter side ``eval_resize``, central
 ``image_size`` crop: the frame in which training crops and test views are normalised), over
-``mean_image_examples`` training images spread evenly over the split (all when None). It is cached
+``mean_image_examples`` training images spread evenly over the split (all when 0). It is cached
 as .npy next to the data and reused; training computes it on first use. To compute it ahead:
 
   python -m resnet_jax.mean_image --config=configs/r50.py --config.data_dir=DIR
@@ -72,13 +72,18 @@ def load_or_compute(config, source: sources.Source | None) -> np.ndarray:
   mean = compute(config, source)
   if jax.process_index() == 0:
     try:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f'{path}.tmp{os.getpid()}.npy'
-      np.save(tmp, mean)
-      os.replace(tmp, path)  # atomic: a reader never sees half a file
+      save(path, mean)
     except OSError as e:
       logging.warning('Could not cache the mean image at %s (%s); set mean_image_path.', path, e)
   return mean
+
+
+def save(path: str, mean: np.ndarray):
+  """Writes atomically: a concurrent reader sees the old file or the whole new one."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}.npy'
+  np.save(tmp, mean)
+  os.replace(tmp, path)
 
 
 def main(argv):
@@ -87,8 +92,7 @@ def main(argv):
   source = sources.get_source(config, config.train_split)
   mean = compute(config, source)
   path = cache_path(config)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.save(path, mean)
+  save(path, mean)
   print(f'Mean image of {config.dataset} {config.train_split}: {mean.mean((0, 1))} -> {path}')
 
 

@@ -79,6 +79,18 @@ def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
   return models.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
 
 
+def fresh_state(config, model, tx, dp) -> steps.TrainState:
+  """A newly initialised TrainState (seeded by config.seed), replicated over the mesh."""
+  init = functools.partial(
+    steps.create_train_state,
+    model,
+    tx,
+    (config.image_size, config.image_size, 3),
+    fp16_loss_scale=config.half_precision and config.half_dtype == 'float16',
+  )
+  return jax.jit(init, out_shardings=dp.replicated)(jax.random.key(config.seed))
+
+
 class Run:
   """Everything derived from a config: data sources, model, optimiser, mesh, checkpoints."""
 
@@ -122,24 +134,12 @@ class Run:
 
   def initial_state(self) -> steps.TrainState:
     """A fresh state (seeded), or the latest checkpoint of the workdir, or init_from weights."""
-    config = self.config
-    image_shape = (config.image_size, config.image_size, 3)
-    init = jax.jit(
-      functools.partial(
-        steps.create_train_state,
-        self.model,
-        self.tx,
-        image_shape,
-        fp16_loss_scale=config.half_precision and config.half_dtype == 'float16',
-      ),
-      out_shardings=self.dp.replicated,
-    )
-    state = init(jax.random.key(config.seed))
+    state = fresh_state(self.config, self.model, self.tx, self.dp)
     restored = self.checkpointer.restore(state, self.meta)
     if restored is not None:
       logging.warning('Resuming from step %d of %s', int(restored[0].step), self.workdir)
       return restored[0]
-    if config.init_from:
+    if self.config.init_from:
       state = self._init_from(state)
     return state
 
@@ -222,7 +222,7 @@ def _update_plateau(run, state, eval_record):
   schedule = optim.plateau_update(
     run.config, run.dp.host(state.schedule), eval_record[run.config.plateau_metric]
   )
-  return run.dp.put_state(run.dp.canonical(state).replace(schedule=schedule))
+  return state.replace(schedule=run.dp.put_state(schedule))
 
 
 def _log_train(run, writer, progress, state, pending, step):
@@ -241,7 +241,7 @@ def _log_train(run, writer, progress, state, pending, step):
     schedule = run.dp.host(state.schedule)
     if not schedule['warmup_done']:
       new = optim.warmup_update(run.config, schedule, record['top1_err'])
-      state = run.dp.put_state(run.dp.canonical(state).replace(schedule=new))
+      state = state.replace(schedule=run.dp.put_state(new))
   return state
 
 
