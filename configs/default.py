@@ -16,9 +16,8 @@ def get_config():
   # and data_dir/test/<class>/*), 'digits' (scikit-learn's bundled 8x8 digits, offline) or 'fake'
   # (random images, for throughput measurements only).
   c.dataset = 'imagenet2012'
-  c.data_dir = (
-    None  # TFDS data_dir (or the folder root); None = TFDS's default (~/tensorflow_datasets).
-  )
+  # TFDS data_dir or the folder root; local or gs://. '' = TFDS's default (~/tensorflow_datasets).
+  c.data_dir = ''
   c.train_split = 'train'  # TFDS split syntax, e.g. 'train[:45000]' for CIFAR's 45k/5k protocol.
   c.eval_split = 'validation'  # e.g. 'train[45000:]' or 'test'.
   c.num_classes = 0  # 0: read from the dataset's info.
@@ -117,4 +116,11 @@ def get_config():
   c.keep_checkpoints = 3  # Latest checkpoints kept...
   c.keep_best = 1  # ...plus this many best by eval top-1 error.
   c.async_checkpoints = True
+  # Steps the host may dispatch ahead of the devices (JAX is asynchronous). Bounds the batches
+  # held on the devices and the delay between SIGTERM and its checkpoint; 2 keeps them busy.
+  c.steps_in_flight = 2
+  # One run per workdir (WORKDIR/run.lock, workdir_lock.py): a lock from another host counts as
+  # abandoned once its heartbeat is older than lock_stale_seconds.
+  c.lock_stale_seconds = 120.0
+  c.lock_heartbeat_seconds = 30.0
   return c

@@ -4,21 +4,44 @@ Layout: ``workdir/checkpoints/<step>/{state,meta}``. Orbax writes each step into
 directory and renames it when complete, so a process killed mid-save (even by SIGKILL) leaves the
 previous checkpoint as the latest restorable one. States are saved as global arrays and restored
 onto whatever mesh the restoring run has (8 devices -> 4 devices, 2 hosts -> 1 host).
+
+A latest checkpoint that cannot be read (a truncated file, a lost object) does not stop a run:
+restore falls back to the newest step that reads, and the damaged step is moved aside to
+``workdir/checkpoints_damaged/<step>`` for inspection (it would otherwise collide with the step
+the resumed run saves next).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from resnet_jax import storage
+from resnet_jax.errors import UserError
 
-class CheckpointError(RuntimeError):
+DAMAGED_DIR = 'checkpoints_damaged'
+
+
+class CheckpointError(UserError):
   """A checkpoint could not be restored; the message names the directory and the mismatch."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """One step's files cannot be read back."""
+
+  def __init__(self, path, reason: str):
+    super().__init__(f'Checkpoint {path} cannot be restored: {reason}')
+    self.reason = reason
+
+
+def _first_line(error: Exception) -> str:
+  lines = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {lines[0] if lines else ""}'[:300]
 
 
 def _abstract(tree, sharding):
@@ -29,14 +52,14 @@ class Checkpointer:
   """Saves and restores a run's TrainState plus JSON metadata.
 
   Args:
-    directory: ``workdir/checkpoints``.
+    directory: ``workdir/checkpoints`` (local or cloud).
     keep: latest checkpoints kept.
     keep_best: additionally kept, lowest ``top1_err`` of the evaluation passed to ``save``.
     async_save: write in a background thread while training continues.
   """
 
   def __init__(self, directory: str, *, keep: int = 3, keep_best: int = 1, async_save=True):
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.path(directory)
     preservation = [policies.preservation_policy.LatestN(n=keep)]
     if keep_best > 0:
       preservation.append(
@@ -68,37 +91,72 @@ class Checkpointer:
     )
 
   def restore(self, abstract_state, expected_meta: dict[str, Any], step: int | None = None):
-    """Restores ``step`` (default: latest) onto the shardings of ``abstract_state``.
+    """Restores ``step``, or else the newest readable step, onto ``abstract_state``'s shardings.
 
     Returns:
       (state, meta), or None when there is no checkpoint.
 
     Raises:
-      CheckpointError: when the checkpoint is unreadable or made for another model/dataset.
+      CheckpointError: when the checkpoint was made for another model/dataset, when the asked
+        ``step`` is unreadable, or when no step is readable (naming each step and its failure).
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    path = os.path.join(self.directory, str(step))
+    if step is not None:
+      return self._restore_step(step, abstract_state, expected_meta)
+    failures = {}
+    for candidate in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self._restore_step(candidate, abstract_state, expected_meta)
+      except DamagedCheckpointError as e:
+        logging.warning('Skipping damaged checkpoint step %d: %s', candidate, e.reason)
+        failures[candidate] = e.reason
+        continue
+      self._move_aside(sorted(failures))
+      return restored
+    if failures:
+      listing = '; '.join(f'step {s}: {reason}' for s, reason in failures.items())
+      raise CheckpointError(
+        f'No checkpoint in {self.directory} can be restored ({listing}). Nothing was changed; '
+        f'use a new workdir, or inspect the steps named.'
+      )
+    return None
+
+  def _move_aside(self, damaged_steps: list[int]):
+    """Keeps damaged steps for inspection, out of the way of the steps this run will save."""
+    if not damaged_steps:
+      return
+    if jax.process_index() == 0:
+      aside = self.directory.parent / DAMAGED_DIR
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in damaged_steps:
+        target = aside / str(step)
+        if target.exists():
+          target.rmtree()
+        (self.directory / str(step)).rename(target)
+        logging.warning('Moved damaged checkpoint step %d to %s', step, target)
+    multihost_utils.sync_global_devices('checkpoint_move_aside')
+    self.manager.reload()
+
+  def _restore_step(self, step: int, abstract_state, expected_meta: dict[str, Any]):
+    path = self.directory / str(step)
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
       meta = meta['meta']
     except Exception as e:
-      raise CheckpointError(f'Checkpoint {path} is unreadable (meta): {e}') from e
+      raise DamagedCheckpointError(path, f'metadata unreadable ({_first_line(e)})') from e
     mismatched = {k: (meta.get(k), v) for k, v in expected_meta.items() if meta.get(k) != v}
     if mismatched:
       details = ', '.join(f'{k}: saved {a!r}, this run {b!r}' for k, (a, b) in mismatched.items())
       raise CheckpointError(
         f'Checkpoint {path} was made by an incompatible run ({details}). Use a new workdir, or '
-        f'--config.init_from={os.path.dirname(self.directory)} to start from its weights.'
+        f'--config.init_from={self.directory.parent} to start from its weights.'
       )
     try:
       restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
       )
     except Exception as e:
-      raise CheckpointError(
-        f'Checkpoint {path} is corrupt or does not match this model/optimiser: {e}'
+      raise DamagedCheckpointError(
+        path, f'state unreadable or not of this model/optimiser ({_first_line(e)})'
       ) from e
     return restored['state'], meta
 
@@ -109,10 +167,20 @@ class Checkpointer:
     self.manager.close()
 
 
+def _target_like(tree_metadata, sharding):
+  """A restore target with the saved shapes and dtypes on this run's sharding.
+
+  orbax refuses a target-less restore onto another topology than the one that saved.
+  """
+  return jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree_metadata
+  )
+
+
 def save_variables(directory: str, variables: dict):
   """Writes {'params', 'batch_stats'} (e.g. converted torchvision weights) as a checkpoint."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(directory), variables, force=True)
+  checkpointer.save(storage.path(directory), variables, force=True)
   checkpointer.wait_until_finished()
 
 
@@ -120,20 +188,26 @@ def load_variables(path: str, abstract_variables, sharding) -> dict:
   """{'params', 'batch_stats'} from a converted checkpoint or from another run's workdir.
 
   Leaves whose shape differs from ``abstract_variables`` (a new classifier head) are kept from
-  ``abstract_variables``'s initialisation by the caller: they come back as None here.
+  ``abstract_variables``'s initialisation by the caller: they come back as None here. Everything
+  is restored onto ``sharding`` (this run's mesh), whatever topology saved it.
   """
-  path = os.path.abspath(path)
-  run_checkpoints = os.path.join(path, 'checkpoints')
+  path = storage.path(path)
+  run_checkpoints = path / 'checkpoints'
   try:
-    if os.path.isdir(run_checkpoints):
-      manager = ocp.CheckpointManager(run_checkpoints, item_names=('state', 'meta'))
+    if run_checkpoints.is_dir():
+      handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+      manager = ocp.CheckpointManager(run_checkpoints, item_handlers=handlers)
       step = manager.latest_step()
       if step is None:
         raise CheckpointError(f'No checkpoint in {run_checkpoints}.')
-      state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      target = _target_like(manager.item_metadata(step)['state'], sharding)
+      state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+      manager.close()
       saved = {k: state['state'][k] for k in ('params', 'batch_stats')}
     else:
-      saved = ocp.StandardCheckpointer().restore(path)
+      checkpointer = ocp.StandardCheckpointer()
+      target = _target_like(checkpointer.metadata(path).item_metadata, sharding)
+      saved = checkpointer.restore(path, target)
   except CheckpointError:
     raise
   except Exception as e:

@@ -10,6 +10,7 @@ fine-tune or evaluate them with ``--config.normalization=channel_mean_std``.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -126,9 +127,10 @@ def main(argv):
   del argv
   import torch  # Only the CLI needs torch: `pip install resnet_jax[convert]`.
 
-  from resnet_jax import checkpoint
+  from resnet_jax import checkpoint, storage
 
-  state_dict = torch.load(FLAGS.torchvision, map_location='cpu', weights_only=True)
+  weights = storage.path(FLAGS.torchvision)  # local or cloud
+  state_dict = torch.load(io.BytesIO(weights.read_bytes()), map_location='cpu', weights_only=True)
   if 'state_dict' in state_dict:  # Checkpoints saved by torchvision's reference scripts nest it.
     state_dict = state_dict['state_dict']
   variables = from_torchvision(state_dict, FLAGS.model)
@@ -145,4 +147,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('model', None, 'Model name, e.g. resnet50.')
   flags.DEFINE_string('out', None, 'Output directory of the orbax checkpoint.')
   flags.mark_flags_as_required(['torchvision', 'model', 'out'])
-  app.run(main)
+  from resnet_jax import errors
+
+  app.run(errors.report_user_errors(main))

@@ -11,14 +11,13 @@ over exactly the split's examples.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnet_jax import input_pipeline, steps
+from resnet_jax import errors, input_pipeline, steps, storage
 from resnet_jax.parallel import AXIS
 
 
@@ -98,14 +97,14 @@ def main(argv):
   line = json.dumps({'eval_mode': config.eval_mode, **result})
   print(line)
   if jax.process_index() == 0:
-    with open(os.path.join(FLAGS.workdir, f'eval_{config.eval_mode}.jsonl'), 'a') as f:
-      f.write(line + '\n')
+    records = storage.path(FLAGS.workdir) / f'eval_{config.eval_mode}.jsonl'
+    storage.AppendOnlyText(records).append(line + '\n')
 
 
 def run():
   from absl import app
 
-  app.run(main)
+  app.run(errors.report_user_errors(main))
 
 
 if __name__ == '__main__':

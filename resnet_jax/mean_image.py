@@ -10,26 +10,27 @@ as .npy next to the data and reused; training computes it on first use. To compu
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 
 import jax
 import numpy as np
 import tensorflow as tf
+from etils import epath
+from jax.experimental import multihost_utils
 
-from resnet_jax import sources
+from resnet_jax import sources, storage
+from resnet_jax.errors import UserError
 
 
-def cache_path(config) -> str:
+def cache_path(config) -> epath.Path:
   if config.mean_image_path:
-    return config.mean_image_path
-  root = config.data_dir or os.path.expanduser('~/tensorflow_datasets')
+    return storage.path(config.mean_image_path)
+  root = storage.path(config.data_dir or '~/tensorflow_datasets')
   name = config.dataset.replace('/', '_').replace(':', '_')
   split = config.train_split.replace('[', '_').replace(']', '').replace(':', '-')
   size = f'{config.eval_resize}_{config.image_size}'
-  return os.path.join(
-    root, 'mean_images', f'{name}_{split}_{size}_{config.mean_image_examples}.npy'
-  )
+  return root / 'mean_images' / f'{name}_{split}_{size}_{config.mean_image_examples}.npy'
 
 
 def compute(config, source: sources.Source, batch: int = 256) -> np.ndarray:
@@ -57,33 +58,61 @@ def compute(config, source: sources.Source, batch: int = 256) -> np.ndarray:
   return (total / count).astype(np.float32)
 
 
+def _load(path: epath.Path, config) -> np.ndarray:
+  mean = np.load(io.BytesIO(path.read_bytes()))
+  expected = (config.image_size, config.image_size, 3)
+  if mean.shape != expected:
+    raise UserError(
+      f'Mean image {path} has shape {mean.shape}, this config needs {expected}: delete it or '
+      f'set --config.mean_image_path to another file.'
+    )
+  return mean
+
+
 def load_or_compute(config, source: sources.Source | None) -> np.ndarray:
-  """The cached mean image, computing (and, on process 0, caching) it when missing."""
+  """The cached mean image; when missing, process 0 computes and caches it for every process.
+
+  The other processes wait and read process 0's file (one pass over the data, not one per host);
+  if process 0 could not write it (a read-only data_dir), each computes its own.
+  """
   path = cache_path(config)
-  if os.path.exists(path):
-    mean = np.load(path)
-    expected = (config.image_size, config.image_size, 3)
-    if mean.shape != expected:
-      raise ValueError(f'Mean image {path} has shape {mean.shape}, this config needs {expected}.')
+  if _exists_on_process_0(path):
+    return _load(path, config)
+  if jax.process_index() == 0:
+    mean = _compute_and_cache(config, source, path)
+  multihost_utils.sync_global_devices('mean_image_cached')
+  if jax.process_index() == 0:
     return mean
+  if path.exists():
+    return _load(path, config)
+  return compute(config, source or sources.get_source(config, config.train_split))
+
+
+def _exists_on_process_0(path: epath.Path) -> bool:
+  """One answer for all processes: each asking on its own could race process 0's write."""
+  exists = path.exists() if jax.process_index() == 0 else False
+  if jax.process_count() == 1:
+    return exists
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+
+
+def _compute_and_cache(config, source, path: epath.Path) -> np.ndarray:
   if source is None:
     source = sources.get_source(config, config.train_split)
   logging.info('Computing the mean image of %s (%s examples)', config.dataset, source.num_examples)
   mean = compute(config, source)
-  if jax.process_index() == 0:
-    try:
-      save(path, mean)
-    except OSError as e:
-      logging.warning('Could not cache the mean image at %s (%s); set mean_image_path.', path, e)
+  try:
+    save(path, mean)
+  except OSError as e:
+    logging.warning('Could not cache the mean image at %s (%s); set mean_image_path.', path, e)
   return mean
 
 
-def save(path: str, mean: np.ndarray):
+def save(path: epath.Path, mean: np.ndarray):
   """Writes atomically: a concurrent reader sees the old file or the whole new one."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}.npy'
-  np.save(tmp, mean)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  np.save(buffer, mean)
+  storage.write_bytes_atomic(path, buffer.getvalue())
 
 
 def main(argv):

@@ -1,14 +1,58 @@
 """Run records: ``metrics.jsonl`` (one JSON object a line), TensorBoard scalars, progress lines.
 
-Only process 0 writes; the other processes get a writer that does nothing.
+Only process 0 writes; the other processes get a writer that does nothing. Both files may live on
+cloud storage (``storage``): TensorBoard event files there are written through epath in parts.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import time
+
+from tensorboardX import record_writer
+
+from resnet_jax import storage
+
+# A cloud object cannot grow: each flush re-uploads the current part of the event file, and a new
+# part starts past this size (TensorBoard reads every *tfevents* file of a directory in order).
+EVENT_PART_BYTES = 1 << 20
+
+
+class _CloudEventFile:
+  """tensorboardX's record writer interface over epath, for gs:// and s3:// logdirs."""
+
+  def __init__(self, path: str):
+    self.base, self.part = path, 0
+    self.buffer = io.BytesIO()
+
+  def write(self, data: bytes):
+    self.buffer.write(data)
+
+  def flush(self):
+    name = self.base if self.part == 0 else f'{self.base}.part{self.part}'
+    storage.path(name).write_bytes(self.buffer.getvalue())
+    if self.buffer.tell() > EVENT_PART_BYTES:
+      self.part, self.buffer = self.part + 1, io.BytesIO()
+
+  def close(self):
+    self.flush()
+
+
+class _CloudEventFiles:
+  def open(self, path):
+    return _CloudEventFile(path)
+
+  def directory_check(self, path):
+    del path  # object stores have no directories to create
+
+
+for _scheme in ('gs', 's3'):
+  record_writer.register_writer_factory(_scheme, _CloudEventFiles())
+
+
+SPLITS = ('train', 'eval')
 
 
 class MetricWriter:
@@ -20,30 +64,31 @@ class MetricWriter:
       return
     from tensorboardX import SummaryWriter  # no TensorBoard server needed to write events
 
-    os.makedirs(workdir, exist_ok=True)
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tb = {
-      split: SummaryWriter(os.path.join(workdir, 'tensorboard', split))
-      for split in ('train', 'eval')
-    }
+    root = storage.path(workdir)
+    self._jsonl = storage.AppendOnlyText(root / 'metrics.jsonl')
+    self._tb = {split: SummaryWriter(str(root / 'tensorboard' / split)) for split in SPLITS}
 
   def write(self, record: dict):
     """``record`` has 'step' and 'split' ('train' | 'eval'); other numbers become scalars."""
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    self._jsonl.append(json.dumps(record) + '\n')
     tb = self._tb[record['split']]
     for key, value in record.items():
       if key not in ('step', 'split') and isinstance(value, int | float):
         tb.add_scalar(key, value, global_step=record['step'])
     tb.flush()
 
+  def close(self):
+    if self.enabled:
+      for tb in self._tb.values():
+        tb.close()
+
 
 def read(workdir: str) -> list[dict]:
   """All records of a run (for plots and tests)."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (storage.path(workdir) / 'metrics.jsonl').read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class Progress:

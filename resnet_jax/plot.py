@@ -7,14 +7,14 @@ dashed and test error bold, one colour per run.
 from __future__ import annotations
 
 import argparse
-import os
+import io
 
 import matplotlib
 
 matplotlib.use('Agg')  # files only; no display needed
 import matplotlib.pyplot as plt
 
-from resnet_jax import metrics
+from resnet_jax import metrics, storage
 
 
 def curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -27,7 +27,7 @@ def curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def plot(workdirs, out: str, labels=None, title: str | None = None) -> str:
-  labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  labels = labels or [storage.path(w).name for w in workdirs]
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for i, (workdir, label) in enumerate(zip(workdirs, labels, strict=True)):
     colour = f'C{i}'
@@ -40,8 +40,10 @@ def plot(workdirs, out: str, labels=None, title: str | None = None) -> str:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(out, dpi=120)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=120)
   plt.close(fig)
+  storage.write_bytes_atomic(storage.path(out), png.getvalue())
   return out
 
 

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
+
+from resnet_jax import storage
+from resnet_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
-class DatasetNotFoundError(RuntimeError):
+class DatasetNotFoundError(UserError):
   """The dataset is not prepared where the config points; the message says how to prepare it."""
 
 
@@ -81,31 +85,36 @@ def digits(split: str, test_fraction: float) -> Source:
   )
   by_split = {'train': (parts[0], parts[2]), 'test': (parts[1], parts[3])}
   if split not in by_split:
-    raise ValueError(f"digits has splits 'train' and 'test', not {split!r}.")
+    raise UserError(f"digits has splits 'train' and 'test', not {split!r}.")
   split_images, split_labels = by_split[split]
   return _array_source('digits', split_images, split_labels.astype(np.int32), 10, False)
 
 
-def folder(data_dir: str | None, split: str) -> Source:
-  """``data_dir/<split>/<class>/*.jpg|png``; classes are the sorted subfolders of ``train``."""
+def folder(data_dir: str, split: str) -> Source:
+  """``data_dir/<split>/<class>/*.jpg|png``; classes are the sorted subfolders of ``train``.
+
+  ``data_dir`` may be local or cloud storage (files are read by tf.io.read_file, i.e. gfile).
+  """
   if not data_dir:
-    raise ValueError("dataset='folder' needs data_dir with train/<class>/ and test/<class>/.")
-  split_dir = os.path.join(data_dir, split)
-  class_root = os.path.join(data_dir, 'train')
-  if not os.path.isdir(split_dir) or not os.path.isdir(class_root):
     raise DatasetNotFoundError(
-      f'No image folder {split_dir!r}: expected {data_dir}/train/<class>/*.jpg and '
-      f'{data_dir}/test/<class>/*.jpg (TFDS ImageFolder layout).'
+      "dataset='folder' needs --config.data_dir=DIR with DIR/train/<class>/ and DIR/test/<class>/."
     )
-  classes = sorted(d for d in os.listdir(class_root) if os.path.isdir(os.path.join(class_root, d)))
+  root = storage.path(data_dir)
+  split_dir, class_root = root / split, root / 'train'
+  if not split_dir.is_dir() or not class_root.is_dir():
+    raise DatasetNotFoundError(
+      f'No image folder {split_dir}: expected {root}/train/<class>/*.jpg and '
+      f'{root}/test/<class>/*.jpg (TFDS ImageFolder layout).'
+    )
+  classes = sorted(d.name for d in class_root.iterdir() if d.is_dir())
   paths, labels = [], []
   for label, cls in enumerate(classes):
-    cls_dir = os.path.join(split_dir, cls)
-    if not os.path.isdir(cls_dir):
+    cls_dir = split_dir / cls
+    if not cls_dir.is_dir():
       continue
-    for fname in sorted(os.listdir(cls_dir)):
-      if fname.lower().endswith(IMAGE_EXTENSIONS):
-        paths.append(os.path.join(cls_dir, fname))
+    for file in sorted(cls_dir.iterdir(), key=lambda f: f.name):
+      if file.name.lower().endswith(IMAGE_EXTENSIONS):
+        paths.append(str(file))
         labels.append(label)
   if not paths:
     raise DatasetNotFoundError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {split_dir!r}.')
@@ -149,16 +158,23 @@ def _not_prepared_message(name: str, data_dir: str | None, error: Exception) -> 
 
 
 def _tfds_builder(name: str, data_dir: str | None):
+  """The prepared builder; preparation runs on process 0 alone while the others wait.
+
+  Every process preparing into one shared data_dir at once would race on the same files.
+  """
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for unknown names
     raise DatasetNotFoundError(f'Unknown TFDS dataset {name!r}: {e}') from e
-  if not builder.is_prepared():
+  if builder.is_prepared():
+    return builder
+  if jax.process_index() == 0:
     try:
       builder.download_and_prepare()
     except Exception as e:
       raise DatasetNotFoundError(_not_prepared_message(name, data_dir, e)) from e
-  return builder
+  multihost_utils.sync_global_devices(f'tfds_prepare_{name}')
+  return tfds.builder(name, data_dir=data_dir) if jax.process_index() else builder
 
 
 def tfds_source(name, data_dir, split, *, in_memory_max_bytes: int, seed: int):

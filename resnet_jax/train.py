@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
-import os
 import signal
 
 import jax
@@ -23,6 +23,8 @@ from resnet_jax import (
   parallel,
   sources,
   steps,
+  storage,
+  workdir_lock,
 )
 
 
@@ -35,16 +37,22 @@ class Preemption:
 
   def __init__(self):
     self.requested = False
+    self.loop_step = self.finished_step = 0  # dispatched / known finished on the devices
     self.multi = jax.process_count() > 1
     if not self.multi:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
-    logging.warning('SIGTERM: saving a checkpoint and exiting.')
+    logging.warning(
+      'SIGTERM at step %d (devices finished step %d): saving a checkpoint and exiting.',
+      self.loop_step,
+      self.finished_step,
+    )
     self.requested = True
 
   def reached(self, step: int) -> bool:
+    self.loop_step = step
     if self.multi:
       from jax.experimental import multihost_utils
 
@@ -125,7 +133,7 @@ class Run:
       functools.partial(evaluate.eval_step, model=eval_model, config=config), donate_state=False
     )
     self.checkpointer = checkpoint.Checkpointer(
-      os.path.join(workdir, 'checkpoints'),
+      storage.path(workdir) / 'checkpoints',
       keep=config.keep_checkpoints,
       keep_best=config.keep_best,
       async_save=config.async_checkpoints,
@@ -156,26 +164,49 @@ class Run:
     return evaluate.run_evaluation(self.dp, state, self.eval_fn, self.config, self.eval_source)
 
 
-def _write_config(config, workdir: str):
+def _write_config(config, workdir: str, start_step: int):
+  """``config.json`` (the latest start) and ``config.<start_step>.json`` (kept for every start)."""
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(json.dumps(config.to_dict(), indent=2, default=str))
+    text = json.dumps(config.to_dict(), indent=2, default=str)
+    root = storage.path(workdir)
+    storage.write_text_atomic(root / f'config.{start_step}.json', text)
+    storage.write_text_atomic(root / 'config.json', text)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming from ``workdir`` if it has checkpoints) and returns the last eval record."""
-  _write_config(config, workdir)
+  """Trains (resuming from ``workdir`` if it has checkpoints) and returns the last eval record.
+
+  The workdir is locked for this run first; nothing in it is written until the run is known to
+  start (data found, checkpoint restored or refused).
+  """
+  lock = workdir_lock.acquire_everywhere(
+    workdir,
+    stale_seconds=config.lock_stale_seconds,
+    heartbeat_seconds=config.lock_heartbeat_seconds,
+  )
+  try:
+    return _train(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir: str) -> dict:
   run = Run(config, workdir)
-  writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
   state = run.dp.put_state(run.initial_state())
   start_step = int(run.dp.host(state.step))
+  _write_config(config, workdir, start_step)
+  writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
   eval_every = config.eval_every if config.eval_every > 0 else run.steps_per_epoch
   log_every = max(1, config.log_every)
   local = input_pipeline.train_dataset(config, run.train_source, run.layout, start_step)
   batches = run.dp.batches(local.as_numpy_iterator())
   progress = metrics.Progress(run.total_steps, config.batch_size, start_step)
   preemption = Preemption()
+  preemption.finished_step = start_step
+  # JAX dispatches asynchronously: without a bound the loop runs ahead of the devices by up to
+  # log_every steps (holding that many batches on them) and acts on SIGTERM that late.
+  in_flight = collections.deque()
   pending, last_eval = [], {}
   logging.warning(
     '%s on %s: %d steps (%d per epoch), %d devices in %d processes, from step %d',
@@ -197,6 +228,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for step in range(start_step + 1, run.total_steps + 1):
       state, step_metrics = run.train_fn(state, next(batches))
       pending.append(step_metrics)
+      in_flight.append((step, step_metrics['loss']))
+      while len(in_flight) > config.steps_in_flight:
+        done_step, done = in_flight.popleft()
+        jax.block_until_ready(done)
+        preemption.finished_step = done_step
       if step % log_every == 0 or step == run.total_steps:
         state = _log_train(run, writer, progress, state, pending, step)
         pending = []
@@ -214,6 +250,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   finally:
     run.checkpointer.wait()
     run.checkpointer.close()
+    writer.close()
     preemption.restore()
   return last_eval
 
@@ -270,9 +307,16 @@ def _evaluate(run, writer, state, step) -> dict:
 
 def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
   """Restores a run (latest or ``step``) and scores the eval split with ``config.eval_mode``."""
+  checkpoints = storage.path(workdir) / 'checkpoints'
+  if not checkpoints.is_dir() and not config.init_from:  # never create what we were asked to read
+    raise checkpoint.CheckpointError(
+      f'No checkpoints in {checkpoints} to evaluate: check --workdir (or pass '
+      f'--config.init_from=WEIGHTS to evaluate converted weights).'
+    )
   run = Run(config, workdir)
   if run.checkpointer.latest_step() is None and not config.init_from:
-    raise checkpoint.CheckpointError(f'No checkpoint in {workdir}/checkpoints to evaluate.')
+    run.checkpointer.close()
+    raise checkpoint.CheckpointError(f'No checkpoint in {checkpoints} to evaluate.')
   state = run.initial_state()  # the latest checkpoint
   if step is not None:
     state, _ = run.checkpointer.restore(state, run.meta, step)

@@ -1,0 +1,138 @@
+"""Field-ready runs: preemption promptness, one run per workdir, damaged and refused checkpoints,
+init_from across topologies. Driven through the command line where a user drives it."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from test_train import final_params, run_main, tiny, tiny_flags
+
+from resnet_jax import checkpoint, train, workdir_lock
+
+
+def test_sigterm_checkpoints_within_two_steps_whatever_log_every(tmp_path):
+  workdir = str(tmp_path / 'run')
+  proc = run_main(
+    workdir,
+    *tiny_flags(
+      tmp_path,
+      num_train_steps=100000,
+      checkpoint_every=20,
+      eval_every=100000,
+      log_every=100000,  # before the bound, the loop ran up to this many steps ahead
+      keep_checkpoints=100,
+    ),
+    wait=False,
+  )
+  first = os.path.join(workdir, 'checkpoints', '20')
+  deadline = time.time() + 300
+  while not os.path.isdir(first) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.2)
+  assert os.path.isdir(first), 'training did not reach step 20'
+  signalled = time.time()
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0].decode()
+  assert proc.returncode == 0, out
+  assert time.time() - signalled < 60, out
+  at = re.search(r'SIGTERM at step (\d+) \(devices finished step (\d+)\)', out)
+  assert at, out
+  loop_step, finished = int(at[1]), int(at[2])
+  saved = max(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+  assert loop_step - finished <= 2
+  assert finished <= saved <= loop_step + 2, (finished, loop_step, saved)
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))  # released
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused_then_an_abandoned_lock_is_taken(tmp_path):
+  workdir = tmp_path / 'run'
+  holder = workdir_lock.WorkdirLock(workdir, stale_seconds=120, heartbeat_seconds=30)
+  holder.acquire()  # a live run on this host: this test's own process
+  flags = tiny_flags(tmp_path, num_train_steps=2, eval_every=2, checkpoint_every=2)
+  refused = run_main(str(workdir), *flags)
+  assert refused.returncode == 2
+  assert 'Traceback' not in refused.stderr
+  last = refused.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and f'pid {os.getpid()}' in last, last
+  assert os.listdir(workdir) == [workdir_lock.LOCK_NAME]  # nothing else written
+  holder.release()
+
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  lock = workdir / workdir_lock.LOCK_NAME
+  lock.write_text(json.dumps(dict(host=socket.gethostname(), pid=dead.pid, heartbeat=time.time())))
+  taken = run_main(str(workdir), *flags)
+  assert taken.returncode == 0, taken.stderr[-3000:]
+  assert 'Taking over the abandoned lock' in taken.stderr
+  assert not lock.exists()
+
+
+@pytest.mark.parametrize(('age', 'refused'), [(10, True), (1000, False)])
+def test_a_lock_from_another_host_is_abandoned_only_after_its_heartbeat_goes_stale(
+  tmp_path, age, refused
+):
+  (tmp_path / workdir_lock.LOCK_NAME).write_text(
+    json.dumps(dict(host='other-host', pid=1, started='x', heartbeat=time.time() - age))
+  )
+  lock = workdir_lock.WorkdirLock(tmp_path, stale_seconds=120, heartbeat_seconds=30)
+  if refused:
+    with pytest.raises(workdir_lock.WorkdirLockedError, match='host other-host, pid 1'):
+      lock.acquire()
+  else:
+    lock.acquire()
+    assert json.loads((tmp_path / workdir_lock.LOCK_NAME).read_text())['pid'] == os.getpid()
+    lock.release()
+
+
+def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp_path):
+  config = tiny(tmp_path, num_train_steps=6, eval_every=6, checkpoint_every=3, keep_checkpoints=5)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  reference, _ = final_params(workdir, config)
+  # A run of another model is refused, and the workdir's config is untouched by it.
+  other = tiny(tmp_path, model='cifar_resnet14', num_train_steps=6)
+  with pytest.raises(checkpoint.CheckpointError, match="model: saved 'cifar_resnet8'"):
+    train.train_and_evaluate(other, workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model'] == 'cifar_resnet8'
+  # Truncate every data file of step 6.
+  for root, _, files in os.walk(os.path.join(workdir, 'checkpoints', '6', 'state')):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+  train.train_and_evaluate(config, workdir)  # resumes from 3, trains 4..6 again
+  assert os.path.isdir(os.path.join(workdir, checkpoint.DAMAGED_DIR, '6', 'state'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  assert sorted(f for f in os.listdir(workdir) if f.startswith('config')) == [
+    'config.0.json',
+    'config.3.json',
+    'config.json',
+  ]
+  resumed, step = final_params(workdir, config)
+  assert step == 6
+  for key, value in reference.items():  # the same steps again: the same weights, bitwise
+    np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+def test_init_from_an_8_device_run_into_a_4_device_run(tmp_path):
+  source = str(tmp_path / 'source')
+  first = run_main(source, *tiny_flags(tmp_path, num_train_steps=2, checkpoint_every=2))
+  assert first.returncode == 0, first.stderr[-3000:]
+  target = str(tmp_path / 'target')
+  # learning_rate 0: the target's saved weights are exactly what init_from loaded.
+  flags = tiny_flags(tmp_path, num_train_steps=1, eval_every=1, init_from=source, learning_rate=0)
+  second = run_main(target, *flags, devices=4)
+  assert second.returncode == 0, second.stderr[-3000:]
+  config = tiny(tmp_path)
+  src_params, _ = final_params(source, config)
+  loaded, step = final_params(target, config)
+  assert step == 1
+  for key, value in src_params.items():
+    np.testing.assert_array_equal(loaded[key], value, err_msg=key)
