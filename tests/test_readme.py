@@ -1,0 +1,136 @@
+"""The README is executable: every command of its ```bash blocks is run as written, or dry-run, or
+skipped for a stated reason. A command no rule knows fails the test, so the test follows the
+README: a new command must be given a rule here.
+
+As written means: placeholders (DIR, DATA_DIR, /tmp/...) become temporary paths, and commands that
+need ImageNet-scale data or time get a tiny image folder and fewer steps through appended
+``--config.`` flags (never by editing what is there). Commands run in README order, so later
+ones use what earlier ones made (evaluate and plot read the digits run).
+"""
+
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+from helpers import write_image_folder
+from test_train import REPO
+
+pytestmark = pytest.mark.slow
+
+README = os.path.join(REPO, 'README.md')
+SHORT_DIGITS = [
+  '--config.num_train_steps=8',
+  '--config.eval_every=8',
+  '--config.checkpoint_every=8',
+  '--config.log_every=4',
+]
+TINY_IMAGENET = [  # a 3-class JPEG folder at 32 px stands in for ImageNet
+  '--config.dataset=folder',
+  '--config.data_dir={data}',
+  '--config.eval_split=test',
+  '--config.image_size=32',
+  '--config.eval_resize=36',
+  "--config.scale_range='(36,48)'",
+  '--config.batch_size=8',
+  '--config.num_train_steps=2',
+  '--config.eval_every=2',
+  '--config.mean_image_path={tmp}/mean.npy',
+]
+
+# (pattern, what to do): 'run' (with flags appended), 'dry' (DRY_RUN=1), or a reason to skip.
+RULES = [
+  (r'^pip install', 'skip: installs this package; CI installs it this way before the tests'),
+  (r'^python -m pytest', 'skip: the test suite itself'),
+  (r'^tfds build imagenet2012', 'skip: needs the ImageNet tars, which cannot be downloaded'),
+  (r'^gsutil ', 'skip: needs a real cloud bucket and credentials'),
+  (r'^python -m resnet_jax\.main --config=configs/digits\.py', ('run', SHORT_DIGITS)),
+  (r'^python -m resnet_jax\.main --config=configs/r50\.py .*init_from', ('run', TINY_IMAGENET)),
+  (r'^python -m resnet_jax\.(evaluate|plot|summary|convert) ', ('run', [])),
+  (
+    r'^python -m resnet_jax\.benchmark ',
+    ('run', ['--config.image_size=32', '--config.batch_size=8', '--steps=2']),
+  ),
+  (r'^\./launch\.sh local ', ('run', SHORT_DIGITS)),
+  (r'^(SLURM_PARTITION=\S+ )?\./launch\.sh (tpu|tpu-logs|tpu-delete|slurm) ', ('dry', [])),
+]
+
+
+def readme_commands() -> list[str]:
+  with open(README) as f:
+    text = f.read()
+  commands = []
+  for block in re.findall(r'```bash\n(.*?)```', text, flags=re.S):
+    for line in block.replace('\\\n', ' ').splitlines():
+      line = re.sub(r'\s+#\s.*$', '', line).strip()  # a trailing comment
+      commands += [' '.join(part.split()) for part in line.split(' && ') if part.strip()]
+  return commands
+
+
+def rule_for(command: str):
+  for pattern, action in RULES:
+    if re.search(pattern, command):
+      return action
+  raise AssertionError(f'README command with no rule in tests/test_readme.py: {command}')
+
+
+def localise(command: str, tmp) -> str:
+  """README placeholders -> this test's temporary paths."""
+  command = command.replace('/tmp/', f'{tmp}/').replace('resnet50.pth', f'{tmp}/resnet50.pth')
+  return re.sub(r'\b(DATA_DIR|DIR)\b', lambda m: f'{tmp}/{m[1].lower()}', command)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_every_readme_command_has_a_rule():
+  commands = readme_commands()
+  assert len(commands) >= 14
+  for command in commands:
+    rule_for(command)
+
+
+def test_readme_commands_run_as_written(tmp_path):
+  data = write_image_folder(tmp_path / 'images', size=(48, 64))
+  if any('resnet_jax.convert' in c for c in readme_commands()):
+    torch = pytest.importorskip('torch')  # the README's convert needs a torchvision .pth
+    from torch_resnet import build
+
+    torch.save(build('resnet50').state_dict(), tmp_path / 'resnet50.pth')
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  ran, dry, skipped = [], [], []
+  for command in readme_commands():
+    action = rule_for(command)
+    if isinstance(action, str):
+      skipped.append((command, action))
+      continue
+    kind, extra = action
+    line = localise(command, tmp_path)
+    line += ''.join(f' {flag.format(data=data, tmp=tmp_path)}' for flag in extra)
+    run_env = dict(env, PORT=str(free_port()))
+    if kind == 'dry':
+      run_env['DRY_RUN'] = '1'
+    if line.startswith('./launch.sh local'):
+      run_env.pop('XLA_FLAGS')  # launch.sh gives each process its own devices
+    result = subprocess.run(
+      ['bash', '-c', line], cwd=REPO, env=run_env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f'{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}'
+    assert 'Traceback' not in result.stderr, line
+    (dry if kind == 'dry' else ran).append((line, result))
+  print('\n'.join(f'skipped: {c} ({why})' for c, why in skipped))
+  assert len(ran) >= 8 and len(dry) >= 4
+  by_tool = {line.split()[2] if line.startswith('python') else line: r for line, r in ran}
+  assert '11,689,512' in by_tool['resnet_jax.summary'].stdout
+  assert os.path.getsize(tmp_path / 'digits' / 'curves.png') > 10_000
+  assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
+  assert os.path.isdir(tmp_path / 'r50_tv')
+  assert os.path.isdir(tmp_path / 'dir' / 'checkpoints' / '2')  # the init_from fine-tune ran
+  assert os.path.isdir(tmp_path / 'digits_2proc' / 'checkpoints' / '8')  # two processes
+  for line, result in dry:  # the user's training flags reach the command a cluster would run
+    if '--config=' in line:
+      assert '--config=configs/r50.py' in result.stdout + result.stderr, line
