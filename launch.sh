@@ -89,12 +89,14 @@ SBATCH
 local_run() {
   local n=$1; shift; split_args "$@"
   local port=${PORT:-12355} per=${DEVICES_PER_PROCESS:-4} pids=() status=0
-  for ((i = 0; i < n; i++)); do
-    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    for ((i = 0; i < n; i++)); do
       echo "JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i" \
         "python3 -m resnet_jax.main $(quoted_main_args)"
-      continue
-    fi
+    done
+    return 0
+  fi
+  for ((i = 0; i < n; i++)); do
     JAX_PLATFORMS=cpu JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i \
       XLA_FLAGS="--xla_force_host_platform_device_count=$per ${XLA_FLAGS:-}" \
       python3 -m resnet_jax.main "${MAIN_ARGS[@]}" &

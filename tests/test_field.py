@@ -17,6 +17,7 @@ from test_train import final_params, run_main, tiny, tiny_flags
 from resnet_jax import checkpoint, train, workdir_lock
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_within_two_steps_whatever_log_every(tmp_path):
   workdir = str(tmp_path / 'run')
   proc = run_main(
@@ -50,6 +51,7 @@ def test_sigterm_checkpoints_within_two_steps_whatever_log_every(tmp_path):
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))  # released
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_is_refused_then_an_abandoned_lock_is_taken(tmp_path):
   workdir = tmp_path / 'run'
   holder = workdir_lock.WorkdirLock(workdir, stale_seconds=120, heartbeat_seconds=30)
@@ -119,8 +121,17 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp
   assert step == 6
   for key, value in reference.items():  # the same steps again: the same weights, bitwise
     np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+  # With no readable step left: one error naming every step, and nothing moved.
+  for step_dir in ('3', '6'):
+    metadata = os.path.join(workdir, 'checkpoints', step_dir, 'meta', 'metadata')
+    with open(metadata, 'w') as f:
+      f.write('{not json')
+  with pytest.raises(checkpoint.CheckpointError, match=r'No checkpoint .*step 6: .*step 3: '):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
 
 
+@pytest.mark.slow
 def test_init_from_an_8_device_run_into_a_4_device_run(tmp_path):
   source = str(tmp_path / 'source')
   first = run_main(source, *tiny_flags(tmp_path, num_train_steps=2, checkpoint_every=2))

@@ -46,7 +46,9 @@ def test_slurm_mode_one_task_per_gpu():
 
 
 def test_local_mode_sets_the_coordinator_for_each_process():
-  out = launch('local', '3', '--', '--workdir=/tmp/x').stdout.splitlines()
+  result = launch('local', '3', '--', '--workdir=/tmp/x')
+  assert result.returncode == 0, result.stderr
+  out = result.stdout.splitlines()
   assert len(out) == 3
   for i, line in enumerate(out):
     assert f'JAX_COORDINATOR_ADDRESS=127.0.0.1:12355 JAX_NUM_PROCESSES=3 JAX_PROCESS_ID={i}' in line

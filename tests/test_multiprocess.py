@@ -1,11 +1,13 @@
 """Real multi-process runs: 2 processes x 4 CPU devices through launch.sh local."""
 
 import os
+import re
 import signal
 import subprocess
 import time
 
 import numpy as np
+import pytest
 from test_train import REPO, final_params, run_main, tiny, tiny_flags
 
 from resnet_jax import metrics
@@ -81,3 +83,31 @@ def test_killing_one_process_stops_the_other(tmp_path):
   assert 'a process failed; stopping the other 1' in out
   alive = subprocess.run(['pgrep', '-f', f'workdir={tmp_path}/run'], capture_output=True).stdout
   assert not alive
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_checkpoints_both_and_exits(tmp_path):
+  workdir = str(tmp_path / 'run')
+  flags = tiny_flags(
+    tmp_path, num_train_steps=100000, eval_every=100000, checkpoint_every=20, log_every=100000
+  )
+  launcher = launch_local(tmp_path, workdir, flags, port=12441, wait=False)
+  first = os.path.join(workdir, 'checkpoints', '20')
+  deadline = time.time() + 300
+  while not os.path.isdir(first) and time.time() < deadline and launcher.poll() is None:
+    time.sleep(0.2)
+  assert os.path.isdir(first), 'training did not reach step 20'
+  workers = subprocess.run(
+    ['pgrep', '-f', f'workdir={workdir}'], capture_output=True, text=True
+  ).stdout.split()
+  workers = sorted(int(p) for p in workers if int(p) != launcher.pid)
+  assert len(workers) >= 2
+  signalled = time.time()
+  os.kill(workers[-1], signal.SIGTERM)  # as a preempted host: one process is told
+  out = launcher.communicate(timeout=300)[0].decode()
+  assert launcher.returncode == 0, out[-3000:]
+  assert time.time() - signalled < 90, out[-3000:]
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+  saved = {int(s) for s in re.findall(r'Saved step (\d+) after SIGTERM', out)}
+  assert saved == {steps[-1]} and steps[-1] > 20, (saved, steps)  # both processes, one step
+  assert not os.path.exists(os.path.join(workdir, 'run.lock'))
