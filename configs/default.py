@@ -29,6 +29,9 @@ def get_config():
   c.digits_test_fraction = 0.2  # 'digits': held-out fraction (stratified, fixed split seed 0).
   c.fake_num_examples = 1_281_167  # 'fake': training epoch size (ImageNet's by default).
   c.fake_eval_examples = 10_000  # 'fake': size of any other split.
+  # 'folder': False = an unreadable image stops the run naming the file; True = such files are
+  # left out at start-up and counted in the log.
+  c.skip_bad_images = False
 
   # --- Augmentation (augment.py) ----------------------------------------------------------------
   c.image_size = 224  # Side of the training crop / centre test crop.
@@ -48,7 +51,9 @@ def get_config():
   c.normalization = 'pixel_mean'
   c.channel_mean = (0.485 * 255, 0.456 * 255, 0.406 * 255)
   c.channel_std = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-  c.mean_image_path = ''  # '': <data_dir>/mean_images/<dataset>_<split>_<sizes>_<count>.npy.
+  # '': <data_dir>/mean_images/<dataset>_<split>_<sizes>_<count>_<content key>.npz. A cache is
+  # used only if its stored key matches the data it would normalise (else recomputed).
+  c.mean_image_path = ''
   c.mean_image_examples = 50_000  # Training images averaged for the mean image; 0 = all.
 
   # --- Evaluation views -------------------------------------------------------------------------
@@ -74,6 +79,10 @@ def get_config():
   c.half_precision = False  # Compute in half_dtype; params, BN statistics, logits stay float32.
   c.half_dtype = 'bfloat16'  # 'bfloat16' (TPU, Ampere+) or 'float16' (dynamic loss scaling).
   c.init_from = ''  # A workdir or a converted checkpoint (resnet_jax.convert) to start from.
+  # Comma-separated parameter path prefixes that init_from may leave freshly initialised (e.g.
+  # 'fc,layer4'); every other tensor must load. '' = only the classifier head ('fc'), and only
+  # when its class count differs.
+  c.init_from_skip = ''
 
   # --- Optimisation (optim.py) ------------------------------------------------------------------
   c.batch_size = 256  # Global, over all devices of all processes.

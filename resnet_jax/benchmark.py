@@ -172,11 +172,12 @@ def time_input(config, cores: int, num_batches: int, baseline: bool) -> dict:
 
 def main(argv):
   del argv
-  from resnet_jax import distributed
+  from resnet_jax import config_check, distributed
 
   distributed.initialize()
   distributed.hide_accelerators_from_tensorflow()
   config = FLAGS.config
+  config_check.check(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   if FLAGS.mode in ('input', 'input_baseline'):
     result = time_input(config, FLAGS.cores, FLAGS.steps, FLAGS.mode == 'input_baseline')
   else:
@@ -185,7 +186,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
   FLAGS = flags.FLAGS
@@ -196,4 +197,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 20, 'Timed steps (or input batches).')
   flags.DEFINE_integer('cores', 1, 'tf.data threads for the input modes.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  from resnet_jax import cli
+
+  cli.run(main)

@@ -74,6 +74,7 @@ class Checkpointer:
       enable_async_checkpointing=async_save,
       preservation_policy=policies.preservation_policy.AnyPreservationPolicy(preservation),
       cleanup_tmp_directories=True,
+      create=False,  # created by the first save: a run refused at start-up leaves no trace
     )
     self.manager = ocp.CheckpointManager(
       self.directory, options=options, item_names=('state', 'meta')
@@ -146,9 +147,11 @@ class Checkpointer:
     mismatched = {k: (meta.get(k), v) for k, v in expected_meta.items() if meta.get(k) != v}
     if mismatched:
       details = ', '.join(f'{k}: saved {a!r}, this run {b!r}' for k, (a, b) in mismatched.items())
+      hint = 'Use a new workdir'
+      if 'model' not in mismatched:  # same architecture: its weights can seed a new run
+        hint += f', or --config.init_from={self.directory.parent} to start from its weights'
       raise CheckpointError(
-        f'Checkpoint {path} was made by an incompatible run ({details}). Use a new workdir, or '
-        f'--config.init_from={self.directory.parent} to start from its weights.'
+        f'Checkpoint {path} was made by an incompatible run ({details}). {hint}.'
       )
     try:
       restored = self.manager.restore(
@@ -184,14 +187,49 @@ def save_variables(directory: str, variables: dict):
   checkpointer.wait_until_finished()
 
 
-def load_variables(path: str, abstract_variables, sharding) -> dict:
+def load_variables(path: str, abstract_variables, sharding, allow_fresh: str = '') -> dict:
   """{'params', 'batch_stats'} from a converted checkpoint or from another run's workdir.
 
-  Leaves whose shape differs from ``abstract_variables`` (a new classifier head) are kept from
-  ``abstract_variables``'s initialisation by the caller: they come back as None here. Everything
-  is restored onto ``sharding`` (this run's mesh), whatever topology saved it.
+  Every tensor of ``abstract_variables`` must load, except those under the comma-separated
+  ``allow_fresh`` prefixes (e.g. 'fc,layer4'; '' allows only a classifier head 'fc' whose class
+  count differs): those come back as None and keep the caller's initialisation. Everything is
+  restored onto ``sharding`` (this run's mesh), whatever topology saved it.
+
+  Raises:
+    CheckpointError: when the weights cannot be read, or tensors outside ``allow_fresh`` are
+      missing or mis-shaped (listing them).
   """
-  path = storage.path(path)
+  saved = _read_variables(storage.path(path), sharding)
+  flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
+  prefixes = [p.strip() for p in allow_fresh.split(',') if p.strip()]
+  out, fresh, refused = [], [], []
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_variables)
+  for key, leaf in leaves:
+    value = flat_saved.get(key)
+    if value is not None and value.shape == leaf.shape:
+      out.append(jax.device_put(value, sharding))
+      continue
+    name = '/'.join(str(getattr(k, 'key', k)) for k in key[1:])  # without the collection
+    problem = 'missing' if value is None else f'{value.shape} vs {leaf.shape}'
+    allowed = [p for p in prefixes if name == p or name.startswith(f'{p}/')]
+    if allowed or (not prefixes and value is not None and name.startswith('fc/')):
+      fresh.append(name)
+    else:
+      refused.append(f'{name} ({problem})')
+    out.append(None)
+  if refused:
+    listing = ', '.join(refused[:6]) + (f' and {len(refused) - 6} more' if len(refused) > 6 else '')
+    raise CheckpointError(
+      f'init_from {path}: {len(refused)} of {len(leaves)} tensors do not fit this model: '
+      f'{listing}. Is it the same architecture? To start from it anyway, name what may stay '
+      f'freshly initialised: --config.init_from_skip=PREFIX[,PREFIX...].'
+    )
+  if fresh:
+    logging.warning('init_from %s: fresh initialisation kept for %s', path, sorted(set(fresh)))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _read_variables(path, sharding) -> dict:
   run_checkpoints = path / 'checkpoints'
   try:
     if run_checkpoints.is_dir():
@@ -203,28 +241,18 @@ def load_variables(path: str, abstract_variables, sharding) -> dict:
       target = _target_like(manager.item_metadata(step)['state'], sharding)
       state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
       manager.close()
-      saved = {k: state['state'][k] for k in ('params', 'batch_stats')}
-    else:
-      checkpointer = ocp.StandardCheckpointer()
-      target = _target_like(checkpointer.metadata(path).item_metadata, sharding)
-      saved = checkpointer.restore(path, target)
+      return {k: state['state'][k] for k in ('params', 'batch_stats')}
+    if not path.exists():
+      raise CheckpointError(
+        f'init_from {path}: no such directory (give a run workdir or a resnet_jax.convert output).'
+      )
+    checkpointer = ocp.StandardCheckpointer()
+    target = _target_like(checkpointer.metadata(path).item_metadata, sharding)
+    return checkpointer.restore(path, target)
   except CheckpointError:
     raise
   except Exception as e:
-    raise CheckpointError(f'Cannot read weights from {path}: {e}') from e
-
-  flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
-  out, skipped = [], []
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_variables)
-  for key, leaf in leaves:
-    value = flat_saved.get(key)
-    if value is None or value.shape != leaf.shape:
-      skipped.append(jax.tree_util.keystr(key))
-      out.append(None)
-    else:
-      out.append(jax.device_put(value, sharding))
-  if len(skipped) == len(leaves):
-    raise CheckpointError(f'No weights in {path} fit this model (is it the same architecture?).')
-  if skipped:
-    logging.warning('init_from %s: kept fresh initialisation for %s', path, skipped)
-  return jax.tree_util.tree_unflatten(treedef, out)
+    raise CheckpointError(
+      f'Cannot read weights from {path} ({_first_line(e)}): give a run workdir or a '
+      f'resnet_jax.convert output.'
+    ) from e

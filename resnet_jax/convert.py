@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from resnet_jax import models
+from resnet_jax.errors import UserError
 
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 _LEAF_NAMES = {
@@ -130,23 +131,34 @@ def main(argv):
   from resnet_jax import checkpoint, storage
 
   weights = storage.path(FLAGS.torchvision)  # local or cloud
-  state_dict = torch.load(io.BytesIO(weights.read_bytes()), map_location='cpu', weights_only=True)
+  if not weights.is_file():
+    raise UserError(f'--torchvision={FLAGS.torchvision}: no such file.')
+  try:
+    state_dict = torch.load(io.BytesIO(weights.read_bytes()), map_location='cpu', weights_only=True)
+  except Exception as e:  # torch raises many types; its advice to unpickle unsafely is not ours
+    raise UserError(
+      f'--torchvision={FLAGS.torchvision} is not a readable torch state_dict '
+      f'({type(e).__name__}): re-download it, or save it with torch.save(model.state_dict()).'
+    ) from None
   if 'state_dict' in state_dict:  # Checkpoints saved by torchvision's reference scripts nest it.
     state_dict = state_dict['state_dict']
-  variables = from_torchvision(state_dict, FLAGS.model)
+  try:
+    variables = from_torchvision(state_dict, FLAGS.model)
+  except ValueError as e:
+    raise UserError(f'--torchvision={FLAGS.torchvision}: {e}') from None
   checkpoint.save_variables(FLAGS.out, variables)
   count = sum(v.size for v in jax.tree.leaves(variables['params']))
   print(f'Wrote {FLAGS.model} ({count:,} parameters) to {FLAGS.out}')
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from absl import flags
 
   FLAGS = flags.FLAGS
   flags.DEFINE_string('torchvision', None, 'Path of a torchvision state_dict (.pth).')
   flags.DEFINE_string('model', None, 'Model name, e.g. resnet50.')
   flags.DEFINE_string('out', None, 'Output directory of the orbax checkpoint.')
   flags.mark_flags_as_required(['torchvision', 'model', 'out'])
-  from resnet_jax import errors
+  from resnet_jax import cli
 
-  app.run(errors.report_user_errors(main))
+  cli.run(main)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnet_jax import errors, input_pipeline, steps, storage
+from resnet_jax import input_pipeline, steps, storage
 from resnet_jax.parallel import AXIS
 
 
@@ -65,13 +65,16 @@ def eval_step(state, batch, *, model, config):
   return lax.psum(sums, AXIS)
 
 
-def run_evaluation(dp, state, eval_fn, config, source) -> dict[str, float]:
-  """Scores a whole split; returns mean loss/errors and ``num_examples`` actually scored."""
+def run_evaluation(dp, state, eval_fn, config, source, mean=None) -> dict[str, float]:
+  """Scores a whole split; returns mean loss/errors and ``num_examples`` actually scored.
+
+  ``mean``: the training split's mean image (pixel_mean normalisation), if already loaded.
+  """
   layout = input_pipeline.Layout.current(config.eval_batch_size or config.batch_size)
-  ds, num_steps = input_pipeline.eval_dataset(config, source, layout)
+  ds, num_steps = input_pipeline.eval_dataset(config, source, layout, mean)
   totals = None
   start = time.time()
-  for batch in dp.batches(ds.as_numpy_iterator()):
+  for batch in dp.batches(input_pipeline.numpy_batches(ds, source)):
     sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = dp.host(totals)
@@ -102,9 +105,9 @@ def main(argv):
 
 
 def run():
-  from absl import app
+  from resnet_jax import cli
 
-  app.run(errors.report_user_errors(main))
+  cli.run(main)
 
 
 if __name__ == '__main__':

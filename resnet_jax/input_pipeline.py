@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax import augment, mean_image
+from resnet_jax import augment, mean_image, sources
 from resnet_jax.sources import Source
 
 FETCH_CHUNK = 64  # Examples fetched per call into the source (random-access reads in parallel).
@@ -91,11 +91,12 @@ class Normalizer:
   pipeline's throughput. Other shapes (multi-scale views) take the broadcasting path.
   """
 
-  def __init__(self, config, train_source: Source | None = None):
+  def __init__(self, config, train_source: Source | None = None, mean: np.ndarray | None = None):
     self.mode = config.normalization
     full = (config.image_size, config.image_size, 3)
     if self.mode == 'pixel_mean':
-      mean = mean_image.load_or_compute(config, train_source)
+      if mean is None:  # callers that set up once (train.Run) pass it in
+        mean = mean_image.load_or_compute(config, train_source)
       self.mean, self.inv_std = tf.constant(mean, tf.float32), None
     elif self.mode == 'channel_mean_std':
       channel_mean = np.asarray(config.channel_mean, np.float32)
@@ -200,9 +201,11 @@ def _fetch_and_map(index_batches, extra_dtype, source: Source, layout: Layout, e
   return ds.batch(lb, drop_remainder=True).prefetch(config.prefetch_batches)
 
 
-def train_dataset(config, source: Source, layout: Layout, start_step: int = 0) -> tf.data.Dataset:
+def train_dataset(
+  config, source: Source, layout: Layout, start_step: int = 0, mean: np.ndarray | None = None
+) -> tf.data.Dataset:
   """This process's local training batches, from ``start_step`` on, forever."""
-  normalize = Normalizer(config, source)
+  normalize = Normalizer(config, source, mean)
   example_fn = functools.partial(
     train_example, config=config, encoded=source.encoded, normalize=normalize
   )
@@ -220,6 +223,21 @@ def train_dataset(config, source: Source, layout: Layout, start_step: int = 0) -
   return ds.batch(layout.local_batch, drop_remainder=True).prefetch(config.prefetch_batches)
 
 
+def numpy_batches(ds: tf.data.Dataset, source: Source):
+  """``ds`` as numpy; a decoding failure becomes a UserError naming the files, if it can."""
+  iterator = ds.as_numpy_iterator()
+  while True:
+    try:
+      yield next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError as e:
+      message = source.diagnose() if source.diagnose else ''
+      if message:
+        raise sources.DatasetError(message) from e
+      raise
+
+
 def train_steps_per_epoch(source: Source, layout: Layout) -> int:
   if source.fetch is not None:
     return source.num_examples // layout.global_batch
@@ -227,9 +245,11 @@ def train_steps_per_epoch(source: Source, layout: Layout) -> int:
   return per_process // layout.local_batch
 
 
-def eval_dataset(config, source: Source, layout: Layout) -> tuple[tf.data.Dataset, int]:
+def eval_dataset(
+  config, source: Source, layout: Layout, mean: np.ndarray | None = None
+) -> tuple[tf.data.Dataset, int]:
   """This process's local eval batches (with 'mask') and their number, equal on all processes."""
-  normalize = Normalizer(config)  # the mean image is the training split's
+  normalize = Normalizer(config, mean=mean)  # the mean image is the training split's
   example_fn = functools.partial(
     eval_example, config=config, encoded=source.encoded, normalize=normalize
   )

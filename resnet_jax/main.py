@@ -12,11 +12,12 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from resnet_jax import distributed, errors, train
+from resnet_jax import cli, config_check, distributed
+from resnet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -26,10 +27,16 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise UserError(f'Unexpected arguments {argv[1:]}: every option is a flag, --name=value.')
   if not FLAGS['verbosity'].present:  # orbax and jax log every save at INFO
     absl_logging.set_verbosity(absl_logging.WARNING)
   distributed.initialize()
+  # Before the heavy imports (TensorFlow, orbax): a bad value is reported in a second.
+  config_check.check(
+    FLAGS.config, num_devices=jax.device_count(), num_processes=jax.process_count()
+  )
+  from resnet_jax import train
+
   distributed.hide_accelerators_from_tensorflow()
   logging.warning(
     'process %d/%d, %d local / %d global devices (%s)',
@@ -43,4 +50,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(errors.report_user_errors(main))
+  cli.run(main)

@@ -3,13 +3,16 @@
 The mean is taken over the images' centre views (shorter side ``eval_resize``, central
 ``image_size`` crop: the frame in which training crops and test views are normalised), over
 ``mean_image_examples`` training images spread evenly over the split (all when 0). It is cached
-as .npy next to the data and reused; training computes it on first use. To compute it ahead:
+(.npz, with a key of the content it was computed from: the source's fingerprint and the view
+geometry) next to the data, and reused only for the same content; training computes it on
+first use. To compute it ahead:
 
   python -m resnet_jax.mean_image --config=configs/r50.py --config.data_dir=DIR
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 
@@ -23,19 +26,26 @@ from resnet_jax import sources, storage
 from resnet_jax.errors import UserError
 
 
-def cache_path(config) -> epath.Path:
+def content_key(config, source: sources.Source) -> str:
+  """What the mean depends on: the examples (the source's fingerprint) and the view geometry."""
+  parts = [source.fingerprint, config.eval_resize, config.image_size, config.mean_image_examples]
+  return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def cache_path(config, key: str) -> epath.Path:
+  """``mean_image_path`` if set, else a file under data_dir named by the content key."""
   if config.mean_image_path:
     return storage.path(config.mean_image_path)
   root = storage.path(config.data_dir or '~/tensorflow_datasets')
   name = config.dataset.replace('/', '_').replace(':', '_')
   split = config.train_split.replace('[', '_').replace(']', '').replace(':', '-')
   size = f'{config.eval_resize}_{config.image_size}'
-  return root / 'mean_images' / f'{name}_{split}_{size}_{config.mean_image_examples}.npy'
+  return root / 'mean_images' / f'{name}_{split}_{size}_{config.mean_image_examples}_{key}.npz'
 
 
 def compute(config, source: sources.Source, batch: int = 256) -> np.ndarray:
   """Mean of the centre views of the chosen training images, float32 [size, size, 3] in 0..255."""
-  from resnet_jax.input_pipeline import base_view  # the canonical frame lives with the pipeline
+  from resnet_jax import input_pipeline  # the canonical frame lives with the pipeline
 
   limit = source.num_examples if not config.mean_image_examples else config.mean_image_examples
   limit = min(limit, source.num_examples)
@@ -47,19 +57,28 @@ def compute(config, source: sources.Source, batch: int = 256) -> np.ndarray:
     ds, _, _ = source.stream(0, 1, train=False)
     ds = ds.map(lambda data, label: data).take(limit)
   ds = ds.map(
-    lambda data: base_view(source.load(data), source.encoded, config),
+    lambda data: input_pipeline.base_view(source.load(data), source.encoded, config),
     num_parallel_calls=tf.data.AUTOTUNE,
   ).batch(batch)
   total = np.zeros((config.image_size, config.image_size, 3), np.float64)
   count = 0
-  for views in ds.as_numpy_iterator():
+  for views in input_pipeline.numpy_batches(ds, source):
     total += views.sum(axis=0, dtype=np.float64)
     count += len(views)
   return (total / count).astype(np.float32)
 
 
-def _load(path: epath.Path, config) -> np.ndarray:
-  mean = np.load(io.BytesIO(path.read_bytes()))
+def _load(path: epath.Path, key: str, config) -> np.ndarray | None:
+  """The cached mean if it was computed from the same content, else None (stale or foreign)."""
+  try:
+    stored = np.load(io.BytesIO(path.read_bytes()))
+  except (OSError, ValueError) as e:
+    logging.warning('Mean image cache %s is unreadable (%s); recomputing it.', path, e)
+    return None
+  if not isinstance(stored, np.lib.npyio.NpzFile) or str(stored.get('key', '')) != key:
+    logging.warning('Mean image cache %s was computed from other data; recomputing it.', path)
+    return None
+  mean = stored['mean']
   expected = (config.image_size, config.image_size, 3)
   if mean.shape != expected:
     raise UserError(
@@ -69,66 +88,74 @@ def _load(path: epath.Path, config) -> np.ndarray:
   return mean
 
 
-def load_or_compute(config, source: sources.Source | None) -> np.ndarray:
-  """The cached mean image; when missing, process 0 computes and caches it for every process.
+def load_or_compute(config, source: sources.Source | None = None) -> np.ndarray:
+  """The cached mean image of this content; else process 0 computes and caches it for all.
 
   The other processes wait and read process 0's file (one pass over the data, not one per host);
   if process 0 could not write it (a read-only data_dir), each computes its own.
   """
-  path = cache_path(config)
-  if _exists_on_process_0(path):
-    return _load(path, config)
+  source = source or sources.get_source(config, config.train_split)
+  key = content_key(config, source)
+  path = cache_path(config, key)
+  cached = _load_on_every_process(path, key, config)
+  if cached is not None:
+    return cached
   if jax.process_index() == 0:
-    mean = _compute_and_cache(config, source, path)
+    mean = _compute_and_cache(config, source, path, key)
   multihost_utils.sync_global_devices('mean_image_cached')
   if jax.process_index() == 0:
     return mean
-  if path.exists():
-    return _load(path, config)
-  return compute(config, source or sources.get_source(config, config.train_split))
+  cached = _load(path, key, config) if path.exists() else None
+  return cached if cached is not None else compute(config, source)
 
 
-def _exists_on_process_0(path: epath.Path) -> bool:
-  """One answer for all processes: each asking on its own could race process 0's write."""
-  exists = path.exists() if jax.process_index() == 0 else False
+def _load_on_every_process(path: epath.Path, key: str, config) -> np.ndarray | None:
+  """One verdict for all processes: each deciding alone could race process 0's write."""
+  mean = _load(path, key, config) if jax.process_index() == 0 and path.exists() else None
   if jax.process_count() == 1:
-    return exists
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+    return mean
+  if not multihost_utils.broadcast_one_to_all(np.int32(mean is not None)):
+    return None
+  return mean if mean is not None else _load(path, key, config)
 
 
-def _compute_and_cache(config, source, path: epath.Path) -> np.ndarray:
-  if source is None:
-    source = sources.get_source(config, config.train_split)
+def _compute_and_cache(config, source, path: epath.Path, key: str) -> np.ndarray:
   logging.info('Computing the mean image of %s (%s examples)', config.dataset, source.num_examples)
   mean = compute(config, source)
   try:
-    save(path, mean)
+    save(path, mean, key)
   except OSError as e:
     logging.warning('Could not cache the mean image at %s (%s); set mean_image_path.', path, e)
   return mean
 
 
-def save(path: epath.Path, mean: np.ndarray):
-  """Writes atomically: a concurrent reader sees the old file or the whole new one."""
+def save(path: epath.Path, mean: np.ndarray, key: str):
+  """Writes mean and content key atomically: a reader sees the old file or the whole new one."""
   buffer = io.BytesIO()
-  np.save(buffer, mean)
+  np.savez(buffer, mean=mean, key=np.array(key))
   storage.write_bytes_atomic(path, buffer.getvalue())
 
 
 def main(argv):
   del argv
+  from resnet_jax import config_check
+
   config = FLAGS.config
+  config_check.check(config)
   source = sources.get_source(config, config.train_split)
   mean = compute(config, source)
-  path = cache_path(config)
-  save(path, mean)
+  key = content_key(config, source)
+  path = cache_path(config, key)
+  save(path, mean, key)
   print(f'Mean image of {config.dataset} {config.train_split}: {mean.mean((0, 1))} -> {path}')
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
   FLAGS = flags.FLAGS
   config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
-  app.run(main)
+  from resnet_jax import cli
+
+  cli.run(main)

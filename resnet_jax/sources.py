@@ -10,7 +10,11 @@ that each process reads its own equal share of.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
+import io
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +32,10 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 class DatasetNotFoundError(UserError):
   """The dataset is not prepared where the config points; the message says how to prepare it."""
+
+
+class DatasetError(UserError):
+  """The dataset is there but wrong (classes missing or empty, files that do not decode)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +61,9 @@ class Source:
   load: Callable[[Any], Any] = lambda data: data
   stream: Callable[..., tuple[tf.data.Dataset, int, int]] | None = None
   data_dtype: Any = tf.uint8
+  fingerprint: str = ''  # changes whenever the examples do (keys caches such as the mean image)
+  # After a decoding error: () -> a message naming the files that do not decode ('' if none).
+  diagnose: Callable[[], str] | None = None
 
   def fetch_tf(self, indices):
     """``fetch`` as a tf op on a 1-D batch of indices, with static ranks for what follows."""
@@ -90,10 +101,14 @@ def digits(split: str, test_fraction: float) -> Source:
   return _array_source('digits', split_images, split_labels.astype(np.int32), 10, False)
 
 
-def folder(data_dir: str, split: str) -> Source:
+def folder(data_dir: str, split: str, *, skip_bad_images: bool = False) -> Source:
   """``data_dir/<split>/<class>/*.jpg|png``; classes are the sorted subfolders of ``train``.
 
   ``data_dir`` may be local or cloud storage (files are read by tf.io.read_file, i.e. gfile).
+  Checked here, before any work: every class of ``split`` is a training class (else its images
+  would be dropped or mislabelled) and no training class is empty. ``skip_bad_images`` decodes
+  every file now and leaves out (and counts) those that do not decode; otherwise an undecodable
+  file stops the run when it is met, named by ``diagnose``.
   """
   if not data_dir:
     raise DatasetNotFoundError(
@@ -104,29 +119,102 @@ def folder(data_dir: str, split: str) -> Source:
   if not split_dir.is_dir() or not class_root.is_dir():
     raise DatasetNotFoundError(
       f'No image folder {split_dir}: expected {root}/train/<class>/*.jpg and '
-      f'{root}/test/<class>/*.jpg (TFDS ImageFolder layout).'
+      f'{root}/test/<class>/*.jpg (TFDS ImageFolder layout; split names are folder names).'
     )
   classes = sorted(d.name for d in class_root.iterdir() if d.is_dir())
-  paths, labels = [], []
+  unknown = sorted(set(d.name for d in split_dir.iterdir() if d.is_dir()) - set(classes))
+  if unknown:
+    raise DatasetError(
+      f'{split_dir} has classes that {class_root} lacks: {unknown}. Labels are the train/ '
+      f'folder names: add those classes to train/ or remove them from {split}/.'
+    )
+  paths, labels, empty = [], [], []
   for label, cls in enumerate(classes):
-    cls_dir = split_dir / cls
-    if not cls_dir.is_dir():
-      continue
-    for file in sorted(cls_dir.iterdir(), key=lambda f: f.name):
-      if file.name.lower().endswith(IMAGE_EXTENSIONS):
-        paths.append(str(file))
-        labels.append(label)
+    files = _images_in(split_dir / cls)
+    if not files and split == 'train':
+      empty.append(cls)
+    paths += files
+    labels += [label] * len(files)
+  if empty:
+    raise DatasetError(
+      f'Training classes with no images ({", ".join(IMAGE_EXTENSIONS)}) under {class_root}: '
+      f'{empty}. Add images or remove those folders.'
+    )
   if not paths:
-    raise DatasetNotFoundError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {split_dir!r}.')
+    raise DatasetNotFoundError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {split_dir}.')
+  if skip_bad_images:
+    paths, labels = _without_unreadable(paths, labels)
   paths_array = np.array(paths, dtype=object)
   labels_array = np.array(labels, dtype=np.int32)
 
   def fetch(indices):
     return paths_array[indices], labels_array[indices]
 
+  def diagnose() -> str:
+    bad = [p for p in paths if _unreadable(p)]
+    shown = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+    return (
+      f'unreadable image(s) in {root}: {shown}. Fix or remove them, or pass '
+      f'--config.skip_bad_images=True to leave them out.'
+      if bad
+      else ''
+    )
+
   return Source(
-    f'folder:{data_dir}', len(paths), len(classes), True, fetch, tf.io.read_file, None, tf.string
+    f'folder:{data_dir}',
+    len(paths),
+    len(classes),
+    True,
+    fetch,
+    tf.io.read_file,
+    None,
+    tf.string,
+    fingerprint=_files_fingerprint(paths),
+    diagnose=diagnose,
   )
+
+
+def _images_in(directory) -> list[str]:
+  if not directory.is_dir():
+    return []
+  files = sorted(directory.iterdir(), key=lambda f: f.name)
+  return [str(f) for f in files if f.name.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def _unreadable(path: str) -> bool:
+  from PIL import Image
+
+  try:
+    with Image.open(io.BytesIO(storage.path(path).read_bytes())) as image:
+      image.load()
+  except Exception:  # PIL raises many types for broken files
+    return True
+  return False
+
+
+def _without_unreadable(paths, labels):
+  keep = [not _unreadable(p) for p in paths]
+  bad = [p for p, k in zip(paths, keep, strict=True) if not k]
+  if bad:
+    logging.warning('skip_bad_images: left out %d unreadable image(s): %s', len(bad), bad[:20])
+  return (
+    [p for p, k in zip(paths, keep, strict=True) if k],
+    [label for label, k in zip(labels, keep, strict=True) if k],
+  )
+
+
+def _files_fingerprint(paths: list[str]) -> str:
+  """Names, sizes and modification times of every file: any edit of the folder changes it."""
+  digest = hashlib.sha256()
+  for path in paths:
+    if storage.is_cloud(path):
+      stat = storage.path(path).stat()
+      size, mtime = stat.length, stat.mtime
+    else:  # nanoseconds: a same-size rewrite within a second must show too
+      stat = os.stat(path)
+      size, mtime = stat.st_size, stat.st_mtime_ns
+    digest.update(f'{path}|{size}|{mtime}\n'.encode())
+  return digest.hexdigest()
 
 
 def fake(num_examples: int, image_size: int, num_classes: int = 1000) -> Source:
@@ -165,7 +253,12 @@ def _tfds_builder(name: str, data_dir: str | None):
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for unknown names
-    raise DatasetNotFoundError(f'Unknown TFDS dataset {name!r}: {e}') from e
+    known = tfds.list_builders(with_community_datasets=False)
+    close = difflib.get_close_matches(name.split(':')[0].split('/')[0], known, n=3, cutoff=0.4)
+    raise DatasetNotFoundError(
+      f'Unknown dataset {name!r}: not a TFDS name (closest: {", ".join(close) or "none"}) nor '
+      f"one of 'folder', 'digits', 'fake'. Set --config.dataset."
+    ) from e
   if builder.is_prepared():
     return builder
   if jax.process_index() == 0:
@@ -177,9 +270,18 @@ def _tfds_builder(name: str, data_dir: str | None):
   return tfds.builder(name, data_dir=data_dir) if jax.process_index() else builder
 
 
-def tfds_source(name, data_dir, split, *, in_memory_max_bytes: int, seed: int):
+def tfds_source(name, data_dir, split, **kwargs) -> Source:
   """A TFDS split: in memory when small, random access when ArrayRecord, else a stream."""
   builder = _tfds_builder(name, data_dir)
+  source = _tfds_split(builder, name, split, **kwargs)
+  version = builder.info.version
+  where = builder.data_dir
+  return dataclasses.replace(
+    source, fingerprint=f'tfds:{name}:{version}:{split}:{source.num_examples}:{where}'
+  )
+
+
+def _tfds_split(builder, name, split, *, in_memory_max_bytes: int, seed: int) -> Source:
   info = builder.info
   split_info = info.splits[split]
   num_examples = split_info.num_examples
@@ -238,12 +340,17 @@ def tfds_source(name, data_dir, split, *, in_memory_max_bytes: int, seed: int):
 def get_source(config, split: str) -> Source:
   """The source a config names for ``split``."""
   if config.dataset == 'digits':
-    return digits(split, config.digits_test_fraction)
+    source = digits(split, config.digits_test_fraction)
+    return dataclasses.replace(
+      source, fingerprint=f'digits:{config.digits_test_fraction}:{split}:{source.num_examples}'
+    )
   if config.dataset == 'folder':
-    return folder(config.data_dir, split)
+    return folder(config.data_dir, split, skip_bad_images=config.skip_bad_images)
   if config.dataset == 'fake':
     size = config.fake_num_examples if split == config.train_split else config.fake_eval_examples
-    return fake(size, config.image_size, config.num_classes or 1000)
+    return dataclasses.replace(
+      fake(size, config.image_size, config.num_classes or 1000), fingerprint=f'fake:{size}'
+    )
   return tfds_source(
     config.dataset,
     config.data_dir or None,

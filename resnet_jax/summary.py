@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import models
+from resnet_jax import cli, models
 
 
 @dataclasses.dataclass
@@ -105,7 +105,10 @@ def main(argv=None):
   cifar = args.model.startswith('cifar')
   size = args.image_size or (32 if cifar else 224)
   num_classes = args.num_classes or (10 if cifar else 1000)
-  model = models.get_model(args.model, num_classes=num_classes)
+  try:
+    model = models.get_model(args.model, num_classes=num_classes)
+  except ValueError as e:
+    cli.fail(f'{e}')
   rows = layer_rows(model, (args.batch_size, size, size, 3))
   title = f'{args.model}: input {[args.batch_size, size, size, 3]}, {num_classes} classes'
   print(format_table(rows, title))

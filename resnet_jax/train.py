@@ -15,8 +15,10 @@ from flax import traverse_util
 
 from resnet_jax import (
   checkpoint,
+  config_check,
   evaluate,
   input_pipeline,
+  mean_image,
   metrics,
   models,
   optim,
@@ -112,6 +114,7 @@ class Run:
     self.train_source = sources.get_source(config, config.train_split)
     self.eval_source = sources.get_source(config, config.eval_split)
     self.num_classes = config.num_classes or self.train_source.num_classes
+    self.mean_image = None  # pixel_mean normalisation: loaded (or computed) once, on first use
     self.layout = input_pipeline.Layout.current(config.batch_size)
     self.steps_per_epoch = input_pipeline.train_steps_per_epoch(self.train_source, self.layout)
     self.total_steps = optim.total_steps(config, self.steps_per_epoch)
@@ -153,7 +156,9 @@ class Run:
 
   def _init_from(self, state):
     abstract = {'params': state.params, 'batch_stats': state.batch_stats}
-    loaded = checkpoint.load_variables(self.config.init_from, abstract, self.dp.replicated)
+    loaded = checkpoint.load_variables(
+      self.config.init_from, abstract, self.dp.replicated, self.config.init_from_skip
+    )
     merged = jax.tree.map(
       lambda new, old: old if new is None else new, loaded, abstract, is_leaf=lambda x: x is None
     )
@@ -161,7 +166,15 @@ class Run:
 
   def evaluate(self, state) -> dict:
     """Scores the eval split; ``state`` in the form the wrapped steps take (put_state)."""
-    return evaluate.run_evaluation(self.dp, state, self.eval_fn, self.config, self.eval_source)
+    return evaluate.run_evaluation(
+      self.dp, state, self.eval_fn, self.config, self.eval_source, self.pixel_mean()
+    )
+
+  def pixel_mean(self):
+    """The training split's mean image (None unless normalization is 'pixel_mean')."""
+    if self.config.normalization == 'pixel_mean' and self.mean_image is None:
+      self.mean_image = mean_image.load_or_compute(self.config, self.train_source)
+    return self.mean_image
 
 
 def _write_config(config, workdir: str, start_step: int):
@@ -179,6 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   The workdir is locked for this run first; nothing in it is written until the run is known to
   start (data found, checkpoint restored or refused).
   """
+  config_check.check(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   lock = workdir_lock.acquire_everywhere(
     workdir,
     stale_seconds=config.lock_stale_seconds,
@@ -193,14 +207,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train(config, workdir: str) -> dict:
   run = Run(config, workdir)
+  run.pixel_mean()  # reads every training image it averages: bad data shows before any write
   state = run.dp.put_state(run.initial_state())
   start_step = int(run.dp.host(state.step))
   _write_config(config, workdir, start_step)
   writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
   eval_every = config.eval_every if config.eval_every > 0 else run.steps_per_epoch
   log_every = max(1, config.log_every)
-  local = input_pipeline.train_dataset(config, run.train_source, run.layout, start_step)
-  batches = run.dp.batches(local.as_numpy_iterator())
+  local = input_pipeline.train_dataset(
+    config, run.train_source, run.layout, start_step, run.pixel_mean()
+  )
+  batches = run.dp.batches(input_pipeline.numpy_batches(local, run.train_source))
   progress = metrics.Progress(run.total_steps, config.batch_size, start_step)
   preemption = Preemption()
   preemption.finished_step = start_step
@@ -307,6 +324,7 @@ def _evaluate(run, writer, state, step) -> dict:
 
 def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
   """Restores a run (latest or ``step``) and scores the eval split with ``config.eval_mode``."""
+  config_check.check(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   checkpoints = storage.path(workdir) / 'checkpoints'
   if not checkpoints.is_dir() and not config.init_from:  # never create what we were asked to read
     raise checkpoint.CheckpointError(

@@ -64,6 +64,7 @@ class WorkdirLock:
     }
     self._stop = threading.Event()
     self._thread = None
+    self._created_workdir = False
 
   def _payload(self) -> str:
     return json.dumps({**self.record, 'heartbeat': time.time()})
@@ -89,6 +90,8 @@ class WorkdirLock:
     )
 
   def _try_create(self) -> bool:
+    if not storage.is_cloud(self.path) and not self.path.parent.exists():
+      self._created_workdir = True
     self.path.parent.mkdir(parents=True, exist_ok=True)
     if storage.is_cloud(self.path):
       if self.path.exists():
@@ -147,6 +150,8 @@ class WorkdirLock:
       holder = self._read()
       if holder is not None and holder.get('token') == self.record['token']:
         self.path.unlink(missing_ok=True)
+      if self._created_workdir and not any(self.path.parent.iterdir()):
+        self.path.parent.rmdir()  # a run that stopped before writing anything leaves no trace
 
 
 def acquire_everywhere(workdir, *, stale_seconds: float, heartbeat_seconds: float):

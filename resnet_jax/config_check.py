@@ -1,0 +1,237 @@
+"""The rule of every config field, checked before any work (workdir, data, devices).
+
+``configs/default.py`` documents each field; ``RULES`` here holds its check, one entry per field
+(a test fails when a field has no rule, so a new field cannot be added without one). A broken
+value ends the command with one line naming the field, what it must be and what it was.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable
+
+from resnet_jax.errors import UserError
+
+
+class ConfigError(UserError):
+  """A config value (or a combination of values) that cannot work."""
+
+
+Rule = Callable[[str, object], None]
+
+
+def _fail(name: str, value, must: str):
+  raise ConfigError(f'--config.{name}={value!r}: must be {must}.')
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def number(lo: float | None = None, hi: float | None = None, *, integer=False, open_lo=False):
+  """A number in [lo, hi] (or (lo, hi] with open_lo); an integer when ``integer``."""
+
+  def check(name, value):
+    kind = 'an integer' if integer else 'a number'
+    ok = isinstance(value, int) and not isinstance(value, bool) if integer else _is_number(value)
+    if not ok or (not integer and not math.isfinite(value)):
+      _fail(name, value, kind)
+    if lo is not None and (value <= lo if open_lo else value < lo):
+      _fail(name, value, f'{kind} {">" if open_lo else ">="} {lo}')
+    if hi is not None and value > hi:
+      _fail(name, value, f'{kind} <= {hi}')
+
+  return check
+
+
+def one_of(*choices) -> Rule:
+  def check(name, value):
+    if value not in choices:
+      _fail(name, value, 'one of ' + ', '.join(repr(c) for c in choices))
+
+  return check
+
+
+def boolean(name, value):
+  if not isinstance(value, bool):
+    _fail(name, value, 'True or False')
+
+
+def text(*, required=False) -> Rule:
+  def check(name, value):
+    if not isinstance(value, str) or (required and not value.strip()):
+      _fail(name, value, 'a non-empty string' if required else 'a string')
+
+  return check
+
+
+def numbers(length: int | None, element: Rule, *, increasing=False, nonempty=True) -> Rule:
+  """A tuple of numbers, each passing ``element``; ``length`` fixed or any."""
+
+  def check(name, value):
+    if not isinstance(value, tuple | list) or (nonempty and not value):
+      _fail(name, value, f'a tuple of {length or "one or more"} numbers, e.g. (1, 2)')
+    if length is not None and len(value) != length:
+      _fail(name, value, f'a tuple of {length} numbers')
+    for v in value:
+      element(name, v)
+    if increasing and list(value) != sorted(value):
+      _fail(name, value, 'in increasing order')
+
+  return check
+
+
+def model_name(name, value):
+  from resnet_jax import models
+
+  try:
+    models.model_config(value)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'--config.{name}={value!r}: {e}') from None
+
+
+POSITIVE_INT = number(1, integer=True)
+NONNEG_INT = number(0, integer=True)
+FRACTION = number(0.0, 1.0)
+PIXEL = number(0.0, 255.0)
+
+RULES: dict[str, Rule] = {
+  # Data
+  'dataset': text(required=True),
+  'data_dir': text(),
+  'train_split': text(required=True),
+  'eval_split': text(required=True),
+  'num_classes': NONNEG_INT,
+  'in_memory_max_bytes': NONNEG_INT,
+  'shuffle_buffer': POSITIVE_INT,
+  'prefetch_batches': POSITIVE_INT,
+  'num_parallel_calls': number(-1, integer=True),
+  'digits_test_fraction': number(0.0, 0.9, open_lo=True),
+  'fake_num_examples': POSITIVE_INT,
+  'fake_eval_examples': POSITIVE_INT,
+  'skip_bad_images': boolean,
+  # Augmentation
+  'image_size': number(8, 4096, integer=True),
+  'train_augment': one_of('scale', 'inception', 'pad_crop', 'none'),
+  'scale_range': numbers(2, number(8, 8192, integer=True), increasing=True),
+  'area_range': numbers(2, number(0.0, 1.0, open_lo=True), increasing=True),
+  'aspect_range': numbers(2, number(0.0, open_lo=True), increasing=True),
+  'pad': NONNEG_INT,
+  'random_flip': boolean,
+  'lighting_std': number(0.0),
+  'normalization': one_of('pixel_mean', 'channel_mean_std', 'none'),
+  'channel_mean': numbers(3, PIXEL),
+  'channel_std': numbers(3, number(0.0, 255.0, open_lo=True)),
+  'mean_image_path': text(),
+  'mean_image_examples': NONNEG_INT,
+  # Evaluation views
+  'eval_mode': one_of('center', '10crop', 'multiscale'),
+  'eval_resize': number(8, 8192, integer=True),
+  'multiscale_sizes': numbers(None, number(8, 8192, integer=True)),
+  'multiscale_max_aspect': number(1.0),
+  'eval_batch_size': NONNEG_INT,
+  # Model
+  'model': model_name,
+  'shortcut': one_of('', 'A', 'B', 'C'),
+  'stride_in_1x1': boolean,
+  'zero_init_residual': boolean,
+  'bn_momentum': number(0.0, 1.0),
+  'bn_epsilon': number(0.0, open_lo=True),
+  'bn_group_size': NONNEG_INT,
+  'half_precision': boolean,
+  'half_dtype': one_of('bfloat16', 'float16'),
+  'init_from': text(),
+  'init_from_skip': text(),
+  # Optimisation
+  'batch_size': POSITIVE_INT,
+  'num_epochs': number(0.0, open_lo=True),
+  'num_train_steps': number(-1, integer=True),
+  'learning_rate': number(0.0),
+  'lr_reference_batch': POSITIVE_INT,
+  'momentum': number(0.0, 1.0),
+  'nesterov': boolean,
+  'weight_decay': number(0.0),
+  'weight_decay_bn_and_bias': boolean,
+  'label_smoothing': number(0.0, 1.0),
+  'schedule': one_of('step', 'plateau', 'cosine'),
+  'lr_boundaries': numbers(None, number(0.0, open_lo=True), increasing=True, nonempty=False),
+  'lr_boundaries_unit': one_of('epochs', 'steps'),
+  'lr_decay_factor': number(0.0, 1.0, open_lo=True),
+  'plateau_metric': one_of('top1_err', 'top5_err', 'loss'),
+  'plateau_patience': NONNEG_INT,
+  'plateau_min_delta': number(0.0),
+  'plateau_cooldown': NONNEG_INT,
+  'plateau_min_lr': number(0.0),
+  'warmup_epochs': number(0.0),
+  'warmup_until_train_error': number(0.0, 1.0),
+  'warmup_lr_factor': number(0.0, 1.0, open_lo=True),
+  # Parallelism
+  'parallelism': one_of('shard_map', 'pmap'),
+  # Loop, logging, checkpoints
+  'seed': NONNEG_INT,
+  'log_every': POSITIVE_INT,
+  'eval_every': number(-1, integer=True),
+  'checkpoint_every': POSITIVE_INT,
+  'keep_checkpoints': POSITIVE_INT,
+  'keep_best': NONNEG_INT,
+  'async_checkpoints': boolean,
+  'steps_in_flight': POSITIVE_INT,
+  'lock_stale_seconds': number(0.0, open_lo=True),
+  'lock_heartbeat_seconds': number(0.0, open_lo=True),
+}
+
+
+def closest(name: str, names: Iterable[str]) -> str:
+  match = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
+  return f' (did you mean {match[0]}?)' if match else ''
+
+
+def check(config, *, num_devices: int = 1, num_processes: int = 1):
+  """Raises ConfigError for the first field or combination that cannot work."""
+  for name in config:
+    if name not in RULES:
+      raise ConfigError(f'Unknown config field {name!r}{closest(name, RULES)}.')
+  for name, rule in RULES.items():
+    if name not in config:
+      raise ConfigError(f'The config has no field {name!r}: build it from configs/default.py.')
+    rule(name, config[name])
+  _check_combinations(config, num_devices, num_processes)
+
+
+def _check_combinations(c, num_devices: int, num_processes: int):
+  for name in ('batch_size', 'eval_batch_size'):
+    batch = c[name]
+    if batch and (batch % num_devices or batch % num_processes):
+      raise ConfigError(
+        f'--config.{name}={batch}: must be a multiple of the {num_devices} devices '
+        f'({num_processes} process{"es" if num_processes > 1 else ""}), e.g. '
+        f'{max(num_devices, batch // num_devices * num_devices)}.'
+      )
+  if c.num_train_steps == 0:
+    _fail('num_train_steps', 0, '> 0 (a step count) or -1 (use num_epochs)')
+  if c.train_augment == 'pad_crop' and c.pad >= c.image_size:
+    raise ConfigError(f'--config.pad={c.pad} must be smaller than image_size={c.image_size}.')
+  if c.eval_resize < c.image_size:
+    raise ConfigError(
+      f'--config.eval_resize={c.eval_resize} must be >= image_size={c.image_size} (test views '
+      f'are image_size crops of the image resized to eval_resize).'
+    )
+  if c.train_augment == 'scale' and c.scale_range[0] < c.image_size:
+    raise ConfigError(
+      f'--config.scale_range={tuple(c.scale_range)}: the shorter side must be >= image_size='
+      f'{c.image_size} to take an image_size crop.'
+    )
+  if c.schedule == 'step' and not c.lr_boundaries:
+    _fail('lr_boundaries', c.lr_boundaries, "non-empty with --config.schedule='step'")
+  if c.bn_group_size > 1 and num_devices % c.bn_group_size:
+    raise ConfigError(
+      f'--config.bn_group_size={c.bn_group_size} must divide the {num_devices} devices.'
+    )
+  if c.init_from_skip and not c.init_from:
+    raise ConfigError('--config.init_from_skip is set but --config.init_from is empty.')
+  if c.lock_heartbeat_seconds >= c.lock_stale_seconds:
+    raise ConfigError(
+      f'--config.lock_heartbeat_seconds={c.lock_heartbeat_seconds} must be shorter than '
+      f'lock_stale_seconds={c.lock_stale_seconds}, or live runs would look abandoned.'
+    )

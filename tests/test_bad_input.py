@@ -1,0 +1,220 @@
+"""Bad input, as a user types it: one line naming what is wrong, exit code 2, no traceback, and
+nothing written. Also: every config field has a rule, stale mean images are never reused, and
+init_from is strict."""
+
+import glob
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import folder_config, write_image_folder
+from PIL import Image
+from test_train import REPO, tiny
+
+from configs import default
+from resnet_jax import checkpoint, config_check, mean_image, models, train
+
+DIGITS = ['-m', 'resnet_jax.main', '--config=configs/digits.py', '--workdir={work}']
+EVALUATE = ['-m', 'resnet_jax.evaluate', '--config=configs/digits.py', '--workdir={work}']
+FOLDER = [*DIGITS, '--config.dataset=folder', '--config.eval_split=test']
+FOLDER_SMALL = ['--config.image_size=16', '--config.eval_resize=16', '--config.batch_size=8']
+
+# (name, argv after `python`, text the last line must contain)
+CASES = [
+  ('misspelled field', [*DIGITS, '--config.modle=resnet18'], 'did you mean --config.model?'),
+  ('not a number', [*DIGITS, '--config.batch_size=abc'], 'config.batch_size'),
+  ('zero image size', [*DIGITS, '--config.image_size=0'], '--config.image_size=0'),
+  ('zero epochs', [*DIGITS, '--config.num_epochs=0'], '--config.num_epochs=0'),
+  ('zero steps', [*DIGITS, '--config.num_train_steps=0'], '--config.num_train_steps=0'),
+  ('negative rate', [*DIGITS, '--config.learning_rate=-1'], '--config.learning_rate=-1'),
+  ('unknown protocol', [*DIGITS, '--config.eval_mode=5crop'], "--config.eval_mode='5crop'"),
+  ('unknown schedule', [*DIGITS, '--config.schedule=linear'], "--config.schedule='linear'"),
+  ('unknown model', [*DIGITS, '--config.model=resnet19'], "--config.model='resnet19'"),
+  ('unknown shortcut', [*DIGITS, '--config.shortcut=D'], "--config.shortcut='D'"),
+  ('batch vs devices', [*DIGITS, '--config.batch_size=60'], 'multiple of the 8 devices'),
+  ('momentum above 1', [*DIGITS, '--config.momentum=1.5'], '--config.momentum=1.5'),
+  ('smoothing above 1', [*DIGITS, '--config.label_smoothing=2.0'], '--config.label_smoothing'),
+  ('reversed range', [*DIGITS, '--config.scale_range=(480,256)'], '--config.scale_range'),
+  ('unknown dtype', [*DIGITS, '--config.half_dtype=float8'], "--config.half_dtype='float8'"),
+  ('unknown parallelism', [*DIGITS, '--config.parallelism=dp'], "--config.parallelism='dp'"),
+  ('no steps in flight', [*DIGITS, '--config.steps_in_flight=0'], '--config.steps_in_flight=0'),
+  ('heartbeat vs stale', [*DIGITS, '--config.lock_heartbeat_seconds=500'], 'heartbeat_seconds'),
+  (
+    'missing config file',
+    ['-m', 'resnet_jax.main', '--config=configs/nope.py', '--workdir=x'],
+    'configs/nope.py',
+  ),
+  ('unknown TFDS name', [*DIGITS, '--config.dataset=imagenet2013'], 'imagenet2012'),
+  ('folder without data_dir', [*DIGITS, '--config.dataset=folder'], 'data_dir'),
+  (
+    'test class not in train',
+    [*FOLDER, '--config.data_dir={extra_class}', *FOLDER_SMALL],
+    "['class_9']",
+  ),
+  (
+    'empty training class',
+    [*FOLDER, '--config.data_dir={empty_class}', *FOLDER_SMALL],
+    "['class_1']",
+  ),
+  (
+    'corrupt JPEG',
+    [
+      *FOLDER,
+      '--config.data_dir={corrupt}',
+      *FOLDER_SMALL,
+      '--config.pad=2',
+      '--config.num_train_steps=2',
+      '--config.train_augment=pad_crop',
+    ],
+    '1.jpg',
+  ),
+  ('init_from another net', [*DIGITS, '--config.init_from={resnet8_weights}'], 'do not fit'),
+  ('init_from nowhere', [*DIGITS, '--config.init_from={work}_nothing'], '_nothing'),
+  ('evaluate an empty workdir', EVALUATE, 'No checkpoints in'),
+  ('evaluate a bad protocol', [*EVALUATE, '--config.eval_mode=best'], "--config.eval_mode='best'"),
+  (
+    'convert a missing file',
+    ['-m', 'resnet_jax.convert', '--torchvision={work}.pth', '--model=resnet18', '--out={work}'],
+    '.pth: no such file',
+  ),
+  (
+    'convert a damaged file',
+    ['-m', 'resnet_jax.convert', '--torchvision={damaged_pth}', '--model=resnet18', '--out={work}'],
+    'damaged.pth is not a readable',
+  ),
+  ('summary of no model', ['-m', 'resnet_jax.summary', 'resnet19'], 'resnet19'),
+  (
+    'mean_image bad size',
+    ['-m', 'resnet_jax.mean_image', '--config=configs/digits.py', '--config.image_size=-3'],
+    '--config.image_size=-3',
+  ),
+  (
+    'benchmark zero batch',
+    ['-m', 'resnet_jax.benchmark', '--config=configs/fake.py', '--config.batch_size=0'],
+    '--config.batch_size=0',
+  ),
+]
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('bad_inputs')
+  extra = write_image_folder(root / 'extra_class', classes=2)
+  shutil.copytree(os.path.join(extra, 'test', 'class_0'), os.path.join(extra, 'test', 'class_9'))
+  empty = write_image_folder(root / 'empty_class', classes=2)
+  for name in os.listdir(os.path.join(empty, 'train', 'class_1')):
+    os.remove(os.path.join(empty, 'train', 'class_1', name))
+  corrupt = write_image_folder(root / 'corrupt', classes=2, train_per_class=4)
+  bad = os.path.join(corrupt, 'train', 'class_1', '1.jpg')
+  with open(bad, 'r+b') as f:
+    f.truncate(200)
+  damaged = root / 'damaged.pth'
+  damaged.write_bytes(b'PK\x03\x04 not really a zip')
+  weights = str(root / 'resnet8')
+  model = models.get_model('cifar_resnet8', num_classes=10)
+  checkpoint.save_variables(
+    weights, model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  )
+  return dict(
+    extra_class=extra,
+    empty_class=empty,
+    corrupt=corrupt,
+    damaged_pth=str(damaged),
+    resnet8_weights=weights,
+    root=str(root),
+  )
+
+
+def run_case(case, inputs, tmp_path):
+  name, argv, expected = case
+  work = str(tmp_path / re.sub(r'\W+', '_', name))
+  args = [a.format(work=work, **inputs) for a in argv]
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  result = subprocess.run(
+    [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
+  return name, work, expected, result
+
+
+@pytest.mark.slow
+def test_bad_inputs_end_in_one_line_and_write_nothing(inputs, tmp_path):
+  assert len(CASES) >= 25
+  with ThreadPoolExecutor(3) as pool:
+    results = list(pool.map(lambda c: run_case(c, inputs, tmp_path), CASES))
+  for name, work, expected, result in results:
+    lines = result.stderr.strip().splitlines()
+    detail = f'{name}: rc={result.returncode}\n{result.stderr[-2500:]}'
+    assert result.returncode == 2, detail
+    assert 'Traceback' not in result.stderr, detail
+    assert lines[-1].startswith('error: ') and expected in lines[-1], detail
+    assert not os.path.exists(work), f'{name} wrote {work}'
+  assert not os.path.exists(os.path.join(inputs['extra_class'], 'mean_images'))
+
+
+def test_readme_common_errors_are_what_the_commands_print():
+  """Every row of the README's "Common errors" table is a case above, with its message."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    text = f.read()
+  section = text.split('## Common errors', 1)[1].split('\n## ', 1)[0]
+  rows = re.findall(r'^\| `([^`]+)` \| (.+?) \|$', section, flags=re.M)
+  assert len(rows) >= 8
+  by_flag = {arg: expected for _, argv, expected in CASES for arg in argv if arg.startswith('-')}
+  for typed, message in rows:
+    assert typed in by_flag, f'README row {typed!r} is not a case of this test'
+    assert by_flag[typed] in message, f'README row {typed!r}: {by_flag[typed]!r} not in {message!r}'
+
+
+def test_every_config_field_has_a_rule_and_every_recipe_passes():
+  assert set(config_check.RULES) == set(default.get_config())
+  for path in glob.glob(os.path.join(REPO, 'configs', '*.py')):
+    if path.endswith('__init__.py'):
+      continue
+    module = importlib.import_module(f'configs.{os.path.basename(path)[:-3]}')
+    config_check.check(module.get_config(), num_devices=8)
+
+
+def test_a_changed_dataset_never_reuses_a_stale_mean_image(tmp_path):
+  root = write_image_folder(tmp_path / 'images', classes=2)
+  config = folder_config(tmp_path, root, mean_image_path='')
+  first = mean_image.load_or_compute(config)
+  cached = os.listdir(os.path.join(root, 'mean_images'))
+  assert len(cached) == 1
+  for dirpath, _, files in os.walk(os.path.join(root, 'train')):
+    for name in files:  # the same files, now plain light grey
+      Image.new('RGB', (56, 40), (240, 240, 240)).save(os.path.join(dirpath, name))
+  second = mean_image.load_or_compute(config)
+  np.testing.assert_allclose(second, 240.0, atol=1.0)
+  assert abs(float(first.mean()) - 240.0) > 20
+  # An explicit path is checked the same way: its stored key no longer matches.
+  config.mean_image_path = str(tmp_path / 'explicit.npy')
+  mean_image.load_or_compute(config)
+  for dirpath, _, files in os.walk(os.path.join(root, 'train')):
+    for name in files:
+      Image.new('RGB', (56, 40), (10, 10, 10)).save(os.path.join(dirpath, name))
+  np.testing.assert_allclose(mean_image.load_or_compute(config), 10.0, atol=1.0)
+
+
+def test_init_from_is_strict_unless_told_what_may_stay_fresh(tmp_path):
+  source = str(tmp_path / 'source')
+  train.train_and_evaluate(tiny(tmp_path, num_train_steps=2, eval_every=2), source)
+  deeper = tiny(tmp_path, model='cifar_resnet14', num_train_steps=1, init_from=source)
+  with pytest.raises(checkpoint.CheckpointError, match=r'do not fit this model: layer1_1/'):
+    train.Run(deeper, str(tmp_path / 'a')).initial_state()
+  deeper.init_from_skip = 'layer1_1,layer2_1,layer3_1'  # the blocks resnet8 does not have
+  run = train.Run(deeper, str(tmp_path / 'b'))
+  state = run.initial_state()
+  run.checkpointer.close()
+  src_run = train.Run(tiny(tmp_path), source)
+  src = train.flat_params(src_run.initial_state())
+  src_run.checkpointer.close()
+  np.testing.assert_array_equal(
+    train.flat_params(state)['layer2_0/conv1/kernel'], src['layer2_0/conv1/kernel']
+  )
