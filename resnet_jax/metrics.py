@@ -72,10 +72,10 @@ class MetricWriter:
     """``record`` has 'step' and 'split' ('train' | 'eval'); other numbers become scalars."""
     if not self.enabled:
       return
-    self._jsonl.append(json.dumps(record) + '\n')
+    self._jsonl.append(json.dumps({**record, 'time': time.time()}) + '\n')
     tb = self._tb[record['split']]
     for key, value in record.items():
-      if key not in ('step', 'split') and isinstance(value, int | float):
+      if key not in ('step', 'split', 'time') and isinstance(value, int | float):
         tb.add_scalar(key, value, global_step=record['step'])
     tb.flush()
 

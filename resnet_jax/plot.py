@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 
 import matplotlib
 
@@ -26,17 +27,31 @@ def curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
   return out
 
 
+def lr_drops(workdir: str) -> list[int]:
+  """Steps at which the logged learning rate fell (step or plateau decays; not warmup rises)."""
+  train = [r for r in metrics.read(workdir) if r['split'] == 'train' and 'learning_rate' in r]
+  return [
+    b['step']
+    for a, b in itertools.pairwise(train)
+    if b['learning_rate'] < 0.5 * a['learning_rate']  # a decay, not cosine's gentle slope
+  ]
+
+
 def plot(workdirs, out: str, labels=None, title: str | None = None) -> str:
+  """Training error dashed, test error bold with markers (one point still shows), one colour
+  per run; dotted vertical lines where a run's learning rate dropped."""
   labels = labels or [storage.path(w).name for w in workdirs]
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for i, (workdir, label) in enumerate(zip(workdirs, labels, strict=True)):
     colour = f'C{i}'
     data = curves(workdir)
     ax.plot(*data['train'], '--', color=colour, linewidth=1, alpha=0.8)
-    ax.plot(*data['eval'], '-', color=colour, linewidth=2, label=label)
+    ax.plot(*data['eval'], '-o', color=colour, linewidth=2, markersize=4, label=label)
+    for step in lr_drops(workdir):
+      ax.axvline(step, color=colour, linestyle=':', linewidth=1, alpha=0.6)
   ax.set_xlabel('iterations')
   ax.set_ylabel('error (%)')
-  ax.set_title(title or 'dashed: training error, bold: test error')
+  ax.set_title(title or 'dashed: training error, bold: test error, dotted: lr drops')
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()

@@ -7,6 +7,8 @@ import functools
 import json
 import logging
 import signal
+import socket
+import time
 
 import jax
 import jax.numpy as jnp
@@ -184,6 +186,21 @@ def _write_config(config, workdir: str, start_step: int):
     root = storage.path(workdir)
     storage.write_text_atomic(root / f'config.{start_step}.json', text)
     storage.write_text_atomic(root / 'config.json', text)
+    storage.write_text_atomic(root / f'environment.{start_step}.json', json.dumps(_environment()))
+
+
+def _environment() -> dict:
+  """What this start of the run ran on (read by resnet_jax.report)."""
+  device = jax.devices()[0]
+  return {
+    'backend': jax.default_backend(),
+    'device_kind': device.device_kind,
+    'devices': jax.device_count(),
+    'processes': jax.process_count(),
+    'jax': jax.__version__,
+    'host': socket.gethostname(),
+    'started': time.time(),
+  }
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

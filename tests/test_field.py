@@ -65,8 +65,10 @@ def test_a_second_run_on_a_locked_workdir_is_refused_then_an_abandoned_lock_is_t
   assert os.listdir(workdir) == [workdir_lock.LOCK_NAME]  # nothing else written
   holder.release()
 
+  assert not workdir.exists()  # the holder created it, wrote nothing: released with the lock
   dead = subprocess.Popen([sys.executable, '-c', 'pass'])
   dead.wait()
+  workdir.mkdir()
   lock = workdir / workdir_lock.LOCK_NAME
   lock.write_text(json.dumps(dict(host=socket.gethostname(), pid=dead.pid, heartbeat=time.time())))
   taken = run_main(str(workdir), *flags)

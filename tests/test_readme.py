@@ -48,6 +48,12 @@ RULES = [
   (r'^python -m resnet_jax\.main --config=configs/digits\.py', ('run', SHORT_DIGITS)),
   (r'^python -m resnet_jax\.main --config=configs/r50\.py .*init_from', ('run', TINY_IMAGENET)),
   (r'^python -m resnet_jax\.(evaluate|plot|summary|convert) ', ('run', [])),
+  (r'^python -m resnet_jax\.report /tmp/', ('run', [])),
+  (r'^python -m resnet_jax\.report gs://', 'skip: reads runs of a paper study on a bucket'),
+  (
+    r'^python -m resnet_jax\.study --study=configs/experiments/(cifar10|imagenet)',
+    'skip: needs CIFAR-10 or ImageNet and accelerators (tests/test_study_report.py runs a study)',
+  ),
   (
     r'^python -m resnet_jax\.benchmark ',
     ('run', ['--config.image_size=32', '--config.batch_size=8', '--steps=2']),
@@ -128,6 +134,7 @@ def test_readme_commands_run_as_written(tmp_path):
   assert '11,689,512' in by_tool['resnet_jax.summary'].stdout
   assert os.path.getsize(tmp_path / 'digits' / 'curves.png') > 10_000
   assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
+  assert '| digits | cifar_resnet20 | center |' in (tmp_path / 'digits' / 'results.md').read_text()
   assert os.path.isdir(tmp_path / 'r50_tv')
   assert os.path.isdir(tmp_path / 'dir' / 'checkpoints' / '2')  # the init_from fine-tune ran
   assert os.path.isdir(tmp_path / 'digits_2proc' / 'checkpoints' / '8')  # two processes

@@ -1,0 +1,40 @@
+"""The paper's reported numbers (He et al. 2015), with where each comes from. One place: the
+study configs name their runs after these keys and ``resnet_jax.report`` prints them beside ours.
+
+Errors are percentages on the paper's test set for that experiment: ImageNet val (top-1, top-5)
+and CIFAR-10 test (top-1). ``protocol`` is the test protocol the paper used for that number.
+"""
+
+PAPER = {
+  # CIFAR-10, Table 6 (single 32x32 view; ResNet-110 is the best of 5 runs, mean 6.61 +- 0.16).
+  'cifar_resnet20': {'top1': 8.75, 'protocol': 'center', 'source': 'Table 6'},
+  'cifar_resnet32': {'top1': 7.51, 'protocol': 'center', 'source': 'Table 6'},
+  'cifar_resnet44': {'top1': 7.17, 'protocol': 'center', 'source': 'Table 6'},
+  'cifar_resnet56': {'top1': 6.97, 'protocol': 'center', 'source': 'Table 6'},
+  'cifar_resnet110': {'top1': 6.43, 'protocol': 'center', 'source': 'Table 6'},
+  'cifar_resnet1202': {'top1': 7.93, 'protocol': 'center', 'source': 'Table 6'},
+  # ImageNet val, Table 2 (10-crop testing): plain vs residual (option A shortcuts).
+  'plain18': {'top1': 27.94, 'protocol': '10crop', 'source': 'Table 2'},
+  'plain34': {'top1': 28.54, 'protocol': '10crop', 'source': 'Table 2'},
+  'resnet18': {'top1': 27.88, 'protocol': '10crop', 'source': 'Table 2'},
+  'resnet34_A': {'top1': 25.03, 'top5': 7.76, 'protocol': '10crop', 'source': 'Tables 2, 3'},
+  # ImageNet val, Table 3 (10-crop testing).
+  'resnet34_B': {'top1': 24.52, 'top5': 7.46, 'protocol': '10crop', 'source': 'Table 3'},
+  'resnet34_C': {'top1': 24.19, 'top5': 7.40, 'protocol': '10crop', 'source': 'Table 3'},
+  'resnet50': {'top1': 22.85, 'top5': 6.71, 'protocol': '10crop', 'source': 'Table 3'},
+  'resnet101': {'top1': 21.75, 'top5': 6.05, 'protocol': '10crop', 'source': 'Table 3'},
+  'resnet152': {'top1': 21.43, 'top5': 5.71, 'protocol': '10crop', 'source': 'Table 3'},
+  # ImageNet val, Table 4 (single model, fully-convolutional multi-scale testing).
+  'resnet50@multiscale': {
+    'top1': 20.74,
+    'top5': 5.25,
+    'protocol': 'multiscale',
+    'source': 'Table 4',
+  },
+  'resnet152@multiscale': {
+    'top1': 19.38,
+    'top5': 4.49,
+    'protocol': 'multiscale',
+    'source': 'Table 4',
+  },
+}

@@ -1,0 +1,127 @@
+"""Markdown results table of finished runs, with the paper's numbers beside them.
+
+  python -m resnet_jax.report WORKDIR [WORKDIR ...] [--out=results.md]
+
+One row per run and test protocol: the model, its final training error, its final test top-1 /
+top-5 error (the training run's own evaluation, plus every ``resnet_jax.evaluate`` protocol
+recorded in the workdir), the paper's number for that model and protocol
+(``configs/experiments/paper.py``) and our difference from it, the steps, the training time and
+the hardware. Runs are grouped by dataset (one table per study). Errors are percentages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+from configs.experiments.paper import PAPER
+from resnet_jax import cli, metrics, storage
+
+COLUMNS = (
+  'run',
+  'model',
+  'protocol',
+  'train err',
+  'top-1 err',
+  'top-5 err',
+  'paper top-1',
+  'diff',
+  'paper source',
+  'steps',
+  'wall time',
+  'hardware',
+)
+
+
+def _latest_json(root, prefix: str) -> dict:
+  """The ``prefix.<start step>.json`` of the latest start of the run, or {}."""
+  files = sorted(root.glob(f'{prefix}.*.json'), key=lambda p: int(p.name.split('.')[1]))
+  return json.loads(files[-1].read_text()) if files else {}
+
+
+def paper_key(config: dict, protocol: str) -> str:
+  model = config.get('model', '')
+  if config.get('dataset') not in ('imagenet2012', 'cifar10'):
+    return ''  # the paper's numbers are for its datasets only
+  if model == 'resnet34':
+    model = f'resnet34_{config.get("shortcut") or "B"}'
+  return f'{model}@multiscale' if protocol == 'multiscale' else model
+
+
+def _hours(records: list[dict]) -> str:
+  times = [r['time'] for r in records if 'time' in r]
+  if len(times) < 2:
+    return '-'
+  return f'{(max(times) - min(times)) / 3600:.2f} h'
+
+
+def run_rows(workdir: str) -> list[dict]:
+  """The rows of one workdir: its training evaluation and each recorded evaluate protocol."""
+  root = storage.path(workdir)
+  if not (root / 'metrics.jsonl').exists():
+    cli.fail(f'{workdir}: no metrics.jsonl (not a resnet_jax workdir, or not started).')
+  config = json.loads((root / 'config.json').read_text())
+  env = _latest_json(root, 'environment')
+  records = metrics.read(workdir)
+  train = [r for r in records if r['split'] == 'train']
+  evals = [r for r in records if r['split'] == 'eval']
+  results = [(config.get('eval_mode', 'center'), evals[-1])] if evals else []
+  for protocol in ('center', '10crop', 'multiscale'):
+    extra = root / f'eval_{protocol}.jsonl'
+    if extra.exists():
+      lines = [json.loads(x) for x in extra.read_text().splitlines() if x.strip()]
+      results.append((protocol, lines[-1]))
+  hardware = f'{env.get("devices", "?")} x {env.get("device_kind", "?")}' if env else '-'
+  rows = []
+  for protocol, result in results:
+    paper = PAPER.get(paper_key(config, protocol), {})
+    top1 = 100 * result['top1_err']
+    rows.append(
+      {
+        'run': root.name,
+        'model': config.get('model', '?'),
+        'protocol': protocol,
+        'train err': f'{100 * train[-1]["top1_err"]:.2f}' if train else '-',
+        'top-1 err': f'{top1:.2f}',
+        'top-5 err': f'{100 * result["top5_err"]:.2f}',
+        'paper top-1': f'{paper["top1"]:.2f}' if paper else '-',
+        'diff': f'{top1 - paper["top1"]:+.2f}' if paper else '-',
+        'paper source': paper.get('source', '-'),
+        'steps': str(result.get('step', '-')),
+        'wall time': _hours(records),
+        'hardware': hardware,
+        'dataset': config.get('dataset', '?'),
+      }
+    )
+  return rows
+
+
+def report(workdirs: list[str]) -> str:
+  by_dataset = defaultdict(list)
+  for workdir in workdirs:
+    for row in run_rows(workdir):
+      by_dataset[row['dataset']].append(row)
+  parts = []
+  for dataset, rows in by_dataset.items():
+    parts.append(f'### {dataset}\n')
+    parts.append('| ' + ' | '.join(COLUMNS) + ' |')
+    parts.append('|' + ' --- |' * len(COLUMNS))
+    parts += ['| ' + ' | '.join(row[c] for c in COLUMNS) + ' |' for row in rows]
+    parts.append('')
+  return '\n'.join(parts)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('workdirs', nargs='+')
+  parser.add_argument('--out', default='', help='also write the markdown here')
+  args = parser.parse_args(argv)
+  text = report(args.workdirs)
+  print(text)
+  if args.out:
+    storage.write_text_atomic(storage.path(args.out), text)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,109 @@
+"""Studies run by name and resume; the report and the plot read what real runs wrote."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_train import REPO
+
+from configs.experiments import paper
+from resnet_jax import metrics, plot, report
+
+pytestmark = pytest.mark.slow
+
+SHORT = [
+  '--config.num_train_steps=4',
+  '--config.eval_every=100',  # one evaluation, at the end: the plot must still show it
+  '--config.log_every=1',
+  '--config.image_size=8',
+  '--config.eval_resize=8',
+  '--config.pad=1',
+]
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+  root = tmp_path_factory.mktemp('study')
+  cmd = [
+    sys.executable,
+    '-m',
+    'resnet_jax.study',
+    '--study=configs/experiments/digits_degradation.py',
+    f'--root={root}',
+    '--only=plain20,resnet20',
+    *SHORT,
+    f'--config.mean_image_path={root}/mean.npy',
+  ]
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  return root, again
+
+
+def test_a_study_runs_each_run_in_its_workdir_and_resumes(study):
+  root, again = study
+  assert sorted(os.listdir(root)) == ['mean.npy', 'plain20', 'resnet20']
+  for run in ('plain20', 'resnet20'):
+    with open(root / run / 'config.json') as f:
+      assert json.load(f)['model'] == f'cifar_{run}'
+  assert again.stdout.count('already holds the final step 4') == 2  # resumed, nothing retrained
+
+
+def test_report_rows_are_the_runs_final_numbers(study):
+  root, _ = study
+  text = report.report([str(root / 'plain20'), str(root / 'resnet20')])
+  lines = [line for line in text.splitlines() if line.startswith('| ')]
+  header = [c.strip() for c in lines[0].strip('|').split('|')]
+  assert header[:3] == ['run', 'model', 'protocol'] and 'paper top-1' in header
+  rows = [
+    dict(zip(header, (c.strip() for c in line.strip('|').split('|')), strict=True))
+    for line in lines[1:]
+  ]
+  assert [r['run'] for r in rows] == ['plain20', 'resnet20']
+  for row in rows:
+    final = [r for r in metrics.read(str(root / row['run'])) if r['split'] == 'eval'][-1]
+    assert row['top-1 err'] == f'{100 * final["top1_err"]:.2f}'
+    assert row['steps'] == '4' and row['protocol'] == 'center'
+    assert row['paper top-1'] == '-'  # digits is not a dataset of the paper
+    assert row['hardware'] == '8 x cpu'
+
+
+def test_paper_numbers_are_found_for_the_papers_experiments():
+  assert (
+    paper.PAPER[report.paper_key({'model': 'cifar_resnet110', 'dataset': 'cifar10'}, 'center')][
+      'top1'
+    ]
+    == 6.43
+  )
+  key = report.paper_key(
+    {'model': 'resnet34', 'shortcut': 'C', 'dataset': 'imagenet2012'}, '10crop'
+  )
+  assert paper.PAPER[key]['top1'] == 24.19
+  assert report.paper_key({'model': 'resnet50', 'dataset': 'imagenet2012'}, 'multiscale') == (
+    'resnet50@multiscale'
+  )
+
+
+def colour_pixels(png, rgb, tolerance=40):
+  image = np.asarray(Image.open(png).convert('RGB')).astype(int)
+  return int((np.abs(image - np.array(rgb)).sum(axis=-1) < tolerance).sum())
+
+
+def test_plot_shows_both_runs_with_their_single_test_point(study, tmp_path):
+  root, _ = study
+  out = plot.plot([str(root / 'plain20'), str(root / 'resnet20')], str(tmp_path / 'fig.png'))
+  c0, c1 = (31, 119, 180), (255, 127, 14)  # matplotlib's first two colours
+  assert colour_pixels(out, c0) > 100 and colour_pixels(out, c1) > 100
+  # Only the test curve: one evaluation per run is still drawn (a marker, not an empty line).
+  only_eval = tmp_path / 'eval_only'
+  only_eval.mkdir()
+  records = [r for r in metrics.read(str(root / 'resnet20')) if r['split'] == 'eval']
+  (only_eval / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  out = plot.plot([str(only_eval)], str(tmp_path / 'one.png'))
+  assert colour_pixels(out, c0) > 10
