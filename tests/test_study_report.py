@@ -63,7 +63,7 @@ def test_report_rows_are_the_runs_final_numbers(study):
   assert header[:3] == ['run', 'model', 'protocol'] and 'paper top-1' in header
   rows = [
     dict(zip(header, (c.strip() for c in line.strip('|').split('|')), strict=True))
-    for line in lines[1:]
+    for line in lines[2:]  # after the header and its separator
   ]
   assert [r['run'] for r in rows] == ['plain20', 'resnet20']
   for row in rows:
