@@ -38,8 +38,13 @@ def _load_config(spec: str):
     fail(f'--config={spec}: no such config file (recipes are in configs/, e.g. configs/r50.py).')
   module_spec = importlib.util.spec_from_file_location('_resnet_jax_config', path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(argument) if argument else module.get_config()
+  try:
+    module_spec.loader.exec_module(module)
+    return module.get_config(argument) if argument else module.get_config()
+  except Exception as e:  # a recipe's own check of its argument (e.g. an unknown run or depth)
+    if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
+      raise
+    fail(f'--config={spec}: {type(e).__name__}: {e}')
 
 
 def check_config_overrides(argv: list[str]):

@@ -52,6 +52,21 @@ CASES = [
     ['-m', 'resnet_jax.main', '--config=configs/nope.py', '--workdir=x'],
     'configs/nope.py',
   ),
+  (
+    'unknown study run',
+    [
+      '-m',
+      'resnet_jax.main',
+      '--workdir={work}',
+      '--config=configs/experiments/digits_degradation.py:plain21',
+    ],
+    'plain21',
+  ),
+  (
+    'bad recipe argument',
+    ['-m', 'resnet_jax.main', '--config=configs/cifar10.py:abc', '--workdir={work}'],
+    'cifar10.py:abc',
+  ),
   ('unknown TFDS name', [*DIGITS, '--config.dataset=imagenet2013'], 'imagenet2012'),
   ('folder without data_dir', [*DIGITS, '--config.dataset=folder'], 'data_dir'),
   (
