@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import json
 
 import matplotlib
 
@@ -28,7 +29,10 @@ def curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def lr_drops(workdir: str) -> list[int]:
-  """Steps at which the logged learning rate fell (step or plateau decays; not warmup rises)."""
+  """Steps at which a step or plateau schedule cut the logged learning rate (cosine has none)."""
+  config = storage.path(workdir) / 'config.json'
+  if config.exists() and json.loads(config.read_text()).get('schedule') == 'cosine':
+    return []
   train = [r for r in metrics.read(workdir) if r['split'] == 'train' and 'learning_rate' in r]
   return [
     b['step']

@@ -45,10 +45,15 @@ RULES = [
   (r'^python -m pytest', 'skip: the test suite itself'),
   (r'^tfds build imagenet2012', 'skip: needs the ImageNet tars, which cannot be downloaded'),
   (r'^gsutil ', 'skip: needs a real cloud bucket and credentials'),
+  (
+    r'^python -m resnet_jax\.(study --study=configs/experiments/digits_degradation|report /tmp/degr'
+    r'|plot /tmp/degr)',
+    'skip: the 22-minute digits study (tests/test_study_report.py runs a shortened study)',
+  ),
   (r'^python -m resnet_jax\.main --config=configs/digits\.py', ('run', SHORT_DIGITS)),
   (r'^python -m resnet_jax\.main --config=configs/r50\.py .*init_from', ('run', TINY_IMAGENET)),
   (r'^python -m resnet_jax\.(evaluate|plot|summary|convert) ', ('run', [])),
-  (r'^python -m resnet_jax\.report /tmp/', ('run', [])),
+  (r'^python -m resnet_jax\.report /tmp/digits ', ('run', [])),
   (r'^python -m resnet_jax\.report gs://', 'skip: reads runs of a paper study on a bucket'),
   (
     r'^python -m resnet_jax\.study --study=configs/experiments/(cifar10|imagenet)',

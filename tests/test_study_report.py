@@ -107,3 +107,16 @@ def test_plot_shows_both_runs_with_their_single_test_point(study, tmp_path):
   (only_eval / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
   out = plot.plot([str(only_eval)], str(tmp_path / 'one.png'))
   assert colour_pixels(out, c0) > 10
+
+
+def test_lr_drops_are_the_step_schedules_cuts_not_cosines_tail(tmp_path):
+  lrs = [0.1, 0.1, 0.01, 0.01, 0.001]
+  records = [
+    dict(split='train', step=10 * (i + 1), top1_err=0.5, learning_rate=lr)
+    for i, lr in enumerate(lrs)
+  ]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  (tmp_path / 'config.json').write_text(json.dumps({'schedule': 'step'}))
+  assert plot.lr_drops(str(tmp_path)) == [30, 50]
+  (tmp_path / 'config.json').write_text(json.dumps({'schedule': 'cosine'}))
+  assert plot.lr_drops(str(tmp_path)) == []
