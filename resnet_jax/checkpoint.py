@@ -56,9 +56,12 @@ class Checkpointer:
     keep: latest checkpoints kept.
     keep_best: additionally kept, lowest ``top1_err`` of the evaluation passed to ``save``.
     async_save: write in a background thread while training continues.
+    reader: only restores (e.g. evaluate while the run trains): leaves temporary dirs alone.
   """
 
-  def __init__(self, directory: str, *, keep: int = 3, keep_best: int = 1, async_save=True):
+  def __init__(
+    self, directory: str, *, keep: int = 3, keep_best: int = 1, async_save=True, reader=False
+  ):
     self.directory = storage.path(directory)
     preservation = [policies.preservation_policy.LatestN(n=keep)]
     if keep_best > 0:
@@ -73,7 +76,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=async_save,
       preservation_policy=policies.preservation_policy.AnyPreservationPolicy(preservation),
-      cleanup_tmp_directories=True,
+      # A reader (evaluate beside a training run) must not delete the trainer's save in progress.
+      cleanup_tmp_directories=not reader,
       create=False,  # created by the first save: a run refused at start-up leaves no trace
     )
     self.manager = ocp.CheckpointManager(

@@ -106,7 +106,7 @@ def fresh_state(config, model, tx, dp) -> steps.TrainState:
 class Run:
   """Everything derived from a config: data sources, model, optimiser, mesh, checkpoints."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, *, reader: bool = False):
     self.config, self.workdir = config, workdir
     self.mesh = parallel.make_mesh()
     self.dp = parallel.DataParallel(self.mesh, config.parallelism)
@@ -142,6 +142,7 @@ class Run:
       keep=config.keep_checkpoints,
       keep_best=config.keep_best,
       async_save=config.async_checkpoints,
+      reader=reader,
     )
     self.meta = {'model': config.model, 'num_classes': self.num_classes}
 
@@ -348,7 +349,7 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
       f'No checkpoints in {checkpoints} to evaluate: check --workdir (or pass '
       f'--config.init_from=WEIGHTS to evaluate converted weights).'
     )
-  run = Run(config, workdir)
+  run = Run(config, workdir, reader=True)  # the run may be training now
   if run.checkpointer.latest_step() is None and not config.init_from:
     run.checkpointer.close()
     raise checkpoint.CheckpointError(f'No checkpoint in {checkpoints} to evaluate.')
