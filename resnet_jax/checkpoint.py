@@ -44,10 +44,6 @@ def _first_line(error: Exception) -> str:
   return f'{type(error).__name__}: {lines[0] if lines else ""}'[:300]
 
 
-def _abstract(tree, sharding):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 class Checkpointer:
   """Saves and restores a run's TrainState plus JSON metadata.
 

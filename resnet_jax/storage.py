@@ -31,18 +31,12 @@ def path(location) -> epath.Path:
 
 def write_text_atomic(target: epath.Path, text: str):
   """A concurrent reader sees the old content or the whole new one, never a partial file."""
-  target.parent.mkdir(parents=True, exist_ok=True)
-  if is_cloud(target):  # an object upload is atomic by itself
-    target.write_text(text)
-    return
-  tmp = target.parent / f'.{target.name}.{uuid.uuid4().hex}.tmp'
-  tmp.write_text(text)
-  os.replace(tmp, target)
+  write_bytes_atomic(target, text.encode())
 
 
 def write_bytes_atomic(target: epath.Path, data: bytes):
   target.parent.mkdir(parents=True, exist_ok=True)
-  if is_cloud(target):
+  if is_cloud(target):  # an object upload is atomic by itself
     target.write_bytes(data)
     return
   tmp = target.parent / f'.{target.name}.{uuid.uuid4().hex}.tmp'
