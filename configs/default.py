@@ -13,8 +13,9 @@ def get_config():
 
   # --- Data -------------------------------------------------------------------------------------
   # A TFDS name ('imagenet2012', 'cifar10', 'imagenette', ...), 'folder' (data_dir/train/<class>/*
-  # and data_dir/test/<class>/*), 'digits' (scikit-learn's bundled 8x8 digits, offline) or 'fake'
-  # (random images, for throughput measurements only).
+  # and data_dir/test/<class>/*), 'digits' (scikit-learn's bundled 8x8 digits, offline), 'photos'
+  # (JPEG crops of scikit-learn's two bundled photos, 8 classes, offline: an ImageNet-style smoke
+  # test) or 'fake' (random images, for throughput measurements only).
   c.dataset = 'imagenet2012'
   # TFDS data_dir or the folder root; local or gs://. '' = TFDS's default (~/tensorflow_datasets).
   c.data_dir = ''
@@ -27,6 +28,7 @@ def get_config():
   c.prefetch_batches = 2  # Global batches prepared ahead of the device.
   c.num_parallel_calls = -1  # tf.data decode/augment parallelism; -1 = AUTOTUNE.
   c.digits_test_fraction = 0.2  # 'digits': held-out fraction (stratified, fixed split seed 0).
+  c.photos_num_examples = (2048, 512)  # 'photos': (training, test) crops.
   c.fake_num_examples = 1_281_167  # 'fake': training epoch size (ImageNet's by default).
   c.fake_eval_examples = 10_000  # 'fake': size of any other split.
   # 'folder': False = an unreadable image stops the run naming the file; True = such files are
@@ -58,13 +60,17 @@ def get_config():
 
   # --- Evaluation views -------------------------------------------------------------------------
   # 'center': shorter side eval_resize, central image_size crop. '10crop': 4 corners + centre and
-  # their flips, softmax averaged. 'multiscale': fully-convolutional scores averaged over the
-  # spatial map, multiscale_sizes and flips.
+  # their flips, softmax averaged. 'multiscale': the whole image at each of multiscale_sizes
+  # (shorter side) and its flip, fully-convolutional scores averaged (multiscale.py).
   c.eval_mode = 'center'
   c.eval_resize = 256
   c.multiscale_sizes = (224, 256, 384, 480, 640)
-  c.multiscale_max_aspect = 4 / 3  # Longer sides beyond this x shorter are centre-cropped.
-  c.eval_batch_size = 0  # 0: batch_size. Lower it for multiscale (big canvases).
+  # Aspect-ratio buckets (longer / shorter side) for multiscale: an image's longer side is
+  # centre-cropped to the largest bucket not above its ratio, so images of one bucket share a
+  # shape and batch together without padding. Ratios listed here are seen whole (square, 4:3,
+  # 3:2 cover most of ImageNet); each bucket and orientation compiles one eval step.
+  c.multiscale_aspects = (1.0, 1.125, 1.25, 4 / 3, 1.5)
+  c.eval_batch_size = 0  # 0: batch_size. Lower it for multiscale (large whole images).
 
   # --- Model (models.py) ------------------------------------------------------------------------
   c.model = 'resnet50'
@@ -109,10 +115,12 @@ def get_config():
   c.plateau_cooldown = 0
   c.plateau_min_lr = 1e-5
   c.warmup_epochs = 0.0  # Linear warmup from 0 (Goyal et al.); counted in epochs.
-  # > 0: run at warmup_lr_factor x lr until the logged training error falls below this (the paper's
-  # ResNet-110 start: 0.01 until training error < 80%).
+  # > 0: run at warmup_lr_factor x lr until the training error, averaged over windows of
+  # warmup_error_window steps, falls below this (the paper's ResNet-110 start: 0.01 until training
+  # error < 80%, "about 400 iterations"). Checked on the devices every step, not at log_every.
   c.warmup_until_train_error = 0.0
   c.warmup_lr_factor = 0.1
+  c.warmup_error_window = 20
 
   # --- Parallelism (parallel.py) ----------------------------------------------------------------
   c.parallelism = 'shard_map'  # 'shard_map' (jit over a global mesh) or 'pmap'.

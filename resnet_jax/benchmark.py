@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import evaluate, input_pipeline, optim, parallel, sources, steps, train
+from resnet_jax import experiment, input_pipeline, optim, parallel, scoring, sources, steps
 
 
 def _device_batch(dp, config, num_classes, mode):
@@ -44,9 +44,9 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
   mesh = parallel.make_mesh()
   dp = parallel.DataParallel(mesh, config.parallelism)
   input_pipeline.check_batch(config.batch_size, jax.device_count(), jax.process_count())
-  model = train.build_model(config, num_classes)
+  model = experiment.build_model(config, num_classes)
   tx = optim.create_optimizer(config)
-  state = dp.put_state(train.fresh_state(config, model, tx, dp))
+  state = dp.put_state(experiment.fresh_state(config, model, tx, dp))
   batch = _device_batch(dp, config, num_classes, mode)
   if mode == 'train':
     schedule = optim.schedule_fn(config, 1000, 10_000)
@@ -63,9 +63,9 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
     step = lambda s: fn(s, batch)[0]  # noqa: E731
   else:
     config.eval_mode = 'center'
-    eval_model = train.build_model(config, num_classes, train_bn_axis=False)
+    eval_model = experiment.build_model(config, num_classes, train_bn_axis=False)
     fn = dp.wrap(
-      functools.partial(evaluate.eval_step, model=eval_model, config=config), donate_state=False
+      functools.partial(scoring.eval_step, model=eval_model, config=config), donate_state=False
     )
     step = lambda s: (fn(s, batch), s)[1]  # noqa: E731
 

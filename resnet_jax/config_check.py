@@ -108,6 +108,7 @@ RULES: dict[str, Rule] = {
   'prefetch_batches': POSITIVE_INT,
   'num_parallel_calls': number(-1, integer=True),
   'digits_test_fraction': number(0.0, 0.9, open_lo=True),
+  'photos_num_examples': numbers(2, POSITIVE_INT),
   'fake_num_examples': POSITIVE_INT,
   'fake_eval_examples': POSITIVE_INT,
   'skip_bad_images': boolean,
@@ -129,7 +130,7 @@ RULES: dict[str, Rule] = {
   'eval_mode': one_of('center', '10crop', 'multiscale'),
   'eval_resize': number(8, 8192, integer=True),
   'multiscale_sizes': numbers(None, number(8, 8192, integer=True)),
-  'multiscale_max_aspect': number(1.0),
+  'multiscale_aspects': numbers(None, number(1.0, 16.0), increasing=True),
   'eval_batch_size': NONNEG_INT,
   # Model
   'model': model_name,
@@ -166,6 +167,7 @@ RULES: dict[str, Rule] = {
   'warmup_epochs': number(0.0),
   'warmup_until_train_error': number(0.0, 1.0),
   'warmup_lr_factor': number(0.0, 1.0, open_lo=True),
+  'warmup_error_window': POSITIVE_INT,
   # Parallelism
   'parallelism': one_of('shard_map', 'pmap'),
   # Loop, logging, checkpoints
@@ -228,6 +230,8 @@ def _check_combinations(c, num_devices: int, num_processes: int):
     raise ConfigError(
       f'--config.bn_group_size={c.bn_group_size} must divide the {num_devices} devices.'
     )
+  if c.multiscale_aspects[0] != 1.0:
+    _fail('multiscale_aspects', tuple(c.multiscale_aspects), 'increasing from 1.0 (square images)')
   if c.init_from_skip and not c.init_from:
     raise ConfigError('--config.init_from_skip is set but --config.init_from is empty.')
   if c.lock_heartbeat_seconds >= c.lock_stale_seconds:

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax import augment, mean_image, sources
+from resnet_jax import augment, multiscale
 from resnet_jax.sources import Source
 
 FETCH_CHUNK = 64  # Examples fetched per call into the source (random-access reads in parallel).
@@ -91,12 +91,12 @@ class Normalizer:
   pipeline's throughput. Other shapes (multi-scale views) take the broadcasting path.
   """
 
-  def __init__(self, config, train_source: Source | None = None, mean: np.ndarray | None = None):
+  def __init__(self, config, mean: np.ndarray | None = None):
     self.mode = config.normalization
     full = (config.image_size, config.image_size, 3)
     if self.mode == 'pixel_mean':
-      if mean is None:  # callers that set up once (train.Run) pass it in
-        mean = mean_image.load_or_compute(config, train_source)
+      if mean is None:
+        raise ValueError("normalization='pixel_mean' needs the training split's mean image.")
       self.mean, self.inv_std = tf.constant(mean, tf.float32), None
     elif self.mode == 'channel_mean_std':
       channel_mean = np.asarray(config.channel_mean, np.float32)
@@ -118,8 +118,8 @@ class Normalizer:
     return (image - self.mean[0, 0]) * self.inv_std[0, 0]
 
 
-def base_view(data, encoded, config):
-  """The canonical frame of an image: the centre view (also the frame of the mean image)."""
+def center_view(data, encoded, config):
+  """Shorter side to eval_resize, central image_size crop (also the frame of the mean image)."""
   return augment.center_view(data, encoded, resize=config.eval_resize, crop=config.image_size)
 
 
@@ -140,7 +140,7 @@ def train_example(data, label, counter, *, config, encoded, normalize):
       aspect_range=config.aspect_range,
     )
   elif kind in ('pad_crop', 'none'):
-    image = base_view(data, encoded, config)
+    image = center_view(data, encoded, config)
   else:
     raise ValueError("train_augment must be 'scale', 'inception', 'pad_crop' or 'none'.")
   if config.lighting_std > 0 and kind != 'none':
@@ -153,30 +153,17 @@ def train_example(data, label, counter, *, config, encoded, normalize):
   return {'image': image, 'label': label}
 
 
-def multiscale_canvas(size: int, max_aspect: float) -> int:
-  """Side of the square canvas that holds a view with shorter side ``size`` (multiple of 32)."""
-  return int(math.ceil(size * max_aspect / 32) * 32)
-
-
 def eval_example(data, label, mask, *, config, encoded, normalize):
   """The test view(s) of one example per ``config.eval_mode``."""
   out = {'label': label, 'mask': mask}
   mode = config.eval_mode
   if mode == 'center':
-    out['image'] = normalize(base_view(data, encoded, config))
+    out['image'] = normalize(center_view(data, encoded, config))
   elif mode == '10crop':
     resized = augment.resize_short_side(data, encoded, config.eval_resize)
     out['image'] = augment.ten_crop_views(resized, crop=config.image_size, normalize=normalize)
-  elif mode == 'multiscale':
-    image = augment.decode(data, encoded)
-    for size in config.multiscale_sizes:
-      canvas = multiscale_canvas(size, config.multiscale_max_aspect)
-      view = normalize(augment.resize_short_side(image, False, size, max_long=canvas))
-      hw = tf.shape(view)[:2]
-      out[f'image_{size}'] = tf.image.pad_to_bounding_box(view, 0, 0, canvas, canvas)
-      out[f'hw_{size}'] = hw
   else:
-    raise ValueError(f"eval_mode must be 'center', '10crop' or 'multiscale', got {mode!r}.")
+    raise ValueError(f"eval_mode must be 'center' or '10crop' here, got {mode!r}.")
   return out
 
 
@@ -205,7 +192,7 @@ def train_dataset(
   config, source: Source, layout: Layout, start_step: int = 0, mean: np.ndarray | None = None
 ) -> tf.data.Dataset:
   """This process's local training batches, from ``start_step`` on, forever."""
-  normalize = Normalizer(config, source, mean)
+  normalize = Normalizer(config, mean)
   example_fn = functools.partial(
     train_example, config=config, encoded=source.encoded, normalize=normalize
   )
@@ -223,21 +210,6 @@ def train_dataset(
   return ds.batch(layout.local_batch, drop_remainder=True).prefetch(config.prefetch_batches)
 
 
-def numpy_batches(ds: tf.data.Dataset, source: Source):
-  """``ds`` as numpy; a decoding failure becomes a UserError naming the files, if it can."""
-  iterator = ds.as_numpy_iterator()
-  while True:
-    try:
-      yield next(iterator)
-    except StopIteration:
-      return
-    except tf.errors.InvalidArgumentError as e:
-      message = source.diagnose() if source.diagnose else ''
-      if message:
-        raise sources.DatasetError(message) from e
-      raise
-
-
 def train_steps_per_epoch(source: Source, layout: Layout) -> int:
   if source.fetch is not None:
     return source.num_examples // layout.global_batch
@@ -249,7 +221,9 @@ def eval_dataset(
   config, source: Source, layout: Layout, mean: np.ndarray | None = None
 ) -> tuple[tf.data.Dataset, int]:
   """This process's local eval batches (with 'mask') and their number, equal on all processes."""
-  normalize = Normalizer(config, mean=mean)  # the mean image is the training split's
+  normalize = Normalizer(config, mean)  # the mean image is the training split's
+  if config.eval_mode == 'multiscale':  # batches of one shape each, bucket by bucket
+    return multiscale.eval_dataset(config, source, layout, normalize)
   example_fn = functools.partial(
     eval_example, config=config, encoded=source.encoded, normalize=normalize
   )

@@ -22,7 +22,7 @@ import tensorflow as tf
 from etils import epath
 from jax.experimental import multihost_utils
 
-from resnet_jax import sources, storage
+from resnet_jax import augment, sources, storage
 from resnet_jax.errors import UserError
 
 
@@ -45,8 +45,6 @@ def cache_path(config, key: str) -> epath.Path:
 
 def compute(config, source: sources.Source, batch: int = 256) -> np.ndarray:
   """Mean of the centre views of the chosen training images, float32 [size, size, 3] in 0..255."""
-  from resnet_jax import input_pipeline  # the canonical frame lives with the pipeline
-
   limit = source.num_examples if not config.mean_image_examples else config.mean_image_examples
   limit = min(limit, source.num_examples)
   if source.fetch is not None:
@@ -57,12 +55,14 @@ def compute(config, source: sources.Source, batch: int = 256) -> np.ndarray:
     ds, _, _ = source.stream(0, 1, train=False)
     ds = ds.map(lambda data, label: data).take(limit)
   ds = ds.map(
-    lambda data: input_pipeline.base_view(source.load(data), source.encoded, config),
+    lambda data: augment.center_view(  # the frame of input_pipeline.center_view
+      source.load(data), source.encoded, resize=config.eval_resize, crop=config.image_size
+    ),
     num_parallel_calls=tf.data.AUTOTUNE,
   ).batch(batch)
   total = np.zeros((config.image_size, config.image_size, 3), np.float64)
   count = 0
-  for views in input_pipeline.numpy_batches(ds, source):
+  for views in sources.numpy_batches(ds, source):
     total += views.sum(axis=0, dtype=np.float64)
     count += len(views)
   return (total / count).astype(np.float32)

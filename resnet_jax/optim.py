@@ -1,10 +1,12 @@
 """SGD with momentum and weight decay, and the learning-rate schedules of the paper and after.
 
-The learning rate at a step is ``peak * schedule(step) * schedule_state['lr_scale'] * warm`` where
-``schedule`` is the step / cosine shape with optional linear warmup (a pure function of the step),
-and ``schedule_state`` (kept in the TrainState, so in every checkpoint) carries what depends on
-training itself: the reduce-on-plateau factor and its counters, and whether the paper's
-warmup-until-train-error phase (ResNet-110) is over.
+The learning rate of a step is ``learning_rate(...)``, the one place it is assembled:
+``peak * schedule(step) * schedule_state['lr_scale'] * warm``, where ``schedule`` is the step /
+cosine shape with optional linear warmup (a pure function of the step), and ``schedule_state``
+(kept in the TrainState, so in every checkpoint) carries what depends on training itself: the
+reduce-on-plateau factor and its counters (``plateau_update``, on the host after an evaluation),
+and the paper's warmup-until-train-error phase (ResNet-110; ``warmup_after_step``, on the devices
+inside every train step, so it ends at the same step whatever the logging cadence).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def initial_schedule_state() -> dict[str, np.ndarray]:
     'bad_evals': np.int32(0),
     'cooldown': np.int32(0),
     'warmup_done': np.int32(0),
+    'warmup_error_sum': np.float32(0.0),  # training error summed over the current window
+    'warmup_window_steps': np.int32(0),
   }
 
 
@@ -92,12 +96,22 @@ def plateau_update(config, state: dict, metric: float) -> dict:
   return state
 
 
-def warmup_update(config, state: dict, train_error: float) -> dict:
-  """Ends the warmup-until-train-error phase once training error is below the threshold."""
-  state = {k: np.asarray(v).copy() for k, v in state.items()}
-  if config.warmup_until_train_error > 0 and train_error < config.warmup_until_train_error:
-    state['warmup_done'] = np.int32(1)
-  return state
+def warmup_after_step(config, state: dict, train_error) -> dict:
+  """Ends the warmup-until-train-error phase when a window's mean training error is below the
+  threshold. Windows are ``warmup_error_window`` steps, counted from the run's first step; the
+  new phase starts with the next step. Pure jnp: runs inside the train step."""
+  if config.warmup_until_train_error <= 0:
+    return state
+  total = state['warmup_error_sum'] + train_error
+  count = state['warmup_window_steps'] + 1
+  full = count >= config.warmup_error_window
+  below = total / count.astype(jnp.float32) < config.warmup_until_train_error
+  return {
+    **state,
+    'warmup_done': jnp.where(full & below, 1, state['warmup_done']).astype(jnp.int32),
+    'warmup_error_sum': jnp.where(full, 0.0, total).astype(jnp.float32),
+    'warmup_window_steps': jnp.where(full, 0, count).astype(jnp.int32),
+  }
 
 
 def _decay_mask(params, include_bn_and_bias: bool):

@@ -101,6 +101,47 @@ def digits(split: str, test_fraction: float) -> Source:
   return _array_source('digits', split_images, split_labels.astype(np.int32), 10, False)
 
 
+PHOTO_ASPECTS = (1.0, 4 / 3, 3 / 2, 3 / 4, 2 / 3)  # crop shapes, so every test bucket is used
+
+
+def photos(split: str, num_examples: int, short_side_range=(64, 160)) -> Source:
+  """JPEG crops of scikit-learn's two bundled 427x640 photos: an ImageNet-style smoke dataset.
+
+  Eight classes: which photo and which quadrant of it holds the crop's centre. Crops have random
+  positions, sizes (shorter side in ``short_side_range``) and aspect ratios (``PHOTO_ASPECTS``),
+  so the paper's scale augmentation, JPEG window decoding and multi-scale buckets all see real
+  photographs. The examples are a fixed function of ``split`` and ``num_examples``.
+  """
+  from PIL import Image
+
+  if split not in ('train', 'test'):
+    raise UserError(f"photos has splits 'train' and 'test', not {split!r}.")
+  images = _sample_photos()
+  rng = np.random.default_rng([0 if split == 'train' else 1, num_examples])
+  data, labels = [], []
+  for _ in range(num_examples):
+    which = int(rng.integers(len(images)))
+    photo = images[which]
+    aspect = PHOTO_ASPECTS[rng.integers(len(PHOTO_ASPECTS))]
+    short = int(rng.integers(short_side_range[0], short_side_range[1] + 1))
+    h, w = (short, round(short * aspect)) if aspect >= 1 else (round(short / aspect), short)
+    h, w = min(h, photo.shape[0]), min(w, photo.shape[1])
+    y, x = int(rng.integers(photo.shape[0] - h + 1)), int(rng.integers(photo.shape[1] - w + 1))
+    quadrant = 2 * int(y + h / 2 >= photo.shape[0] / 2) + int(x + w / 2 >= photo.shape[1] / 2)
+    encoded = io.BytesIO()
+    Image.fromarray(photo[y : y + h, x : x + w]).save(encoded, format='JPEG', quality=90)
+    data.append(encoded.getvalue())
+    labels.append(4 * which + quadrant)
+  data_array = np.array(data, dtype=object)
+  return _array_source('photos', data_array, np.array(labels, np.int32), 8, True)
+
+
+def _sample_photos() -> list[np.ndarray]:
+  from sklearn.datasets import load_sample_images
+
+  return list(load_sample_images().images)
+
+
 def folder(data_dir: str, split: str, *, skip_bad_images: bool = False) -> Source:
   """``data_dir/<split>/<class>/*.jpg|png``; classes are the sorted subfolders of ``train``.
 
@@ -337,6 +378,21 @@ def _tfds_split(builder, name, split, *, in_memory_max_bytes: int, seed: int) ->
   return Source(name, num_examples, num_classes, True, None, stream=stream, data_dtype=tf.string)
 
 
+def numpy_batches(ds: tf.data.Dataset, source: Source):
+  """``ds`` as numpy; a decoding failure becomes a UserError naming the files, if it can."""
+  iterator = ds.as_numpy_iterator()
+  while True:
+    try:
+      yield next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError as e:
+      message = source.diagnose() if source.diagnose else ''
+      if message:
+        raise DatasetError(message) from e
+      raise
+
+
 def get_source(config, split: str) -> Source:
   """The source a config names for ``split``."""
   if config.dataset == 'digits':
@@ -344,6 +400,9 @@ def get_source(config, split: str) -> Source:
     return dataclasses.replace(
       source, fingerprint=f'digits:{config.digits_test_fraction}:{split}:{source.num_examples}'
     )
+  if config.dataset == 'photos':
+    count = config.photos_num_examples[0 if split == config.train_split else 1]
+    return dataclasses.replace(photos(split, count), fingerprint=f'photos:{split}:{count}')
   if config.dataset == 'folder':
     return folder(config.data_dir, split, skip_bad_images=config.skip_bad_images)
   if config.dataset == 'fake':

@@ -101,7 +101,8 @@ def train_step(state: TrainState, batch, *, model, tx, config, base_schedule, nu
   metrics = {'loss': loss, 'top1_err': top1.mean(), 'top5_err': top5.mean()}
   metrics = lax.pmean(metrics, AXIS)
   metrics['learning_rate'] = lr
-  return new_state, metrics
+  schedule = optim.warmup_after_step(config, state.schedule, metrics['top1_err'])
+  return new_state.replace(schedule=schedule), metrics
 
 
 def _dynamic_loss_scale(old: TrainState, new: TrainState, grads) -> TrainState:

@@ -50,3 +50,32 @@ def folder_config(tmp_path, data_dir, **overrides):
   for k, v in overrides.items():
     setattr(c, k, v)
   return c
+
+
+def random_torchvision_weights(keys_and_shapes, seed: int) -> dict[str, np.ndarray]:
+  """Seeded random values for a torchvision ResNet state_dict, from its keys and shapes alone.
+
+  NumPy's legacy RandomState stream is stable across NumPy versions, so a test regenerates the
+  exact weights that tests/torch_references.py gave torch. BN statistics are randomised too, so
+  that eval mode tests them rather than the identity.
+  """
+  rng = np.random.RandomState(seed)
+  weights = {}
+  for key, shape in keys_and_shapes:
+    shape = tuple(shape)
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    if key.endswith('num_batches_tracked'):
+      value = np.zeros(shape, np.int64)
+    elif len(shape) == 4:  # conv: He normal
+      value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    elif key.startswith('fc.'):  # torch Linear's default bound, fan-in of the weight
+      bound = 1.0 / np.sqrt(shape[1] if len(shape) == 2 else weights['fc.weight'].shape[1])
+      value = rng.uniform(-bound, bound, shape)
+    elif key.endswith('running_var'):
+      value = rng.uniform(0.5, 2.0, shape)
+    elif key.endswith('weight'):  # BN scale
+      value = rng.uniform(0.5, 1.5, shape)
+    else:  # BN bias and running mean
+      value = rng.normal(0.0, 0.2, shape)
+    weights[key] = value.astype(np.int64 if key.endswith('num_batches_tracked') else np.float32)
+  return weights

@@ -20,7 +20,7 @@ from PIL import Image
 from test_train import REPO, tiny
 
 from configs import default
-from resnet_jax import checkpoint, config_check, mean_image, models, train
+from resnet_jax import checkpoint, config_check, experiment, mean_image, models, train
 
 DIGITS = ['-m', 'resnet_jax.main', '--config=configs/digits.py', '--workdir={work}']
 EVALUATE = ['-m', 'resnet_jax.evaluate', '--config=configs/digits.py', '--workdir={work}']
@@ -222,14 +222,14 @@ def test_init_from_is_strict_unless_told_what_may_stay_fresh(tmp_path):
   train.train_and_evaluate(tiny(tmp_path, num_train_steps=2, eval_every=2), source)
   deeper = tiny(tmp_path, model='cifar_resnet14', num_train_steps=1, init_from=source)
   with pytest.raises(checkpoint.CheckpointError, match=r'do not fit this model: layer1_1/'):
-    train.Run(deeper, str(tmp_path / 'a')).initial_state()
+    experiment.Experiment(deeper, str(tmp_path / 'a')).initial_state()
   deeper.init_from_skip = 'layer1_1,layer2_1,layer3_1'  # the blocks resnet8 does not have
-  run = train.Run(deeper, str(tmp_path / 'b'))
+  run = experiment.Experiment(deeper, str(tmp_path / 'b'))
   state = run.initial_state()
   run.checkpointer.close()
-  src_run = train.Run(tiny(tmp_path), source)
-  src = train.flat_params(src_run.initial_state())
+  src_run = experiment.Experiment(tiny(tmp_path), source)
+  src = experiment.flat_params(src_run.initial_state())
   src_run.checkpointer.close()
   np.testing.assert_array_equal(
-    train.flat_params(state)['layer2_0/conv1/kernel'], src['layer2_0/conv1/kernel']
+    experiment.flat_params(state)['layer2_0/conv1/kernel'], src['layer2_0/conv1/kernel']
   )

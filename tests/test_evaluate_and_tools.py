@@ -13,10 +13,17 @@ from helpers import folder_config, write_image_folder
 from test_train import REPO, tiny, tiny_flags
 
 from configs import digits
-from resnet_jax import checkpoint, convert, evaluate, metrics, models, plot, train
-
-torch = pytest.importorskip('torch')
-torch_resnet = pytest.importorskip('torch_resnet')
+from resnet_jax import (
+  checkpoint,
+  convert,
+  evaluate,
+  experiment,
+  metrics,
+  models,
+  plot,
+  scoring,
+  train,
+)
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +38,7 @@ def trained(tmp_path_factory):
 def test_evaluate_center_reproduces_the_training_eval(trained):
   config, workdir, _ = trained
   last = [r for r in metrics.read(workdir) if r['split'] == 'eval'][-1]
-  result = train.evaluate_workdir(config, workdir)
+  result = evaluate.evaluate_workdir(config, workdir)
   assert result['step'] == 12 and result['num_examples'] == 360
   assert result['top1_err'] == pytest.approx(last['top1_err'])
   assert result['loss'] == pytest.approx(last['loss'], rel=1e-5)
@@ -68,27 +75,15 @@ def test_ten_identical_views_score_like_one_view_and_its_flip():
   views = jnp.concatenate([jnp.repeat(x[:, None], 5, 1), jnp.repeat(x[:, None, :, ::-1], 5, 1)], 1)
   cfg = digits.get_config()
   cfg.eval_mode = '10crop'
-  probs = evaluate.view_probs(model, variables, {'image': views}, cfg)
+  probs = scoring.view_probs(model, variables, {'image': views}, cfg)
   one = jax.nn.softmax(model.apply(variables, x, train=False))
   flipped = jax.nn.softmax(model.apply(variables, x[:, :, ::-1], train=False))
   np.testing.assert_allclose(probs, (one + flipped) / 2, atol=1e-6)
 
 
-def test_multiscale_flip_mirrors_inside_the_valid_region():
-  model = models.get_model('cifar_resnet8', num_classes=10)
-  image = jax.random.normal(jax.random.key(0), (1, 8, 12, 3))
-  variables = model.init(jax.random.key(1), image, train=False)
-  canvas = jnp.zeros((1, 16, 16, 3))
-  placed = canvas.at[:, :8, :12].set(image)
-  mirrored = canvas.at[:, :8, :12].set(image[:, :, ::-1])
-  hw = jnp.array([[8, 12]])
-  flip = evaluate._multiscale_probs(model, variables, placed, hw, flip=True)
-  direct = evaluate._multiscale_probs(model, variables, mirrored, hw, flip=False)
-  np.testing.assert_allclose(flip, direct, atol=1e-6)
-  assert flip.shape == (1, 10) and float(flip.sum()) == pytest.approx(1.0, abs=1e-5)
-
-
 def test_convert_cli_and_init_from_torchvision_weights(tmp_path):
+  torch = pytest.importorskip('torch')  # the command reads a torch .pth
+  torch_resnet = pytest.importorskip('torch_resnet')
   torch.manual_seed(0)
   net = torch_resnet.build('resnet18', 10)
   pth = str(tmp_path / 'r18.pth')
@@ -117,7 +112,7 @@ def test_convert_cli_and_init_from_torchvision_weights(tmp_path):
     num_train_steps=1,
     normalization='channel_mean_std',
   )
-  run = train.Run(config, str(tmp_path / 'finetune'))
+  run = experiment.Experiment(config, str(tmp_path / 'finetune'))
   state = run.initial_state()
   run.checkpointer.close()
   expected = convert.from_torchvision(net.state_dict(), 'resnet18')

@@ -182,18 +182,18 @@ def test_mixed_precision_keeps_params_stats_and_logits_float32():
 
 
 @pytest.mark.parametrize(
-  'name, message',
+  'name, message, choices',
   [
-    ('resnet19', 'Impossible ImageNet depth 19'),
-    ('cifar_resnet21', 'Impossible CIFAR depth 21'),
-    ('cifar_resnet2', 'Impossible CIFAR depth 2'),
-    ('vgg16', "Unknown model 'vgg16'"),
+    ('resnet19', 'Impossible ImageNet depth 19', 'choose one of [18, 34, 50, 101, 152]'),
+    ('cifar_resnet21', 'Impossible CIFAR depth 21', 'the paper uses 20, 32, 44, 56, 110, 1202'),
+    ('cifar_resnet2', 'Impossible CIFAR depth 2', 'depth must be 6n+2 with n >= 1'),
+    ('vgg16', "Unknown model 'vgg16'", 'Valid names: resnet{18,34,50,101,152}, plain{'),
   ],
 )
-def test_bad_names_raise_with_the_valid_choices(name, message):
+def test_bad_names_raise_with_the_valid_choices(name, message, choices):
   with pytest.raises(ValueError, match=message) as err:
     models.get_model(name, num_classes=10)
-  assert 'resnet' in str(err.value)
+  assert choices in str(err.value)
 
 
 def test_bad_options_raise():

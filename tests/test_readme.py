@@ -26,6 +26,14 @@ SHORT_DIGITS = [
   '--config.checkpoint_every=8',
   '--config.log_every=4',
 ]
+PHOTOS_FEWER = ["--config.photos_num_examples='(64,32)'"]
+SHORT_PHOTOS = [
+  *PHOTOS_FEWER,
+  '--config.num_train_steps=4',
+  '--config.eval_every=4',
+  '--config.checkpoint_every=4',
+  '--config.log_every=2',
+]
 TINY_IMAGENET = [  # a 3-class JPEG folder at 32 px stands in for ImageNet
   '--config.dataset=folder',
   '--config.data_dir={data}',
@@ -51,6 +59,11 @@ RULES = [
     'skip: the 22-minute digits study (tests/test_study_report.py runs a shortened study)',
   ),
   (r'^python -m resnet_jax\.main --config=configs/digits\.py', ('run', SHORT_DIGITS)),
+  (r'^python -m resnet_jax\.main --config=configs/photos\.py', ('run', SHORT_PHOTOS)),
+  (r'^python -m resnet_jax\.evaluate --config=configs/photos\.py', ('run', PHOTOS_FEWER)),
+  (r'^python -m resnet_jax\.report /tmp/photos', ('run', [])),
+  # The committed figure is left alone: the plot goes to the test's folder (argparse: last wins).
+  (r'^python -m resnet_jax\.plot /tmp/photos', ('run', ['--out={tmp}/photos.png'])),
   (r'^python -m resnet_jax\.main --config=configs/r50\.py .*init_from', ('run', TINY_IMAGENET)),
   (r'^python -m resnet_jax\.(evaluate|plot|summary|convert) ', ('run', [])),
   (r'^python -m resnet_jax\.report /tmp/digits ', ('run', [])),
@@ -107,15 +120,20 @@ def test_every_readme_command_has_a_rule():
 
 def test_readme_commands_run_as_written(tmp_path):
   data = write_image_folder(tmp_path / 'images', size=(48, 64))
-  if any('resnet_jax.convert' in c for c in readme_commands()):
-    torch = pytest.importorskip('torch')  # the README's convert needs a torchvision .pth
+  try:  # the README's convert reads a torchvision .pth, which takes torch to write
+    import torch
     from torch_resnet import build
 
     torch.save(build('resnet50').state_dict(), tmp_path / 'resnet50.pth')
+    needs_torch = None
+  except ImportError:
+    needs_torch = 'skip: needs torch (pip install -e .[convert]) to write a .pth'
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   ran, dry, skipped = [], [], []
   for command in readme_commands():
     action = rule_for(command)
+    if needs_torch and re.search(r'resnet_jax\.convert |init_from=/tmp/r50_tv', command):
+      action = needs_torch
     if isinstance(action, str):
       skipped.append((command, action))
       continue
@@ -140,8 +158,11 @@ def test_readme_commands_run_as_written(tmp_path):
   assert os.path.getsize(tmp_path / 'digits' / 'curves.png') > 10_000
   assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
   assert '| digits | cifar_resnet20 | center |' in (tmp_path / 'digits' / 'results.md').read_text()
-  assert os.path.isdir(tmp_path / 'r50_tv')
-  assert os.path.isdir(tmp_path / 'dir' / 'checkpoints' / '2')  # the init_from fine-tune ran
+  assert os.path.getsize(tmp_path / 'photos.png') > 10_000
+  assert os.path.exists(tmp_path / 'photos' / 'eval_multiscale.jsonl')
+  if not needs_torch:
+    assert os.path.isdir(tmp_path / 'r50_tv')
+    assert os.path.isdir(tmp_path / 'dir' / 'checkpoints' / '2')  # the init_from fine-tune ran
   assert os.path.isdir(tmp_path / 'digits_2proc' / 'checkpoints' / '8')  # two processes
   for line, result in dry:  # the user's training flags reach the command a cluster would run
     if '--config=' in line:

@@ -1,63 +1,86 @@
-"""Our models fed torchvision's weights give torchvision's outputs (eval and train mode)."""
+"""Our models fed torchvision's weights give torchvision's outputs (eval and train mode).
+
+Two ways: against the references committed in tests/data (written by tests/torch_references.py
+with torch; these tests need no torch), and live against torch where it is installed (CI).
+"""
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_torchvision_weights
 
 from resnet_jax import convert, models
 
-torch = pytest.importorskip('torch')
-torch_resnet = pytest.importorskip('torch_resnet')
+REFERENCES = os.path.join(os.path.dirname(__file__), 'data', 'torchvision_references.npz')
+MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+STATS = {  # torch key -> our (collection path) of two BN running statistics
+  'layer1.0.bn1.running_mean': ('layer1_0', 'bn1', 'mean'),
+  'layer2.0.downsample.1.running_var': ('layer2_0', 'downsample_1', 'var'),
+}
 
 
-def randomised_torch_model(name, num_classes, seed):
-  """A torchvision-built net with random weights and random BN running statistics."""
-  torch.manual_seed(seed)
-  net = torch_resnet.build(name, num_classes)
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.normal_(0, 0.2)
-        m.running_mean.normal_(0, 0.2)
-        m.running_var.uniform_(0.5, 2.0)
-  return net
+def images_nchw() -> np.ndarray:
+  return np.random.RandomState(1).randn(2, 3, 64, 64).astype(np.float32)  # as torch_references
 
 
-@pytest.mark.parametrize('name', ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'])
-def test_logits_and_train_step_match_torchvision(name):
-  net = randomised_torch_model(name, num_classes=100, seed=0)
-  x = np.random.RandomState(1).randn(2, 3, 64, 64).astype(np.float32)
-  variables = convert.from_torchvision(net.state_dict(), name)
+def our_outputs(name, state_dict, x_nchw):
+  """Eval logits, train-mode logits and the BN statistics after that train-mode forward."""
+  variables = convert.from_torchvision(state_dict, name)
   model = models.get_model(name, num_classes=100)
-  x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+  x = jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
+  eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  train_logits, updates = jax.jit(
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
+  )(variables, x)
+  stats = updates['batch_stats']
+  return eval_logits, train_logits, {k: stats[a][b][c] for k, (a, b, c) in STATS.items()}
 
-  net.eval()
-  with torch.no_grad():
-    ref = net(torch.from_numpy(x)).numpy()
-  ours = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x_nhwc)
-  assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
 
+def assert_matches(ours, eval_ref, train_ref64, torch_train_error, stats_ref):
+  eval_logits, train_logits, stats = ours
+  assert np.abs(eval_logits - eval_ref).max() <= 1e-4 * np.abs(eval_ref).max()
   # Train mode normalises with batch statistics, which deep nets amplify: on this batch float32
   # torch itself strays from float64 torch by up to 2e-3 (ResNet-152). So the train-mode reference
   # is torch in float64, and we must be as close to it as torch's own float32 forward is.
-  net.train()
+  scale = np.abs(train_ref64).max()
+  assert np.abs(train_logits - train_ref64).max() <= max(1.5 * torch_train_error, 1e-4 * scale)
+  for key, value in stats.items():  # momentum 0.1, unbiased variance, as torch
+    np.testing.assert_allclose(value, stats_ref[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_logits_and_bn_statistics_match_committed_torchvision_references(name):
+  refs = np.load(REFERENCES)
+  keys = json.loads(str(refs[f'{name}/keys']))
+  assert len(keys) == {'resnet18': 122, 'resnet34': 218, 'resnet50': 320}.get(name, len(keys))
+  weights = random_torchvision_weights(keys, seed=0)
+  assert_matches(
+    our_outputs(name, weights, images_nchw()),
+    refs[f'{name}/eval_logits'],
+    refs[f'{name}/train_logits_float64'],
+    float(refs[f'{name}/torch_float32_train_error']),
+    {k: refs[f'{name}/{k}'] for k in STATS},
+  )
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
+def test_logits_and_bn_statistics_match_live_torch(name):
+  torch = pytest.importorskip('torch')
+  torch_resnet = pytest.importorskip('torch_resnet')
+  net = torch_resnet.build(name, 100)
+  keys = [(k, list(v.shape)) for k, v in net.state_dict().items()]
+  weights = random_torchvision_weights(keys, seed=3)  # other weights than the committed ones
+  net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+  x = torch.from_numpy(images_nchw())
   with torch.no_grad():
-    ref_train32 = net(torch.from_numpy(x)).numpy()
-  ours_train, updates = jax.jit(
-    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
-  )(variables, x_nhwc)
-  torch_state = net.state_dict()
-  with torch.no_grad():
-    ref_train = net.double()(torch.from_numpy(x).double()).numpy()
-  scale = np.abs(ref_train).max()
-  torch_error = np.abs(ref_train32 - ref_train).max()
-  assert np.abs(ours_train - ref_train).max() <= max(1.5 * torch_error, 1e-4 * scale)
-  # Running statistics follow torch too (momentum 0.1, unbiased variance).
-  stats = updates['batch_stats']
-  for torch_key, ours_stat in [
-    ('layer1.0.bn1.running_mean', stats['layer1_0']['bn1']['mean']),
-    ('layer2.0.downsample.1.running_var', stats['layer2_0']['downsample_1']['var']),
-  ]:
-    np.testing.assert_allclose(ours_stat, torch_state[torch_key].numpy(), rtol=1e-4, atol=1e-5)
+    eval_ref = net.eval()(x).numpy()
+    train32 = net.train()(x).numpy()
+    stats = {k: net.state_dict()[k].numpy().copy() for k in STATS}
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    train64 = net.double()(x.double()).numpy()
+  ours = our_outputs(name, weights, images_nchw())
+  assert_matches(ours, eval_ref, train64, np.abs(train32 - train64).max(), stats)

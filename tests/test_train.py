@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import digits_config
 
-from resnet_jax import checkpoint, metrics, optim, train
+from resnet_jax import checkpoint, experiment, metrics, optim, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,10 +39,10 @@ def tiny(tmp_path, **overrides):
 
 
 def final_params(workdir, config):
-  run = train.Run(config, workdir)
+  run = experiment.Experiment(config, workdir)
   state = run.initial_state()
   run.checkpointer.close()
-  return train.flat_params(state), int(state.step)
+  return experiment.flat_params(state), int(state.step)
 
 
 def test_training_lowers_the_loss_and_records_metrics(tmp_path):
@@ -125,14 +125,43 @@ def test_step_schedule_warmup_and_warmup_until_error():
   s = optim.initial_schedule_state()
   lr = lambda step, st: float(optim.learning_rate(c, base, step, st))  # noqa: E731
   assert lr(0, s) == pytest.approx(0.01)  # the paper's ResNet-110 warm start
-  s = optim.warmup_update(c, s, train_error=0.85)
+  c.warmup_error_window = 4
+  for error in (0.9, 0.9, 0.7, 0.7):  # window mean 0.8: not below 0.8
+    s = optim.warmup_after_step(c, s, np.float32(error))
+  assert lr(100, s) == pytest.approx(0.01) and int(s['warmup_window_steps']) == 0
+  for error in (0.9, 0.7, 0.7):  # below after 3 steps, but the window is not full yet
+    s = optim.warmup_after_step(c, s, np.float32(error))
   assert lr(100, s) == pytest.approx(0.01)
-  s = optim.warmup_update(c, s, train_error=0.79)
+  s = optim.warmup_after_step(c, s, np.float32(0.8))  # mean 0.775
   assert lr(100, s) == pytest.approx(0.1)
   assert lr(32_000, s) == pytest.approx(0.01) and lr(48_000, s) == pytest.approx(0.001)
   c.warmup_epochs = 5
   ramp = optim.schedule_fn(c, 390, 64_000)
   assert float(ramp(975)) == pytest.approx(0.5) and float(ramp(1950)) == pytest.approx(1.0)
+
+
+def test_warmup_until_error_ends_at_the_same_step_whatever_the_log_cadence(tmp_path):
+  """The warm-up phase is decided on the devices every step: logging must not move it."""
+  runs = {}
+  for log_every in (1, 5):
+    config = tiny(
+      tmp_path,
+      log_every=log_every,
+      lr_boundaries=(1000,),
+      warmup_until_train_error=0.9,
+      warmup_error_window=2,
+    )
+    workdir = str(tmp_path / f'log{log_every}')
+    train.train_and_evaluate(config, workdir)
+    runs[log_every] = final_params(workdir, config)[0]
+    if log_every == 1:
+      rates = [r['learning_rate'] for r in metrics.read(workdir) if r['split'] == 'train']
+  peak = optim.peak_learning_rate(config)
+  # Warm start at 0.1x, then the full rate from a step in the middle of the run.
+  assert rates[0] == pytest.approx(0.1 * peak) and rates[-1] == pytest.approx(peak)
+  assert 2 <= rates.index(pytest.approx(peak)) < len(rates) - 1
+  for name, value in runs[1].items():
+    np.testing.assert_array_equal(value, runs[5][name], err_msg=name)
 
 
 def test_init_from_another_run_with_a_new_head(tmp_path):
@@ -141,10 +170,10 @@ def test_init_from_another_run_with_a_new_head(tmp_path):
   train.train_and_evaluate(config, source)
   src_params, _ = final_params(source, config)
   new = tiny(tmp_path, num_train_steps=1, num_classes=7, init_from=source)
-  run = train.Run(new, str(tmp_path / 'new'))
+  run = experiment.Experiment(new, str(tmp_path / 'new'))
   state = run.initial_state()
   run.checkpointer.close()
-  params = train.flat_params(state)
+  params = experiment.flat_params(state)
   assert np.array_equal(params['conv1/kernel'], src_params['conv1/kernel'])
   assert params['fc/kernel'].shape == (64, 7)
 
@@ -263,7 +292,7 @@ def test_half_precision_trains_with_float32_state(tmp_path, half_dtype):
   result = train.train_and_evaluate(config, workdir)
   losses = [r['loss'] for r in metrics.read(workdir) if r['split'] == 'train']
   assert losses[-1] < 0.8 * losses[0] and result['num_examples'] == 360
-  run = train.Run(config, workdir)
+  run = experiment.Experiment(config, workdir)
   state = run.initial_state()
   run.checkpointer.close()
   dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))}

@@ -1,0 +1,147 @@
+"""A run's set-up, shared by training and evaluation: everything derived from a config.
+
+``Experiment`` builds the data sources, the model, the optimiser, the device mesh and the
+checkpoint manager once, loads (or computes) the mean image once, and restores the state a run
+starts from. ``resnet_jax.train`` runs the loop on it; ``resnet_jax.evaluate`` scores a checkpoint
+with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from resnet_jax import (
+  checkpoint,
+  input_pipeline,
+  mean_image,
+  models,
+  optim,
+  parallel,
+  scoring,
+  sources,
+  steps,
+  storage,
+)
+
+
+def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
+  overrides = dict(
+    zero_init_residual=config.zero_init_residual,
+    stride_in_1x1=config.stride_in_1x1,
+    bn_momentum=config.bn_momentum,
+    bn_epsilon=config.bn_epsilon,
+  )
+  if config.shortcut:
+    overrides['shortcut'] = config.shortcut
+  if train_bn_axis and config.bn_group_size != 1:
+    overrides['bn_axis_name'] = parallel.AXIS
+    if config.bn_group_size > 1:
+      n = jax.device_count()
+      if n % config.bn_group_size:
+        raise ValueError(f'bn_group_size={config.bn_group_size} does not divide {n} devices.')
+      groups = np.arange(n).reshape(-1, config.bn_group_size).tolist()
+      overrides['bn_axis_index_groups'] = groups
+  dtype = jnp.float32
+  if config.half_precision:
+    dtype = {'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[config.half_dtype]
+  return models.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
+
+
+def fresh_state(config, model, tx, data_parallel) -> steps.TrainState:
+  """A newly initialised TrainState (seeded by config.seed), replicated over the mesh."""
+  init = functools.partial(
+    steps.create_train_state,
+    model,
+    tx,
+    (config.image_size, config.image_size, 3),
+    fp16_loss_scale=config.half_precision and config.half_dtype == 'float16',
+  )
+  return jax.jit(init, out_shardings=data_parallel.replicated)(jax.random.key(config.seed))
+
+
+class Experiment:
+  """Everything derived from a config: data sources, model, optimiser, mesh, checkpoints."""
+
+  def __init__(self, config, workdir: str, *, reader: bool = False):
+    self.config, self.workdir = config, workdir
+    self.mesh = parallel.make_mesh()
+    self.data_parallel = parallel.DataParallel(self.mesh, config.parallelism)
+    input_pipeline.check_batch(config.batch_size, jax.device_count(), jax.process_count())
+    if config.eval_batch_size:
+      input_pipeline.check_batch(config.eval_batch_size, jax.device_count(), jax.process_count())
+    self.train_source = sources.get_source(config, config.train_split)
+    self.eval_source = sources.get_source(config, config.eval_split)
+    self.num_classes = config.num_classes or self.train_source.num_classes
+    self.mean_image = None  # pixel_mean normalisation: loaded (or computed) once, on first use
+    self.layout = input_pipeline.Layout.current(config.batch_size)
+    self.steps_per_epoch = input_pipeline.train_steps_per_epoch(self.train_source, self.layout)
+    self.total_steps = optim.total_steps(config, self.steps_per_epoch)
+    self.base_schedule = optim.schedule_fn(config, self.steps_per_epoch, self.total_steps)
+    self.model = build_model(config, self.num_classes)
+    eval_model = build_model(config, self.num_classes, train_bn_axis=False)
+    self.tx = optim.create_optimizer(config)
+    self.train_fn = self.data_parallel.wrap(
+      functools.partial(
+        steps.train_step,
+        model=self.model,
+        tx=self.tx,
+        config=config,
+        base_schedule=self.base_schedule,
+        num_classes=self.num_classes,
+      )
+    )
+    self.eval_fn = self.data_parallel.wrap(
+      functools.partial(scoring.eval_step, model=eval_model, config=config), donate_state=False
+    )
+    self.checkpointer = checkpoint.Checkpointer(
+      storage.path(workdir) / 'checkpoints',
+      keep=config.keep_checkpoints,
+      keep_best=config.keep_best,
+      async_save=config.async_checkpoints,
+      reader=reader,
+    )
+    self.meta = {'model': config.model, 'num_classes': self.num_classes}
+
+  def initial_state(self) -> steps.TrainState:
+    """A fresh state (seeded), or the latest checkpoint of the workdir, or init_from weights."""
+    state = fresh_state(self.config, self.model, self.tx, self.data_parallel)
+    restored = self.checkpointer.restore(state, self.meta)
+    if restored is not None:
+      logging.warning('Resuming from step %d of %s', int(restored[0].step), self.workdir)
+      return restored[0]
+    if self.config.init_from:
+      state = self._init_from(state)
+    return state
+
+  def _init_from(self, state):
+    abstract = {'params': state.params, 'batch_stats': state.batch_stats}
+    loaded = checkpoint.load_variables(
+      self.config.init_from, abstract, self.data_parallel.replicated, self.config.init_from_skip
+    )
+    merged = jax.tree.map(
+      lambda new, old: old if new is None else new, loaded, abstract, is_leaf=lambda x: x is None
+    )
+    return state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
+
+  def evaluate(self, state) -> dict:
+    """Scores the eval split; ``state`` in the form the wrapped steps take (put_state)."""
+    return scoring.score_split(
+      self.data_parallel, state, self.eval_fn, self.config, self.eval_source, self.pixel_mean()
+    )
+
+  def pixel_mean(self):
+    """The training split's mean image (None unless normalization is 'pixel_mean')."""
+    if self.config.normalization == 'pixel_mean' and self.mean_image is None:
+      self.mean_image = mean_image.load_or_compute(self.config, self.train_source)
+    return self.mean_image
+
+
+def flat_params(state) -> dict:
+  """Parameters as a flat {path: numpy} dict (for comparisons in tests and tools)."""
+  return traverse_util.flatten_dict(jax.device_get(state.params), sep='/')

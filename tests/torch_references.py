@@ -1,0 +1,65 @@
+"""Writes tests/data/torchvision_references.npz: torchvision's outputs for seeded random weights.
+
+  pip install torch==2.13.0 && python tests/torch_references.py
+
+Needs torch; the tests that read the file do not. For each ImageNet ResNet: the state_dict's keys
+and shapes, torchvision's eval-mode logits (float32), train-mode logits (float64, and the float32
+ones' distance to them), and two BN running statistics after the train-mode forward. The weights
+themselves are not stored: helpers.random_torchvision_weights regenerates them from the seed.
+"""
+
+import json
+import os
+import sys
+
+sys.path[:0] = [
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+]  # configs/, for helpers
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch_resnet  # noqa: E402
+from helpers import random_torchvision_weights  # noqa: E402
+
+MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+NUM_CLASSES, SEED, INPUT_SEED = 100, 0, 1
+STATS = ('layer1.0.bn1.running_mean', 'layer2.0.downsample.1.running_var')
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'torchvision_references.npz')
+
+
+def images() -> np.ndarray:
+  """NCHW float32 input, the same in the writer and the tests."""
+  return np.random.RandomState(INPUT_SEED).randn(2, 3, 64, 64).astype(np.float32)
+
+
+def references(name: str) -> dict[str, np.ndarray]:
+  net = torch_resnet.build(name, NUM_CLASSES)
+  keys = [(k, list(v.shape)) for k, v in net.state_dict().items()]
+  weights = random_torchvision_weights(keys, SEED)
+  net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+  x = torch.from_numpy(images())
+  net.eval()
+  with torch.no_grad():
+    eval_logits = net(x).numpy()
+    net.train()
+    train32 = net(x).numpy()
+    stats = [net.state_dict()[k].numpy().copy() for k in STATS]
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    train64 = net.double()(x.double()).numpy()
+  return {
+    f'{name}/keys': np.array(json.dumps(keys)),
+    f'{name}/eval_logits': eval_logits,
+    f'{name}/train_logits_float64': train64,
+    f'{name}/torch_float32_train_error': np.float64(np.abs(train32 - train64).max()),
+    **{f'{name}/{k}': v for k, v in zip(STATS, stats, strict=True)},
+  }
+
+
+if __name__ == '__main__':
+  torch.manual_seed(0)
+  out = {}
+  for name in MODELS:
+    out.update(references(name))
+  os.makedirs(os.path.dirname(OUT), exist_ok=True)
+  np.savez_compressed(OUT, torch_version=np.array(torch.__version__), **out)
+  print(f'{OUT}: {os.path.getsize(OUT):,} bytes, torch {torch.__version__}')
