@@ -1,12 +1,20 @@
-"""Honest throughput: the jitted train step, the eval step, or the input pipeline, timed apart.
+"""Honest throughput: the whole training loop, the jitted train or eval step, the input pipeline.
 
-Device modes time the real train/eval step on batches already on the devices (so the input
-pipeline is not in the figure), after a compile that is timed separately, ending each timing with
-``block_until_ready``. The input mode times the paper's augmentation on real JPEGs (random crops of
-scikit-learn's two sample photos, 300-427 x 375-640 pixels, quality 90) with tf.data limited to
-``--cores`` threads, against a plain decode + resize + crop + flip baseline. The last line printed
-is one JSON object.
+- ``end_to_end``: the real loop of ``resnet_jax.main`` (input pipeline, transfers, steps in
+  flight, logging, an asynchronous checkpoint) on ``--data=fake`` images or real JPEGs, timed from
+  its own metrics records after the first logging window (compile excluded); then the device-only
+  step of the same config, and their ratio. Also the model's training FLOPs per image (3x the
+  forward's 2 x multiply-adds, from ``summary``), the achieved FLOP/s against the device's measured
+  matmul peak (MFU), the compile time and the peak host memory.
+- ``train`` / ``eval``: the step alone on batches already on the devices, after a compile timed
+  apart, each timing ended with ``block_until_ready``.
+- ``input`` / ``input_baseline``: the paper's augmentation on real JPEGs (random crops of
+  scikit-learn's two sample photos, 300-427 x 375-640 pixels, quality 90) with tf.data limited to
+  ``--cores`` threads, or a plain decode + resize + crop + flip baseline.
 
+A table goes to stderr; the last line printed is one JSON object.
+
+  python -m resnet_jax.benchmark --config=configs/fake.py --config.model=resnet50 --mode=end_to_end
   python -m resnet_jax.benchmark --config=configs/fake.py --config.model=resnet50 --mode=train
   python -m resnet_jax.benchmark --config=configs/fake.py --mode=input --cores=1
 """
@@ -16,6 +24,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import resource
+import sys
 import tempfile
 import time
 
@@ -91,6 +101,93 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
     'step_time_s': step_time,
     'compile_time_s': compile_time,
   }
+
+
+def matmul_peak_flops(dtype_name: str, size: int = 0, repeats: int = 10) -> float:
+  """FLOP/s of a large square matmul on one device: the peak the MFU is measured against."""
+  import jax.numpy as jnp
+
+  size = size or (2048 if jax.default_backend() == 'cpu' else 8192)
+  dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[dtype_name]
+  a = jax.device_put(jnp.ones((size, size), dtype), jax.local_devices()[0])
+  matmul = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(matmul(a))
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = matmul(a)
+  jax.block_until_ready(out)
+  return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def train_flops_per_image(config, num_classes: int) -> float:
+  """Forward FLOPs (2 per multiply-add) x 3: the backward pass costs about twice the forward."""
+  from resnet_jax import models, summary
+
+  model = models.get_model(config.model, num_classes=num_classes)
+  rows = summary.layer_rows(model, (1, config.image_size, config.image_size, 3))
+  return 3 * 2 * float(sum(r.mult_adds for r in rows))
+
+
+def time_end_to_end(config, num_steps: int, data: str) -> dict:
+  """The training loop of ``main``, timed from its metrics records, beside the device step."""
+  from resnet_jax import metrics, train
+
+  if num_steps < 4:
+    raise ValueError(f'--steps={num_steps}: end_to_end needs at least 4 (one window is compile).')
+  with tempfile.TemporaryDirectory() as tmp:
+    if data == 'jpeg':
+      write_benchmark_jpegs(os.path.join(tmp, 'data'), count=max(256, config.batch_size * 2))
+      config.dataset, config.data_dir = 'folder', os.path.join(tmp, 'data')
+      config.train_split, config.eval_split = 'train', 'test'
+      config.mean_image_path = os.path.join(tmp, 'mean.npy')
+    config.fake_eval_examples = config.batch_size  # the run's final evaluation is not timed
+    config.num_train_steps = num_steps
+    config.log_every = max(1, num_steps // 4)
+    config.eval_every = 10 * num_steps
+    config.checkpoint_every = max(1, num_steps // 2)  # one asynchronous save inside the timing
+    workdir = os.path.join(tmp, 'run')
+    start = time.perf_counter()
+    train.train_and_evaluate(config, workdir)
+    wall = time.perf_counter() - start
+    logged = [r for r in metrics.read(workdir) if r['split'] == 'train']
+  first, last = logged[0], logged[-1]  # the first window holds the compile
+  images_per_sec = (
+    (last['step'] - first['step']) * config.batch_size / (last['time'] - first['time'])
+  )
+  device = time_device_step(config, 'train', max(num_steps // 2, 2))
+  num_classes = config.num_classes or 1000
+  flops = train_flops_per_image(config, num_classes)
+  dtype = config.half_dtype if config.half_precision else 'float32'
+  peak = matmul_peak_flops(dtype) * jax.device_count()
+  achieved = images_per_sec * flops
+  return {
+    'mode': 'end_to_end',
+    'data': data,
+    'model': config.model,
+    'image_size': config.image_size,
+    'global_batch': config.batch_size,
+    'dtype': dtype,
+    'devices': jax.device_count(),
+    'device_kind': jax.devices()[0].device_kind,
+    'images_per_sec': images_per_sec,
+    'device_images_per_sec': device['images_per_sec'],
+    'end_to_end_over_device': images_per_sec / device['images_per_sec'],
+    'step_time_s': config.batch_size / images_per_sec,
+    'compile_time_s': device['compile_time_s'],
+    'train_flops_per_image': flops,
+    'achieved_flops_per_sec': achieved,
+    'peak_matmul_flops_per_sec': peak,
+    'mfu': achieved / peak,
+    'peak_host_memory_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    'wall_time_s': wall,
+  }
+
+
+def print_table(result: dict):
+  """The result as aligned name/value lines on stderr (the JSON line goes to stdout)."""
+  for name, value in result.items():
+    shown = f'{value:,.4g}' if isinstance(value, float) else str(value)
+    print(f'{name:<28}{shown}', file=sys.stderr)
 
 
 def write_benchmark_jpegs(directory: str, count: int, seed: int = 0) -> str:
@@ -180,9 +277,12 @@ def main(argv):
   config_check.check(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   if FLAGS.mode in ('input', 'input_baseline'):
     result = time_input(config, FLAGS.cores, FLAGS.steps, FLAGS.mode == 'input_baseline')
+  elif FLAGS.mode == 'end_to_end':
+    result = time_end_to_end(config, FLAGS.steps, FLAGS.data)
   else:
     result = time_device_step(config, FLAGS.mode, FLAGS.steps)
-  print(json.dumps(result))
+  print_table(result)
+  print(json.dumps(result), flush=True)
 
 
 if __name__ == '__main__':
@@ -193,7 +293,10 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file(
     'config', None, 'Config (e.g. configs/fake.py).', lock_config=False
   )
-  flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'input', 'input_baseline'], 'What to time.')
+  flags.DEFINE_enum(
+    'mode', 'train', ['end_to_end', 'train', 'eval', 'input', 'input_baseline'], 'What to time.'
+  )
+  flags.DEFINE_enum('data', 'fake', ['fake', 'jpeg'], 'end_to_end: fake images or real JPEGs.')
   flags.DEFINE_integer('steps', 20, 'Timed steps (or input batches).')
   flags.DEFINE_integer('cores', 1, 'tf.data threads for the input modes.')
   flags.mark_flags_as_required(['config'])

@@ -40,13 +40,11 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
   try:
     if experiment.checkpointer.latest_step() is None and not config.init_from:
       raise checkpoint.CheckpointError(f'No checkpoint in {checkpoints} to evaluate.')
-    state = experiment.initial_state()  # the latest checkpoint
-    if step is not None:
-      state, _ = experiment.checkpointer.restore(state, experiment.meta, step)
-    result = experiment.evaluate(experiment.data_parallel.put_state(state))
+    state = experiment.initial_state(step)  # the latest checkpoint, or ``step``
+    result = experiment.evaluate(state)
   finally:
     experiment.checkpointer.close()
-  return {'step': int(jax.device_get(state.step)), **result}
+  return {'step': int(experiment.data_parallel.host(state.step)), **result}
 
 
 def main(argv):

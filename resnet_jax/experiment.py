@@ -108,16 +108,31 @@ class Experiment:
     )
     self.meta = {'model': config.model, 'num_classes': self.num_classes}
 
-  def initial_state(self) -> steps.TrainState:
-    """A fresh state (seeded), or the latest checkpoint of the workdir, or init_from weights."""
+  def initial_state(self, step: int | None = None) -> steps.TrainState:
+    """The latest checkpoint of the workdir (or ``step``), else init_from weights, else a fresh
+    seeded state; in the form the wrapped steps take."""
     state = fresh_state(self.config, self.model, self.tx, self.data_parallel)
-    restored = self.checkpointer.restore(state, self.meta)
+    restored = self.checkpointer.restore(state, self.meta, step)
     if restored is not None:
       logging.warning('Resuming from step %d of %s', int(restored[0].step), self.workdir)
-      return restored[0]
-    if self.config.init_from:
+      state = restored[0]
+    elif self.config.init_from:
       state = self._init_from(state)
-    return state
+    return self.data_parallel.put_state(state)
+
+  def save(self, step: int, state, metric: dict | None = None):
+    """Checkpoints ``state`` (asynchronously if configured); ``metric`` ranks the best ones."""
+    self.checkpointer.save(step, self.data_parallel.canonical(state), self.meta, metric)
+
+  def after_evaluation(self, state, record: dict):
+    """``state`` with its reduce-on-plateau state updated by an evaluation's result."""
+    schedule = self.data_parallel.host(state.schedule)
+    schedule = optim.plateau_update(self.config, schedule, record[self.config.plateau_metric])
+    return state.replace(schedule=self.data_parallel.put_state(schedule))
+
+  def learning_rate(self, step: int, state) -> float:
+    schedule = self.data_parallel.host(state.schedule)
+    return float(optim.learning_rate(self.config, self.base_schedule, step, schedule))
 
   def _init_from(self, state):
     abstract = {'params': state.params, 'batch_stats': state.batch_stats}
@@ -130,7 +145,7 @@ class Experiment:
     return state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
 
   def evaluate(self, state) -> dict:
-    """Scores the eval split; ``state`` in the form the wrapped steps take (put_state)."""
+    """Scores the eval split; ``state`` as ``initial_state`` returns it."""
     return scoring.score_split(
       self.data_parallel, state, self.eval_fn, self.config, self.eval_source, self.pixel_mean()
     )

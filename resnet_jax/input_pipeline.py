@@ -22,6 +22,9 @@ from resnet_jax import augment, multiscale
 from resnet_jax.sources import Source
 
 FETCH_CHUNK = 64  # Examples fetched per call into the source (random-access reads in parallel).
+# Stream-only sources: process p seeds its examples' augmentation from p * this, so processes
+# never share seeds (no process reads 2**40 examples).
+PROCESS_SEED_STRIDE = 1 << 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +208,7 @@ def train_dataset(
   ds, _, _ = source.stream(layout.process_index, layout.process_count, train=True)
   ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True).repeat()
   ds = ds.skip(start_step * layout.local_batch).enumerate(start_step * layout.local_batch)
-  offset = layout.process_index << 40  # distinct augmentation seeds per process
+  offset = layout.process_index * PROCESS_SEED_STRIDE
   ds = ds.map(lambda i, x: example_fn(x[0], x[1], i + offset), num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(layout.local_batch, drop_remainder=True).prefetch(config.prefetch_batches)
 

@@ -18,6 +18,10 @@ from jax import lax
 from resnet_jax import input_pipeline, sources, steps
 from resnet_jax.parallel import AXIS
 
+# Floor of the true class's probability in the loss: a confident miss costs log(1e12) = 27.6
+# nats instead of an infinite mean.
+MIN_PROBABILITY = 1e-12
+
 
 def _fully_convolutional_probs(model, variables, image):
   """Softmax of the class-score map averaged over positions (VGG's dense evaluation, which the
@@ -50,7 +54,7 @@ def eval_step(state, batch, *, model, config):
   mask = batch['mask'].astype(jnp.float32)
   top1, top5 = steps.topk_errors(probs, batch['label'], mask)
   picked = jnp.take_along_axis(probs, batch['label'][:, None], axis=-1)[:, 0]
-  loss = -jnp.log(jnp.maximum(picked, 1e-12)) * mask
+  loss = -jnp.log(jnp.maximum(picked, MIN_PROBABILITY)) * mask
   sums = {'loss': loss.sum(), 'top1_err': top1.sum(), 'top5_err': top5.sum(), 'n': mask.sum()}
   return lax.psum(sums, AXIS)
 

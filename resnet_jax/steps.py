@@ -37,14 +37,15 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 LOSS_SCALE_PERIOD = 2000  # Steps of finite gradients before the float16 loss scale doubles.
+INITIAL_LOSS_SCALE = 2.0**15  # float16 gradients of typical losses stay finite at this scale.
 
 
 def create_train_state(model, tx, image_shape, rng, *, fp16_loss_scale: bool) -> TrainState:
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables['params']
-  loss_scale = (
-    {'scale': jnp.float32(2.0**15), 'good_steps': jnp.int32(0)} if fp16_loss_scale else {}
-  )
+  loss_scale = {}
+  if fp16_loss_scale:
+    loss_scale = {'scale': jnp.float32(INITIAL_LOSS_SCALE), 'good_steps': jnp.int32(0)}
   return TrainState(
     step=jnp.int32(0),
     params=params,

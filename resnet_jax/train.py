@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import config_check, input_pipeline, metrics, optim, sources, storage, workdir_lock
+from resnet_jax import config_check, input_pipeline, metrics, sources, storage, workdir_lock
 from resnet_jax.experiment import Experiment
 
 
@@ -98,7 +98,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _train(config, workdir: str) -> dict:
   experiment = Experiment(config, workdir)
   experiment.pixel_mean()  # reads every training image it averages: bad data shows before any write
-  state = experiment.data_parallel.put_state(experiment.initial_state())
+  state = experiment.initial_state()
   start_step = int(experiment.data_parallel.host(state.step))
   _write_config(config, workdir, start_step)
   writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -146,13 +146,11 @@ def _train(config, workdir: str) -> dict:
       if step % eval_every == 0 or step == experiment.total_steps:
         last_eval = _evaluate(experiment, writer, state, step)
         if step % eval_every == 0:  # a run's extra final eval must not move the schedule
-          state = _update_plateau(experiment, state, last_eval)
+          state = experiment.after_evaluation(state, last_eval)
       preempted = preemption.reached(step)
       if step % config.checkpoint_every == 0 or step == experiment.total_steps or preempted:
         metric = {'top1_err': last_eval['top1_err']} if last_eval.get('step') == step else None
-        experiment.checkpointer.save(
-          step, experiment.data_parallel.canonical(state), experiment.meta, metric
-        )
+        experiment.save(step, state, metric)
       if preempted:
         logging.warning('Saved step %d after SIGTERM; exiting.', step)
         break
@@ -162,15 +160,6 @@ def _train(config, workdir: str) -> dict:
     writer.close()
     preemption.restore()
   return last_eval
-
-
-def _update_plateau(experiment, state, eval_record):
-  schedule = optim.plateau_update(
-    experiment.config,
-    experiment.data_parallel.host(state.schedule),
-    eval_record[experiment.config.plateau_metric],
-  )
-  return state.replace(schedule=experiment.data_parallel.put_state(schedule))
 
 
 def _log_train(experiment, writer, progress, pending, step):
@@ -195,14 +184,7 @@ def _evaluate(experiment, writer, state, step) -> dict:
     epoch=step / experiment.steps_per_epoch,
     split='eval',
     images_per_sec=images_per_sec,
-    learning_rate=float(
-      optim.learning_rate(
-        experiment.config,
-        experiment.base_schedule,
-        step,
-        experiment.data_parallel.host(state.schedule),
-      )
-    ),
+    learning_rate=experiment.learning_rate(step, state),
     **result,
   )
   writer.write(record)

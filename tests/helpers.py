@@ -1,11 +1,16 @@
-"""Shared test fixtures: small configs, image folders, real photos."""
+"""Shared test helpers: small configs and runs, image folders, real photos, torch weights."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 
 from configs import default, digits
+from resnet_jax import experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def digits_config(tmp_path, **overrides):
@@ -15,6 +20,15 @@ def digits_config(tmp_path, **overrides):
   for k, v in overrides.items():
     setattr(c, k, v)
   return c
+
+
+def mean_of(config):
+  """The training split's mean image for pixel_mean configs (as experiment.Experiment loads it)."""
+  from resnet_jax import mean_image, sources
+
+  if config.normalization != 'pixel_mean':
+    return None
+  return mean_image.load_or_compute(config, sources.get_source(config, config.train_split))
 
 
 def sample_photos():
@@ -79,3 +93,62 @@ def random_torchvision_weights(keys_and_shapes, seed: int) -> dict[str, np.ndarr
       value = rng.normal(0.0, 0.2, shape)
     weights[key] = value.astype(np.int64 if key.endswith('num_batches_tracked') else np.float32)
   return weights
+
+
+# cifar_resnet8 on digits at 8x8: a few seconds of compile, sub-second steps.
+TINY = dict(model='cifar_resnet8', image_size=8, eval_resize=8, pad=1, batch_size=64)
+
+
+def tiny(tmp_path, **overrides):
+  """The TINY model on digits, as a config object for in-process runs."""
+  defaults = dict(
+    TINY,
+    num_train_steps=12,
+    schedule='step',
+    lr_boundaries=(8,),
+    lr_boundaries_unit='steps',
+    warmup_epochs=0,
+    log_every=4,
+    eval_every=6,
+    checkpoint_every=6,
+    async_checkpoints=False,
+  )
+  defaults.update(overrides)
+  return digits_config(tmp_path, **defaults)
+
+
+def final_params(workdir, config):
+  run = experiment.Experiment(config, workdir)
+  state = run.initial_state()
+  run.checkpointer.close()
+  return experiment.flat_params(state), int(state.step)
+
+
+def run_main(workdir, *overrides, devices=8, wait=True):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env['PYTHONPATH'] = os.pathsep.join([REPO, os.path.join(REPO, 'tests')])
+  cmd = [
+    sys.executable,
+    '-m',
+    'resnet_jax.main',
+    '--config=configs/digits.py',
+    f'--workdir={workdir}',
+    *overrides,
+  ]
+  if not wait:
+    return subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def tiny_flags(tmp_path, **extra):
+  """The TINY model on digits, as command-line overrides of configs/digits.py."""
+  flags = dict(
+    TINY,
+    log_every=4,
+    mean_image_path=str(tmp_path / 'mean.npy'),
+    async_checkpoints=False,
+  )
+  flags.update(extra)
+  return [f'--config.{k}={v}' for k, v in flags.items()]

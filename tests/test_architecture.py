@@ -4,7 +4,7 @@ import ast
 import os
 import re
 
-from test_train import REPO
+from helpers import REPO
 
 PACKAGE = os.path.join(REPO, 'resnet_jax')
 

@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import folder_config, write_image_folder
+from helpers import REPO, folder_config, tiny, write_image_folder
 from PIL import Image
-from test_train import REPO, tiny
 
 from configs import default
 from resnet_jax import checkpoint, config_check, experiment, mean_image, models, train
@@ -217,6 +216,7 @@ def test_a_changed_dataset_never_reuses_a_stale_mean_image(tmp_path):
   np.testing.assert_allclose(mean_image.load_or_compute(config), 10.0, atol=1.0)
 
 
+@pytest.mark.slow
 def test_init_from_is_strict_unless_told_what_may_stay_fresh(tmp_path):
   source = str(tmp_path / 'source')
   train.train_and_evaluate(tiny(tmp_path, num_train_steps=2, eval_every=2), source)

@@ -18,7 +18,7 @@ import time
 import urllib.request
 
 import pytest
-from test_train import REPO, tiny_flags
+from helpers import REPO, tiny_flags
 
 BUCKET = 'resnet-test'
 pytestmark = pytest.mark.slow

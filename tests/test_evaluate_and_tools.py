@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import folder_config, write_image_folder
-from test_train import REPO, tiny, tiny_flags
+from helpers import REPO, folder_config, tiny, tiny_flags, write_image_folder
 
 from configs import digits
 from resnet_jax import (
@@ -35,6 +34,7 @@ def trained(tmp_path_factory):
   return config, workdir, tmp_path
 
 
+@pytest.mark.slow
 def test_evaluate_center_reproduces_the_training_eval(trained):
   config, workdir, _ = trained
   last = [r for r in metrics.read(workdir) if r['split'] == 'eval'][-1]
@@ -44,6 +44,7 @@ def test_evaluate_center_reproduces_the_training_eval(trained):
   assert result['loss'] == pytest.approx(last['loss'], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['10crop', 'multiscale'])
 def test_evaluate_cli_other_protocols_count_every_example(trained, mode):
   _, workdir, tmp_path = trained
@@ -81,6 +82,7 @@ def test_ten_identical_views_score_like_one_view_and_its_flip():
   np.testing.assert_allclose(probs, (one + flipped) / 2, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_convert_cli_and_init_from_torchvision_weights(tmp_path):
   torch = pytest.importorskip('torch')  # the command reads a torch .pth
   torch_resnet = pytest.importorskip('torch_resnet')
@@ -130,6 +132,7 @@ def test_init_from_a_path_without_weights_is_a_clear_error(tmp_path):
     checkpoint.load_variables(str(tmp_path / 'nothing'), {}, None)
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(trained, tmp_path):
   _, workdir, _ = trained
   out = plot.plot([workdir], str(tmp_path / 'curves.png'), labels=['tiny'])

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from test_train import final_params, run_main, tiny, tiny_flags
+from helpers import final_params, run_main, tiny, tiny_flags
 
 from resnet_jax import checkpoint, train, workdir_lock
 
@@ -94,6 +94,7 @@ def test_a_lock_from_another_host_is_abandoned_only_after_its_heartbeat_goes_sta
     lock.release()
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp_path):
   config = tiny(tmp_path, num_train_steps=6, eval_every=6, checkpoint_every=3, keep_checkpoints=5)
   workdir = str(tmp_path / 'run')

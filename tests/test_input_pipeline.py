@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import digits_config, folder_config, sample_photos, write_image_folder
+from helpers import digits_config, folder_config, mean_of, sample_photos, write_image_folder
 
 from resnet_jax import augment, input_pipeline, mean_image, sources
 from resnet_jax.input_pipeline import Layout
@@ -17,7 +17,7 @@ def test_digits_train_and_eval_shapes(tmp_path):
   c = digits_config(tmp_path)
   src = sources.get_source(c, 'train')
   assert (src.num_examples, src.num_classes) == (1437, 10)
-  batch = first_batch(input_pipeline.train_dataset(c, src, Layout(64, 0, 1)))
+  batch = first_batch(input_pipeline.train_dataset(c, src, Layout(64, 0, 1), mean=mean_of(c)))
   assert batch['image'].shape == (64, 16, 16, 3) and batch['image'].dtype == np.float32
   assert batch['label'].dtype == np.int32 and set(batch['label']) <= set(range(10))
 
@@ -26,7 +26,7 @@ def test_digits_train_and_eval_shapes(tmp_path):
 def test_eval_counts_every_example_exactly_once(tmp_path, batch):
   c = digits_config(tmp_path)
   src = sources.get_source(c, 'test')
-  ds, steps = input_pipeline.eval_dataset(c, src, Layout(batch, 0, 1))
+  ds, steps = input_pipeline.eval_dataset(c, src, Layout(batch, 0, 1), mean=mean_of(c))
   labels, n_batches = [], 0
   for b in ds.as_numpy_iterator():
     labels.append(b['label'][b['mask']])
@@ -38,8 +38,11 @@ def test_eval_counts_every_example_exactly_once(tmp_path, batch):
 def test_two_processes_read_disjoint_halves_of_the_same_global_batch(tmp_path):
   c = digits_config(tmp_path)
   src = sources.get_source(c, 'train')
-  whole = input_pipeline.train_dataset(c, src, Layout(64, 0, 1), start_step=3)
-  halves = [input_pipeline.train_dataset(c, src, Layout(64, p, 2), start_step=3) for p in (0, 1)]
+  whole = input_pipeline.train_dataset(c, src, Layout(64, 0, 1), start_step=3, mean=mean_of(c))
+  halves = [
+    input_pipeline.train_dataset(c, src, Layout(64, p, 2), start_step=3, mean=mean_of(c))
+    for p in (0, 1)
+  ]
   for ours, a, b in zip(
     whole.take(3).as_numpy_iterator(),
     halves[0].take(3).as_numpy_iterator(),
@@ -65,8 +68,12 @@ def test_two_processes_read_disjoint_halves_of_the_same_global_batch(tmp_path):
 def test_resumed_stream_continues_exactly(tmp_path):
   c = digits_config(tmp_path)
   src = sources.get_source(c, 'train')
-  full = list(input_pipeline.train_dataset(c, src, Layout(64, 0, 1)).take(30).as_numpy_iterator())
-  resumed = input_pipeline.train_dataset(c, src, Layout(64, 0, 1), start_step=25)
+  full = list(
+    input_pipeline.train_dataset(c, src, Layout(64, 0, 1), mean=mean_of(c))
+    .take(30)
+    .as_numpy_iterator()
+  )
+  resumed = input_pipeline.train_dataset(c, src, Layout(64, 0, 1), start_step=25, mean=mean_of(c))
   for a, b in zip(full[25:], resumed.take(5).as_numpy_iterator(), strict=True):
     np.testing.assert_array_equal(a['image'], b['image'])
   # A new epoch is a new order.
@@ -82,7 +89,9 @@ def test_mean_image_is_the_mean(tmp_path):
   assert (tmp_path / 'digits_mean.npy').exists()  # cached and reused
   assert np.array_equal(mean_image.load_or_compute(c, None), mean)
   batch = first_batch(
-    input_pipeline.eval_dataset(c, sources.get_source(c, 'test'), Layout(360, 0, 1))[0]
+    input_pipeline.eval_dataset(
+      c, sources.get_source(c, 'test'), Layout(360, 0, 1), mean=mean_of(c)
+    )[0]
   )
   raw = sources.get_source(c, 'test').fetch(np.arange(360))[0]
   np.testing.assert_allclose(batch['image'], raw - mean, atol=1e-3)
@@ -145,7 +154,7 @@ def test_folder_source_views_and_counts(tmp_path):
   c = folder_config(tmp_path, root)
   train, test = sources.get_source(c, 'train'), sources.get_source(c, 'test')
   assert (train.num_examples, test.num_examples, train.num_classes) == (15, 9, 3)
-  batch = first_batch(input_pipeline.train_dataset(c, train, Layout(8, 0, 1)))
+  batch = first_batch(input_pipeline.train_dataset(c, train, Layout(8, 0, 1), mean=mean_of(c)))
   assert batch['image'].shape == (8, 24, 24, 3)
   for mode, key, shape in [
     ('center', 'image', (5, 24, 24, 3)),
@@ -154,7 +163,7 @@ def test_folder_source_views_and_counts(tmp_path):
   ]:
     c.eval_mode = mode
     c.multiscale_sizes = (24, 32)
-    ds, steps = input_pipeline.eval_dataset(c, test, Layout(5, 0, 1))
+    ds, steps = input_pipeline.eval_dataset(c, test, Layout(5, 0, 1), mean=mean_of(c))
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == steps == 2
     assert batches[0][key].shape == shape

@@ -8,9 +8,11 @@ import time
 
 import numpy as np
 import pytest
-from test_train import REPO, final_params, run_main, tiny, tiny_flags
+from helpers import REPO, final_params, run_main, tiny, tiny_flags
 
 from resnet_jax import metrics
+
+pytestmark = pytest.mark.slow
 
 
 def launch_local(tmp_path, workdir, flags, port, wait=True):
@@ -85,7 +87,6 @@ def test_killing_one_process_stops_the_other(tmp_path):
   assert not alive
 
 
-@pytest.mark.slow
 def test_sigterm_to_one_process_checkpoints_both_and_exits(tmp_path):
   workdir = str(tmp_path / 'run')
   flags = tiny_flags(

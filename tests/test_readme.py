@@ -14,8 +14,7 @@ import socket
 import subprocess
 
 import pytest
-from helpers import write_image_folder
-from test_train import REPO
+from helpers import REPO, write_image_folder
 
 pytestmark = pytest.mark.slow
 

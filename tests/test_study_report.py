@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import REPO
 from PIL import Image
-from test_train import REPO
 
 from configs.experiments import paper
 from resnet_jax import metrics, plot, report

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from helpers import sample_photos
+from helpers import mean_of, sample_photos
 
 from configs import default
 from resnet_jax import input_pipeline, sources
@@ -65,7 +65,9 @@ def test_sources_by_file_format(prepared, tmp_path):
   train = sources.get_source(c, 'train')
   assert (train.num_examples, train.num_classes, train.encoded) == (23, 4, True)
   assert (train.fetch is not None) == (file_format == 'array_record')
-  batch = next(input_pipeline.train_dataset(c, train, Layout(8, 0, 1)).as_numpy_iterator())
+  batch = next(
+    input_pipeline.train_dataset(c, train, Layout(8, 0, 1), mean=mean_of(c)).as_numpy_iterator()
+  )
   assert batch['image'].shape == (8, 24, 24, 3)
   assert set(batch['label']) <= {0, 1, 2, 3}
 
@@ -77,7 +79,7 @@ def test_eval_counts_exact_on_every_path(prepared, tmp_path, processes):
   test = sources.get_source(c, 'test')
   labels, steps = [], set()
   for p in range(processes):
-    ds, n = input_pipeline.eval_dataset(c, test, Layout(4, p, processes))
+    ds, n = input_pipeline.eval_dataset(c, test, Layout(4, p, processes), mean=mean_of(c))
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == n
     steps.add(n)

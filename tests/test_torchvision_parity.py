@@ -67,6 +67,7 @@ def test_logits_and_bn_statistics_match_committed_torchvision_references(name):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
 def test_logits_and_bn_statistics_match_live_torch(name):
   torch = pytest.importorskip('torch')

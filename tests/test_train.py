@@ -9,42 +9,12 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import digits_config
+from helpers import REPO, final_params, run_main, tiny, tiny_flags
 
 from resnet_jax import checkpoint, experiment, metrics, optim, train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-# cifar_resnet8 on digits at 8x8: a few seconds of compile, sub-second steps.
-TINY = dict(model='cifar_resnet8', image_size=8, eval_resize=8, pad=1, batch_size=64)
-
-
-def tiny(tmp_path, **overrides):
-  """The TINY model on digits, as a config object for in-process runs."""
-  defaults = dict(
-    TINY,
-    num_train_steps=12,
-    schedule='step',
-    lr_boundaries=(8,),
-    lr_boundaries_unit='steps',
-    warmup_epochs=0,
-    log_every=4,
-    eval_every=6,
-    checkpoint_every=6,
-    async_checkpoints=False,
-  )
-  defaults.update(overrides)
-  return digits_config(tmp_path, **defaults)
-
-
-def final_params(workdir, config):
-  run = experiment.Experiment(config, workdir)
-  state = run.initial_state()
-  run.checkpointer.close()
-  return experiment.flat_params(state), int(state.step)
-
-
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_records_metrics(tmp_path):
   config = tiny(tmp_path, num_train_steps=24, eval_every=24, lr_boundaries=(1000,))
   workdir = str(tmp_path / 'run')
@@ -60,6 +30,7 @@ def test_training_lowers_the_loss_and_records_metrics(tmp_path):
   assert os.listdir(os.path.join(workdir, 'tensorboard', 'train'))
 
 
+@pytest.mark.slow
 def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
   params = {}
   for kind in ('shard_map', 'pmap'):
@@ -72,6 +43,7 @@ def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
     np.testing.assert_allclose(params['pmap'][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path):
   config = tiny(tmp_path, schedule='plateau', plateau_patience=0, eval_every=4)
   straight = str(tmp_path / 'straight')
@@ -140,6 +112,7 @@ def test_step_schedule_warmup_and_warmup_until_error():
   assert float(ramp(975)) == pytest.approx(0.5) and float(ramp(1950)) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_warmup_until_error_ends_at_the_same_step_whatever_the_log_cadence(tmp_path):
   """The warm-up phase is decided on the devices every step: logging must not move it."""
   runs = {}
@@ -164,6 +137,7 @@ def test_warmup_until_error_ends_at_the_same_step_whatever_the_log_cadence(tmp_p
     np.testing.assert_array_equal(value, runs[5][name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_init_from_another_run_with_a_new_head(tmp_path):
   config = tiny(tmp_path, num_train_steps=6, eval_every=6)
   source = str(tmp_path / 'source')
@@ -178,36 +152,7 @@ def test_init_from_another_run_with_a_new_head(tmp_path):
   assert params['fc/kernel'].shape == (64, 7)
 
 
-def run_main(workdir, *overrides, devices=8, wait=True):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  env['PYTHONPATH'] = os.pathsep.join([REPO, os.path.join(REPO, 'tests')])
-  cmd = [
-    sys.executable,
-    '-m',
-    'resnet_jax.main',
-    '--config=configs/digits.py',
-    f'--workdir={workdir}',
-    *overrides,
-  ]
-  if not wait:
-    return subprocess.Popen(
-      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-
-def tiny_flags(tmp_path, **extra):
-  """The TINY model on digits, as command-line overrides of configs/digits.py."""
-  flags = dict(
-    TINY,
-    log_every=4,
-    mean_image_path=str(tmp_path / 'mean.npy'),
-    async_checkpoints=False,
-  )
-  flags.update(extra)
-  return [f'--config.{k}={v}' for k, v in flags.items()]
-
-
+@pytest.mark.slow
 def test_restore_on_fewer_devices(tmp_path):
   workdir = str(tmp_path / 'run')
   first = run_main(workdir, *tiny_flags(tmp_path, num_train_steps=4, checkpoint_every=4))
@@ -220,6 +165,7 @@ def test_restore_on_fewer_devices(tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
 
 
+@pytest.mark.slow
 def test_sigterm_saves_before_exiting(tmp_path):
   workdir = str(tmp_path / 'run')
   proc = run_main(
@@ -240,6 +186,7 @@ def test_sigterm_saves_before_exiting(tmp_path):
   assert len(steps) == 1 and 3 <= steps[0] < 100000
 
 
+@pytest.mark.slow
 def test_kill_9_during_save_leaves_the_previous_checkpoint(tmp_path):
   script = f"""
 import sys, jax, jax.numpy as jnp
@@ -278,6 +225,7 @@ def test_digits_recipe_reaches_97_percent(tmp_path):
   assert evals[-1]['top1_err'] <= 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('half_dtype', ['bfloat16', 'float16'])
 def test_half_precision_trains_with_float32_state(tmp_path, half_dtype):
   config = tiny(
@@ -303,6 +251,7 @@ def test_half_precision_trains_with_float32_state(tmp_path, half_dtype):
     assert state.loss_scale == {}
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
   ck = checkpoint.Checkpointer(str(tmp_path / 'ck'), keep=2, keep_best=1, async_save=False)
   for step, err in enumerate([0.5, 0.2, 0.4, 0.45, 0.48], start=1):

@@ -1,0 +1,64 @@
+"""The benchmark's modes print consistent JSON (fields and their relations, never a speed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+from resnet_jax import models, summary
+
+pytestmark = pytest.mark.slow
+
+TINY_FAKE = [
+  '--config=configs/fake.py',
+  '--config.model=cifar_resnet8',
+  '--config.image_size=16',
+  '--config.batch_size=16',
+  '--config.num_classes=10',
+]
+
+
+def benchmark(*args) -> tuple[dict, str]:
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  out = subprocess.run(
+    [sys.executable, '-m', 'resnet_jax.benchmark', *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+def test_end_to_end_reports_the_loop_beside_the_device_step():
+  result, table = benchmark(*TINY_FAKE, '--mode=end_to_end', '--steps=8')
+  assert result['mode'] == 'end_to_end' and result['devices'] == 2
+  assert result['end_to_end_over_device'] == pytest.approx(
+    result['images_per_sec'] / result['device_images_per_sec']
+  )
+  assert result['step_time_s'] == pytest.approx(16 / result['images_per_sec'])
+  model = models.get_model('cifar_resnet8', num_classes=10)
+  macs = sum(r.mult_adds for r in summary.layer_rows(model, (1, 16, 16, 3)))
+  assert result['train_flops_per_image'] == 6 * macs
+  assert result['achieved_flops_per_sec'] == pytest.approx(6 * macs * result['images_per_sec'])
+  assert result['mfu'] == pytest.approx(
+    result['achieved_flops_per_sec'] / result['peak_matmul_flops_per_sec']
+  )
+  assert 0 < result['mfu'] < 1 and result['compile_time_s'] > 0
+  assert result['peak_host_memory_mb'] > 100  # jax + tensorflow alone take more
+  assert f'{"mfu":<28}' in table  # the human-readable table went to stderr
+
+
+def test_device_step_and_input_modes_print_their_fields():
+  train, _ = benchmark(*TINY_FAKE, '--mode=train', '--steps=2')
+  assert train['mode'] == 'train' and train['global_batch'] == 16
+  assert train['images_per_sec'] == pytest.approx(16 / train['step_time_s'])
+  for mode in ('input', 'input_baseline'):
+    result, _ = benchmark(*TINY_FAKE, f'--mode={mode}', '--steps=2', '--cores=1')
+    assert result['mode'] == mode and result['images_per_sec'] > 0
+    assert result['images_per_sec'] == pytest.approx(16 / result['step_time_s'])
