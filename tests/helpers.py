@@ -119,7 +119,7 @@ def tiny(tmp_path, **overrides):
 
 def final_params(workdir, config):
   run = experiment.Experiment(config, workdir)
-  state = run.initial_state()
+  state = run.data_parallel.host(run.initial_state())  # pmap's per-device copies -> one
   run.checkpointer.close()
   return experiment.flat_params(state), int(state.step)
 
