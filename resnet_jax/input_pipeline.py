@@ -205,7 +205,7 @@ def train_dataset(
     )
     return _fetch_and_map(batches, tf.int64, source, layout, example_fn, config)
 
-  ds, _, _ = source.stream(layout.process_index, layout.process_count, train=True)
+  ds = source.stream(layout.process_index, layout.process_count, train=True).dataset
   ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True).repeat()
   ds = ds.skip(start_step * layout.local_batch).enumerate(start_step * layout.local_batch)
   offset = layout.process_index * PROCESS_SEED_STRIDE
@@ -216,7 +216,7 @@ def train_dataset(
 def train_steps_per_epoch(source: Source, layout: Layout) -> int:
   if source.fetch is not None:
     return source.num_examples // layout.global_batch
-  _, per_process, _ = source.stream(layout.process_index, layout.process_count, train=True)
+  per_process = source.stream(layout.process_index, layout.process_count, train=True).count
   return per_process // layout.local_batch
 
 
@@ -235,7 +235,8 @@ def eval_dataset(
     batches = lambda: eval_index_batches(source.num_examples, layout)  # noqa: E731
     return _fetch_and_map(batches, tf.bool, source, layout, example_fn, config), steps
 
-  ds, _, max_count = source.stream(layout.process_index, layout.process_count, train=False)
+  share = source.stream(layout.process_index, layout.process_count, train=False)
+  ds, max_count = share.dataset, share.max_count
   steps = math.ceil(max_count / layout.local_batch)
   real = ds.map(lambda d, label: (d, label, True))
   padding = ds.take(1).repeat().map(lambda d, label: (d, label, False))

@@ -52,7 +52,7 @@ def compute(config, source: sources.Source, batch: int = 256) -> np.ndarray:
     ds = tf.data.Dataset.from_tensor_slices(indices).batch(batch)
     ds = ds.map(lambda i: source.fetch_tf(i)[0]).unbatch()
   else:
-    ds, _, _ = source.stream(0, 1, train=False)
+    ds = source.stream(0, 1, train=False).dataset
     ds = ds.map(lambda data, label: data).take(limit)
   ds = ds.map(
     lambda data: augment.center_view(  # the frame of input_pipeline.center_view

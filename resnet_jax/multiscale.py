@@ -82,7 +82,8 @@ def _local_reader(source, layout):
 
     return len(indices), read
 
-  stream, count, _ = source.stream(layout.process_index, layout.process_count, train=False)
+  share = source.stream(layout.process_index, layout.process_count, train=False)
+  stream, count = share.dataset, share.count
 
   def read(positions):
     wanted = np.zeros(count, bool)

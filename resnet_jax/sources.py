@@ -39,6 +39,21 @@ class DatasetError(UserError):
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamShare:
+  """One process's share of a split that has no random access (TFDS stored as TFRecord).
+
+  Attributes:
+    dataset: tf.data of (data, label), in a fixed order for evaluation.
+    count: examples in this share.
+    max_count: the largest share of any process; evaluation pads every process up to it.
+  """
+
+  dataset: tf.data.Dataset
+  count: int
+  max_count: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
   """One split of a dataset.
 
@@ -49,8 +64,8 @@ class Source:
     encoded: ``data`` is encoded image bytes (or file paths, see ``load``) rather than uint8 HxWx3.
     fetch: numpy indices -> (data, int32 labels); None for stream-only sources.
     load: tf function turning fetched ``data`` into what augment.py takes (reads files).
-    stream: (process_index, process_count, train) -> (tf.data of (data, label), this process's
-      example count, the largest count of any process), for TFDS datasets without random access.
+    stream: (process_index, process_count, train) -> this process's ``StreamShare``, for TFDS
+      datasets without random access.
   """
 
   name: str
@@ -59,7 +74,7 @@ class Source:
   encoded: bool
   fetch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None
   load: Callable[[Any], Any] = lambda data: data
-  stream: Callable[..., tuple[tf.data.Dataset, int, int]] | None = None
+  stream: Callable[..., StreamShare] | None = None
   data_dtype: Any = tf.uint8
   fingerprint: str = ''  # changes whenever the examples do (keys caches such as the mean image)
   # After a decoding error: () -> a message naming the files that do not decode ('' if none).
@@ -373,7 +388,7 @@ def _tfds_split(builder, name, split, *, in_memory_max_bytes: int, seed: int) ->
       shards[process_index], decoders=skip, shuffle_files=train, read_config=read_config
     )
     ds = ds.map(lambda x: (x['image'], tf.cast(x['label'], tf.int32)))
-    return ds, counts[process_index], max(counts)
+    return StreamShare(ds, counts[process_index], max(counts))
 
   return Source(name, num_examples, num_classes, True, None, stream=stream, data_dtype=tf.string)
 

@@ -95,3 +95,16 @@ def test_small_datasets_are_held_in_memory(prepared, tmp_path):
   data, labels = train.fetch(np.arange(23))
   assert data.dtype == object and len(data) == 23  # encoded, variable-size images
   assert sorted(labels) == sorted(i % 4 for i in range(23))
+
+
+def test_multiscale_scores_every_example_once_on_both_read_paths(prepared, tmp_path):
+  file_format, data_dir = prepared
+  c = tiny_config(data_dir, tmp_path, eval_mode='multiscale', multiscale_sizes=(16, 24))
+  test = sources.get_source(c, 'test')
+  ds, n = input_pipeline.eval_dataset(c, test, Layout(4, 0, 1), mean=mean_of(c))
+  batches = list(ds.as_numpy_iterator())
+  assert len(batches) == n
+  # Crops of 40-79 x 40-79 px fall in several aspect buckets: batches of different shapes.
+  assert len({b['image_16'].shape for b in batches}) >= 3, file_format
+  labels = [label for b in batches for label in b['label'][b['mask']]]
+  assert sorted(labels) == sorted(i % 4 for i in range(11))
