@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from resnet_jax import experiment, input_pipeline, optim, parallel, scoring, sources, steps
+from resnet_jax.errors import UserError
 
 
 def _device_batch(dp, config, num_classes, mode):
@@ -133,7 +134,7 @@ def time_end_to_end(config, num_steps: int, data: str) -> dict:
   from resnet_jax import metrics, train
 
   if num_steps < 4:
-    raise ValueError(f'--steps={num_steps}: end_to_end needs at least 4 (one window is compile).')
+    raise UserError(f'--steps={num_steps}: end_to_end needs at least 4 (one window is compile).')
   with tempfile.TemporaryDirectory() as tmp:
     if data == 'jpeg':
       write_benchmark_jpegs(os.path.join(tmp, 'data'), count=max(256, config.batch_size * 2))

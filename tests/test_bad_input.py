@@ -111,6 +111,16 @@ CASES = [
     '--config.image_size=-3',
   ),
   (
+    'benchmark end to end with too few steps',
+    ['-m', 'resnet_jax.benchmark', '--config=configs/fake.py', '--mode=end_to_end', '--steps=2'],
+    'end_to_end needs at least 4',
+  ),
+  (
+    'multi-scale buckets without squares',
+    [*DIGITS, '--config.eval_mode=multiscale', '--config.multiscale_aspects=(1.25, 1.5)'],
+    'must be increasing from 1.0',
+  ),
+  (
     'benchmark zero batch',
     ['-m', 'resnet_jax.benchmark', '--config=configs/fake.py', '--config.batch_size=0'],
     '--config.batch_size=0',
