@@ -19,9 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_jax import augment, multiscale
-from resnet_jax.sources import Source
+from resnet_jax.sources import FETCH_CHUNK, Source
 
-FETCH_CHUNK = 64  # Examples fetched per call into the source (random-access reads in parallel).
 # Stream-only sources: process p seeds its examples' augmentation from p * this, so processes
 # never share seeds (no process reads 2**40 examples).
 PROCESS_SEED_STRIDE = 1 << 40

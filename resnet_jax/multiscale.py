@@ -22,8 +22,7 @@ import tensorflow as tf
 from jax.experimental import multihost_utils
 
 from resnet_jax import augment
-
-FETCH_CHUNK = 64  # Examples fetched per call into a random-access source.
+from resnet_jax.sources import FETCH_CHUNK
 
 
 def buckets(aspects) -> list[tuple[bool, float]]:

@@ -28,6 +28,7 @@ from resnet_jax import storage
 from resnet_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+FETCH_CHUNK = 64  # Examples fetched per call into a random-access source (read in parallel).
 
 
 class DatasetNotFoundError(UserError):
