@@ -15,6 +15,7 @@ processes run the same compiled steps in the same order.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -105,18 +106,29 @@ def image_shapes(source, read, count: int) -> np.ndarray:
   return np.stack(list(ds.as_numpy_iterator()))
 
 
-def eval_dataset(config, source, layout, normalize) -> tuple[tf.data.Dataset, int]:
-  """This process's multi-scale eval batches, bucket by bucket, and their number."""
+@functools.lru_cache(maxsize=8)
+def _bucket_assignment(source, layout, aspects) -> tuple[np.ndarray, np.ndarray]:
+  """(bucket of each of this process's examples, [process, bucket] example counts).
+
+  Cached: evaluations during training reuse it instead of reading every image header again.
+  Every process evaluates at the same steps, so every process computes (and gathers) it once.
+  """
   count, read = _local_reader(source, layout)
-  aspects = tuple(config.multiscale_aspects)
-  all_buckets = buckets(aspects)
   shapes = image_shapes(source, read, count)
   local = np.array([bucket_index(h, w, aspects) for h, w in shapes], np.int64)
-  counts = np.bincount(local, minlength=len(all_buckets))
+  counts = np.bincount(local, minlength=len(buckets(aspects)))
   if layout.process_count > 1:
-    counts_everywhere = np.asarray(multihost_utils.process_allgather(counts))
-  else:
-    counts_everywhere = counts[None]
+    return local, np.asarray(multihost_utils.process_allgather(counts))
+  return local, counts[None]
+
+
+def eval_dataset(config, source, layout, normalize) -> tuple[tf.data.Dataset, int]:
+  """This process's multi-scale eval batches, bucket by bucket, and their number."""
+  _, read = _local_reader(source, layout)
+  aspects = tuple(config.multiscale_aspects)
+  all_buckets = buckets(aspects)
+  local, counts_everywhere = _bucket_assignment(source, layout, aspects)
+  counts = counts_everywhere[layout.process_index if layout.process_count > 1 else 0]
   lb, sizes = layout.local_batch, tuple(config.multiscale_sizes)
   parallel = config.num_parallel_calls if config.num_parallel_calls > 0 else tf.data.AUTOTUNE
   parts, total_steps = [], 0
