@@ -24,6 +24,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 from resnet_jax import storage
 from resnet_jax.errors import UserError
 
+LOG = logging.getLogger(__name__)
+
 DAMAGED_DIR = 'checkpoints_damaged'
 
 
@@ -91,8 +93,14 @@ class Checkpointer:
       force=True,
     )
 
-  def restore(self, abstract_state, expected_meta: dict[str, Any], step: int | None = None):
+  def restore(
+    self, abstract_state, expected_meta: dict[str, Any], step: int | None = None, upgrade=None
+  ):
     """Restores ``step``, or else the newest readable step, onto ``abstract_state``'s shardings.
+
+    ``upgrade(saved, abstract_state)``, if given, converts a state saved in an older layout
+    (``saved``: the nested dicts and arrays on disk) to the current one, or returns None when it
+    does not recognise the layout.
 
     Returns:
       (state, meta), or None when there is no checkpoint.
@@ -102,13 +110,13 @@ class Checkpointer:
         ``step`` is unreadable, or when no step is readable (naming each step and its failure).
     """
     if step is not None:
-      return self._restore_step(step, abstract_state, expected_meta)
+      return self._restore_step(step, abstract_state, expected_meta, upgrade)
     failures = {}
     for candidate in sorted(self.manager.all_steps(), reverse=True):
       try:
-        restored = self._restore_step(candidate, abstract_state, expected_meta)
+        restored = self._restore_step(candidate, abstract_state, expected_meta, upgrade)
       except DamagedCheckpointError as e:
-        logging.warning('Skipping damaged checkpoint step %d: %s', candidate, e.reason)
+        LOG.warning('Skipping damaged checkpoint step %d: %s', candidate, e.reason)
         failures[candidate] = e.reason
         continue
       self._move_aside(sorted(failures))
@@ -133,11 +141,11 @@ class Checkpointer:
         if target.exists():
           target.rmtree()
         (self.directory / str(step)).rename(target)
-        logging.warning('Moved damaged checkpoint step %d to %s', step, target)
+        LOG.warning('Moved damaged checkpoint step %d to %s', step, target)
     multihost_utils.sync_global_devices('checkpoint_move_aside')
     self.manager.reload()
 
-  def _restore_step(self, step: int, abstract_state, expected_meta: dict[str, Any]):
+  def _restore_step(self, step: int, abstract_state, expected_meta: dict[str, Any], upgrade=None):
     path = self.directory / str(step)
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -158,10 +166,29 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
       )
     except Exception as e:
-      raise DamagedCheckpointError(
-        path, f'state unreadable or not of this model/optimiser ({_first_line(e)})'
-      ) from e
+      upgraded = upgrade and self._upgraded(step, abstract_state, upgrade)
+      if upgraded is None:
+        raise DamagedCheckpointError(
+          path, f'state unreadable or not of this model/optimiser ({_first_line(e)})'
+        ) from e
+      return upgraded, meta
     return restored['state'], meta
+
+  def _upgraded(self, step: int, abstract_state, upgrade):
+    """The step restored in its saved layout and converted by ``upgrade``, or None."""
+    try:
+      sharding = jax.tree.leaves(abstract_state)[0].sharding
+      target = _target_like(self.manager.item_metadata(step)['state'], sharding)
+      saved = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      )['state']
+      state = upgrade(saved, abstract_state)
+    except Exception as e:  # unreadable in any layout: the caller reports it as damaged
+      LOG.warning('Checkpoint step %d: no older layout read either (%s)', step, _first_line(e))
+      return None
+    if state is not None:
+      LOG.warning('Checkpoint step %d was saved in an older layout; converted on restore', step)
+    return state
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -225,7 +252,7 @@ def load_variables(path: str, abstract_variables, sharding, allow_fresh: str = '
       f'freshly initialised: --config.init_from_skip=PREFIX[,PREFIX...].'
     )
   if fresh:
-    logging.warning('init_from %s: fresh initialisation kept for %s', path, sorted(set(fresh)))
+    LOG.warning('init_from %s: fresh initialisation kept for %s', path, sorted(set(fresh)))
   return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -15,7 +15,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import cli, config_check, distributed, storage
+from resnet_jax import cli, config_check, console, distributed, storage
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file of the run.', lock_config=True)
@@ -49,6 +49,7 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
 
 def main(argv):
   del argv
+  console.setup()
   distributed.initialize()
   distributed.hide_accelerators_from_tensorflow()
   config = FLAGS.config

@@ -29,6 +29,8 @@ from resnet_jax import (
   storage,
 )
 
+LOG = logging.getLogger(__name__)
+
 
 def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
   overrides = dict(
@@ -85,7 +87,7 @@ class Experiment:
     self.base_schedule = optim.schedule_fn(config, self.steps_per_epoch, self.total_steps)
     self.model = build_model(config, self.num_classes)
     eval_model = build_model(config, self.num_classes, train_bn_axis=False)
-    self.tx = optim.create_optimizer(config)
+    self.tx = optim.create_optimizer(config, self.base_schedule)
     self.train_fn = self.data_parallel.wrap(
       functools.partial(
         steps.train_step,
@@ -112,9 +114,9 @@ class Experiment:
     """The latest checkpoint of the workdir (or ``step``), else init_from weights, else a fresh
     seeded state; in the form the wrapped steps take."""
     state = fresh_state(self.config, self.model, self.tx, self.data_parallel)
-    restored = self.checkpointer.restore(state, self.meta, step)
+    restored = self.checkpointer.restore(state, self.meta, step, steps.upgrade_saved_state)
     if restored is not None:
-      logging.warning('Resuming from step %d of %s', int(restored[0].step), self.workdir)
+      LOG.info('Resuming from step %d of %s', int(restored[0].step), self.workdir)
       state = restored[0]
     elif self.config.init_from:
       state = self._init_from(state)
@@ -122,17 +124,19 @@ class Experiment:
 
   def save(self, step: int, state, metric: dict | None = None):
     """Checkpoints ``state`` (asynchronously if configured); ``metric`` ranks the best ones."""
-    self.checkpointer.save(step, self.data_parallel.canonical(state), self.meta, metric)
+    self.checkpointer.save(step, self.data_parallel.as_global(state), self.meta, metric)
 
   def after_evaluation(self, state, record: dict):
     """``state`` with its reduce-on-plateau state updated by an evaluation's result."""
-    schedule = self.data_parallel.host(state.schedule)
+    schedule = self.data_parallel.host(optim.schedule_state(state.opt_state))
     schedule = optim.plateau_update(self.config, schedule, record[self.config.plateau_metric])
-    return state.replace(schedule=self.data_parallel.put_state(schedule))
+    opt_state = optim.with_schedule_state(state.opt_state, self.data_parallel.put_state(schedule))
+    return state.replace(opt_state=opt_state)
 
-  def learning_rate(self, step: int, state) -> float:
-    schedule = self.data_parallel.host(state.schedule)
-    return float(optim.learning_rate(self.config, self.base_schedule, step, schedule))
+  def learning_rate(self, state) -> float:
+    """The learning rate of ``state``'s next step."""
+    schedule = self.data_parallel.host(optim.schedule_state(state.opt_state))
+    return float(optim.learning_rate(self.config, self.base_schedule, schedule))
 
   def _init_from(self, state):
     abstract = {'params': state.params, 'batch_stats': state.batch_stats}

@@ -16,8 +16,10 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from resnet_jax import cli, config_check, distributed
+from resnet_jax import cli, config_check, console, distributed
 from resnet_jax.errors import UserError
+
+LOG = logging.getLogger('resnet_jax.main')  # __name__ is '__main__' under python -m
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -30,6 +32,7 @@ def main(argv):
     raise UserError(f'Unexpected arguments {argv[1:]}: every option is a flag, --name=value.')
   if not FLAGS['verbosity'].present:  # orbax and jax log every save at INFO
     absl_logging.set_verbosity(absl_logging.WARNING)
+  console.setup()
   distributed.initialize()
   # Before the heavy imports (TensorFlow, orbax): a bad value is reported in a second.
   config_check.check(
@@ -38,7 +41,7 @@ def main(argv):
   from resnet_jax import train
 
   distributed.hide_accelerators_from_tensorflow()
-  logging.warning(
+  LOG.info(
     'process %d/%d, %d local / %d global devices (%s)',
     jax.process_index(),
     jax.process_count(),

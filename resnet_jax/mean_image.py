@@ -25,6 +25,8 @@ from jax.experimental import multihost_utils
 from resnet_jax import augment, sources, storage
 from resnet_jax.errors import UserError
 
+LOG = logging.getLogger(__name__)
+
 
 def content_key(config, source: sources.Source) -> str:
   """What the mean depends on: the examples (the source's fingerprint) and the view geometry."""
@@ -73,10 +75,10 @@ def _load(path: epath.Path, key: str, config) -> np.ndarray | None:
   try:
     stored = np.load(io.BytesIO(path.read_bytes()))
   except (OSError, ValueError) as e:
-    logging.warning('Mean image cache %s is unreadable (%s); recomputing it.', path, e)
+    LOG.warning('Mean image cache %s is unreadable (%s); recomputing it.', path, e)
     return None
   if not isinstance(stored, np.lib.npyio.NpzFile) or str(stored.get('key', '')) != key:
-    logging.warning('Mean image cache %s was computed from other data; recomputing it.', path)
+    LOG.warning('Mean image cache %s was computed from other data; recomputing it.', path)
     return None
   mean = stored['mean']
   expected = (config.image_size, config.image_size, 3)
@@ -120,12 +122,12 @@ def _load_on_every_process(path: epath.Path, key: str, config) -> np.ndarray | N
 
 
 def _compute_and_cache(config, source, path: epath.Path, key: str) -> np.ndarray:
-  logging.info('Computing the mean image of %s (%s examples)', config.dataset, source.num_examples)
+  LOG.info('Computing the mean image of %s (%s examples)', config.dataset, source.num_examples)
   mean = compute(config, source)
   try:
     save(path, mean, key)
   except OSError as e:
-    logging.warning('Could not cache the mean image at %s (%s); set mean_image_path.', path, e)
+    LOG.warning('Could not cache the mean image at %s (%s); set mean_image_path.', path, e)
   return mean
 
 

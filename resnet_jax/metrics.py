@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import time
 
 from tensorboardX import record_writer
@@ -114,5 +113,4 @@ class Progress:
       f'top1_err {record["top1_err"]:.4f} lr {record["learning_rate"]:.4g} '
       f'{record["images_per_sec"]:.0f} img/s ETA {hours}:{rest // 60:02d}:{rest % 60:02d}'
     )
-    logging.info(text)
     return text

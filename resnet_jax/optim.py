@@ -1,18 +1,20 @@
 """SGD with momentum and weight decay, and the learning-rate schedules of the paper and after.
 
-The learning rate of a step is ``learning_rate(...)``, the one place it is assembled:
-``peak * schedule(step) * schedule_state['lr_scale'] * warm``, where ``schedule`` is the step /
-cosine shape with optional linear warmup (a pure function of the step), and ``schedule_state``
-(kept in the TrainState, so in every checkpoint) carries what depends on training itself: the
-reduce-on-plateau factor and its counters (``plateau_update``, on the host after an evaluation),
-and the paper's warmup-until-train-error phase (ResNet-110; ``warmup_after_step``, on the devices
-inside every train step, so it ends at the same step whatever the logging cadence).
+The learning rate of a step is ``learning_rate(config, base_schedule, state)``, the one place it is
+assembled: ``peak * base_schedule(count) * lr_scale * warm``, where ``base_schedule`` is the step
+/ cosine shape with optional linear warmup (a pure function of the step) and ``state`` is the
+``ScheduleState`` the optimiser owns (the last transform of its chain, so it is in every
+checkpoint): the update count, the reduce-on-plateau factor and its counters (``plateau_update``,
+on the host after an evaluation), and the paper's warmup-until-train-error phase (ResNet-110;
+``warmup_after_step``, inside every update, so it ends at the same step whatever the logging
+cadence).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,69 +51,105 @@ def schedule_fn(config, steps_per_epoch: int, total_steps: int) -> Callable:
   return lambda step: jnp.where(step < warmup, ramp(step), main(step))
 
 
-def initial_schedule_state() -> dict[str, np.ndarray]:
-  return {
-    'lr_scale': np.float32(1.0),
-    'best': np.float32(np.inf),
-    'bad_evals': np.int32(0),
-    'cooldown': np.int32(0),
-    'warmup_done': np.int32(0),
-    'warmup_error_sum': np.float32(0.0),  # training error summed over the current window
-    'warmup_window_steps': np.int32(0),
-  }
+class ScheduleState(NamedTuple):
+  """The optimiser's learning-rate state (the last element of the optax chain's state)."""
+
+  count: jax.Array  # updates applied (a float16 step skipped for overflow does not count)
+  lr_scale: jax.Array  # reduce-on-plateau factor
+  best: jax.Array  # best evaluation metric so far
+  bad_evals: jax.Array  # evaluations in a row without improvement
+  cooldown: jax.Array  # evaluations left before bad ones count again
+  warmup_done: jax.Array  # 1 once the warmup-until-train-error phase has ended
+  warmup_error_sum: jax.Array  # training error summed over the current window
+  warmup_window_steps: jax.Array  # steps in the current window
 
 
-def learning_rate(config, base_schedule, step, schedule_state):
-  """The learning rate of ``step`` (works on traced and host values alike)."""
-  lr = peak_learning_rate(config) * base_schedule(step) * schedule_state['lr_scale']
+def initial_schedule_state() -> ScheduleState:
+  return ScheduleState(
+    count=np.int32(0),
+    lr_scale=np.float32(1.0),
+    best=np.float32(np.inf),
+    bad_evals=np.int32(0),
+    cooldown=np.int32(0),
+    warmup_done=np.int32(0),
+    warmup_error_sum=np.float32(0.0),
+    warmup_window_steps=np.int32(0),
+  )
+
+
+def learning_rate(config, base_schedule, state: ScheduleState):
+  """The learning rate of the next update (works on traced and host values alike)."""
+  lr = peak_learning_rate(config) * base_schedule(state.count) * state.lr_scale
   if config.warmup_until_train_error > 0:
-    lr = lr * jnp.where(schedule_state['warmup_done'] > 0, 1.0, config.warmup_lr_factor)
+    lr = lr * jnp.where(state.warmup_done > 0, 1.0, config.warmup_lr_factor)
   return lr
 
 
-def plateau_update(config, state: dict, metric: float) -> dict:
+def plateau_update(config, state: ScheduleState, metric: float) -> ScheduleState:
   """Reduce-on-plateau after an evaluation (as torch's ReduceLROnPlateau, mode 'min', 'abs').
 
   The factor drops by ``lr_decay_factor`` once ``metric`` has failed to improve on the best value
   by ``plateau_min_delta`` for more than ``plateau_patience`` evaluations in a row; then
   ``plateau_cooldown`` evaluations pass before counting again. The rate never goes below
-  ``plateau_min_lr``.
+  ``plateau_min_lr``. Runs on the host, on numpy values.
   """
-  state = {k: np.asarray(v).copy() for k, v in state.items()}
+  s = {k: np.asarray(v).copy() for k, v in state._asdict().items()}
   if config.schedule != 'plateau':
-    return state
-  if metric < state['best'] - config.plateau_min_delta:
-    state['best'] = np.float32(metric)
-    state['bad_evals'] = np.int32(0)
+    return ScheduleState(**s)
+  if metric < s['best'] - config.plateau_min_delta:
+    s['best'] = np.float32(metric)
+    s['bad_evals'] = np.int32(0)
   else:
-    state['bad_evals'] = np.int32(state['bad_evals'] + 1)
-  if state['cooldown'] > 0:
-    state['cooldown'] = np.int32(state['cooldown'] - 1)
-    state['bad_evals'] = np.int32(0)
-  if state['bad_evals'] > config.plateau_patience:
+    s['bad_evals'] = np.int32(s['bad_evals'] + 1)
+  if s['cooldown'] > 0:
+    s['cooldown'] = np.int32(s['cooldown'] - 1)
+    s['bad_evals'] = np.int32(0)
+  if s['bad_evals'] > config.plateau_patience:
     floor = config.plateau_min_lr / peak_learning_rate(config)
-    state['lr_scale'] = np.float32(max(state['lr_scale'] * config.lr_decay_factor, floor))
-    state['cooldown'] = np.int32(config.plateau_cooldown)
-    state['bad_evals'] = np.int32(0)
-  return state
+    s['lr_scale'] = np.float32(max(s['lr_scale'] * config.lr_decay_factor, floor))
+    s['cooldown'] = np.int32(config.plateau_cooldown)
+    s['bad_evals'] = np.int32(0)
+  return ScheduleState(**s)
 
 
-def warmup_after_step(config, state: dict, train_error) -> dict:
+def warmup_after_step(config, state: ScheduleState, train_error) -> ScheduleState:
   """Ends the warmup-until-train-error phase when a window's mean training error is below the
   threshold. Windows are ``warmup_error_window`` steps, counted from the run's first step; the
   new phase starts with the next step. Pure jnp: runs inside the train step."""
   if config.warmup_until_train_error <= 0:
     return state
-  total = state['warmup_error_sum'] + train_error
-  count = state['warmup_window_steps'] + 1
+  total = state.warmup_error_sum + train_error
+  count = state.warmup_window_steps + 1
   full = count >= config.warmup_error_window
   below = total / count.astype(jnp.float32) < config.warmup_until_train_error
-  return {
-    **state,
-    'warmup_done': jnp.where(full & below, 1, state['warmup_done']).astype(jnp.int32),
-    'warmup_error_sum': jnp.where(full, 0.0, total).astype(jnp.float32),
-    'warmup_window_steps': jnp.where(full, 0, count).astype(jnp.int32),
-  }
+  return state._replace(
+    warmup_done=jnp.where(full & below, 1, state.warmup_done).astype(jnp.int32),
+    warmup_error_sum=jnp.where(full, 0.0, total).astype(jnp.float32),
+    warmup_window_steps=jnp.where(full, 0, count).astype(jnp.int32),
+  )
+
+
+def scale_by_learning_rate(config, base_schedule) -> optax.GradientTransformationExtraArgs:
+  """Multiplies the update direction by ``-learning_rate(...)`` and advances the schedule state.
+
+  ``update`` takes ``train_error`` (this step's mean top-1 training error, all devices), which
+  the warmup-until-train-error phase needs.
+  """
+
+  def init(params):
+    del params
+    return jax.tree.map(jnp.asarray, initial_schedule_state())
+
+  def update(updates, state, params=None, *, train_error=None, **extra):
+    del params, extra
+    lr = learning_rate(config, base_schedule, state)
+    updates = jax.tree.map(lambda u: -lr * u, updates)
+    state = state._replace(count=state.count + 1)
+    if train_error is not None:
+      state = warmup_after_step(config, state, train_error)
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _decay_mask(params, include_bn_and_bias: bool):
@@ -120,24 +158,29 @@ def _decay_mask(params, include_bn_and_bias: bool):
   return traverse_util.unflatten_dict(mask)
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
-  """Direction of the update (before -learning_rate): torch's SGD with weight decay and momentum.
+def create_optimizer(config, base_schedule) -> optax.GradientTransformationExtraArgs:
+  """torch's SGD (weight decay added to the gradient, then momentum), then the learning rate.
 
-  torch adds ``weight_decay * w`` to the gradient and then applies momentum, which is what this
-  chain does; the learning rate is applied by the train step (it depends on schedule state).
+  The chain's last state is the ``ScheduleState``: ``schedule_state(opt_state)`` reads it and
+  ``with_schedule_state`` replaces it (the plateau rule, between steps).
   """
   decay = optax.add_decayed_weights(
     config.weight_decay,
     mask=lambda params: _decay_mask(params, config.weight_decay_bn_and_bias),
   )
-  return optax.chain(decay, optax.trace(decay=config.momentum, nesterov=config.nesterov))
+  momentum = optax.trace(decay=config.momentum, nesterov=config.nesterov)
+  return optax.chain(decay, momentum, scale_by_learning_rate(config, base_schedule))
+
+
+def schedule_state(opt_state) -> ScheduleState:
+  return opt_state[-1]
+
+
+def with_schedule_state(opt_state, state: ScheduleState):
+  return (*opt_state[:-1], state)
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
   if config.num_train_steps > 0:
     return int(config.num_train_steps)
   return math.ceil(config.num_epochs * steps_per_epoch)
-
-
-def apply_updates(params, updates, lr):
-  return jax.tree.map(lambda p, u: p - lr * u, params, updates)

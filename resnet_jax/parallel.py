@@ -4,7 +4,7 @@ Per-device step functions are written once with named-axis collectives over ``AX
 shard_map the train state is a global jax.Array replicated over a 1-D mesh of every device of
 every process, and batches are global arrays sharded along it (so orbax saves and restores with no
 replicate/unreplicate, on any topology). Under pmap the state carries a leading local-device axis
-and batches are reshaped per local device; ``canonical`` turns it back into the global form.
+and batches are reshaped per local device; ``as_global`` turns it back into the global form.
 """
 
 from __future__ import annotations
@@ -56,13 +56,13 @@ class DataParallel:
     return jax.jit(sharded, donate_argnums=donate)
 
   def put_state(self, tree):
-    """A host (or canonical) pytree -> the form the wrapped steps take."""
+    """A host (or global) pytree -> the form the wrapped steps take."""
     if self.kind == 'pmap':
       host = jax.device_get(tree)
       return jax.tree.map(lambda x: np.broadcast_to(x, (self.num_local, *np.shape(x))), host)
     return jax.device_put(tree, self.replicated)
 
-  def canonical(self, tree):
+  def as_global(self, tree):
     """State as global arrays replicated over the mesh (for checkpoints and evaluation)."""
     if self.kind == 'pmap':
       tree = jax.tree.map(lambda x: np.asarray(x[0]), tree)

@@ -27,6 +27,8 @@ from jax.experimental import multihost_utils
 from resnet_jax import storage
 from resnet_jax.errors import UserError
 
+LOG = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 FETCH_CHUNK = 64  # Examples fetched per call into a random-access source (read in parallel).
 
@@ -253,7 +255,7 @@ def _without_unreadable(paths, labels):
   keep = [not _unreadable(p) for p in paths]
   bad = [p for p, k in zip(paths, keep, strict=True) if not k]
   if bad:
-    logging.warning('skip_bad_images: left out %d unreadable image(s): %s', len(bad), bad[:20])
+    LOG.warning('skip_bad_images: left out %d unreadable image(s): %s', len(bad), bad[:20])
   return (
     [p for p, k in zip(paths, keep, strict=True) if k],
     [label for label, k in zip(labels, keep, strict=True) if k],
@@ -375,7 +377,7 @@ def _tfds_split(builder, name, split, *, in_memory_max_bytes: int, seed: int) ->
     shards = tfds.even_splits(split, n=process_count, drop_remainder=train)
     counts = [info.splits[shard].num_examples for shard in shards]
     if train and process_index == 0:
-      logging.warning(
+      LOG.warning(
         '%s is stored as TFRecord (no random access): each of the %d processes reads its own '
         'shard of %d examples, so batches depend on the process count and %d examples are left '
         'out. Prepare it with --file_format=array_record for one global order.',

@@ -10,6 +10,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -23,8 +24,8 @@ class TrainState(flax.struct.PyTreeNode):
   Attributes:
     step: optimisation steps taken.
     params, batch_stats: model variables (float32).
-    opt_state: optax state (momentum buffers).
-    schedule: optim.initial_schedule_state(): plateau factor and counters, warmup phase.
+    opt_state: optax state: momentum buffers, then optim.ScheduleState (the learning rate's
+      update count, plateau factor and counters, warmup phase).
     loss_scale: {'scale', 'good_steps'} for float16 dynamic loss scaling, else {}.
   """
 
@@ -32,7 +33,6 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   batch_stats: Any
   opt_state: Any
-  schedule: dict
   loss_scale: dict
 
 
@@ -51,7 +51,6 @@ def create_train_state(model, tx, image_shape, rng, *, fp16_loss_scale: bool) ->
     params=params,
     batch_stats=variables['batch_stats'],
     opt_state=tx.init(params),
-    schedule={k: jnp.asarray(v) for k, v in optim.initial_schedule_state().items()},
     loss_scale=loss_scale,
   )
 
@@ -88,26 +87,31 @@ def train_step(state: TrainState, batch, *, model, tx, config, base_schedule, nu
   # Running averages are linear in the batch statistics, so averaging them every step equals
   # averaging per-device averages at the end: one consistent set to evaluate and save.
   batch_stats = lax.pmean(batch_stats, AXIS)
-
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  lr = optim.learning_rate(config, base_schedule, state.step, state.schedule)
-  params = optim.apply_updates(state.params, updates, lr)
-  new_state = state.replace(
-    step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-  )
-  if state.loss_scale:
-    new_state = _dynamic_loss_scale(state, new_state, grads)
-
   top1, top5 = topk_errors(logits, batch['label'])
   metrics = {'loss': loss, 'top1_err': top1.mean(), 'top5_err': top5.mean()}
   metrics = lax.pmean(metrics, AXIS)
-  metrics['learning_rate'] = lr
-  schedule = optim.warmup_after_step(config, state.schedule, metrics['top1_err'])
-  return new_state.replace(schedule=schedule), metrics
+  schedule = optim.schedule_state(state.opt_state)
+  metrics['learning_rate'] = optim.learning_rate(config, base_schedule, schedule)
+
+  updates, opt_state = tx.update(
+    grads, state.opt_state, state.params, train_error=metrics['top1_err']
+  )
+  new_state = state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+  )
+  if state.loss_scale:
+    new_state = _dynamic_loss_scale(state, new_state, grads)
+  return new_state, metrics
 
 
 def _dynamic_loss_scale(old: TrainState, new: TrainState, grads) -> TrainState:
-  """float16: skip the step and halve the scale on overflow; double it after a calm period."""
+  """float16: skip the step and halve the scale on overflow; double it after a calm period.
+
+  A skipped step keeps the old optimiser state, so it does not advance the learning rate.
+  """
   finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   good = jnp.where(finite, old.loss_scale['good_steps'] + 1, 0)
   scale = jnp.where(finite, old.loss_scale['scale'], old.loss_scale['scale'] / 2)
@@ -121,3 +125,31 @@ def _dynamic_loss_scale(old: TrainState, new: TrainState, grads) -> TrainState:
     batch_stats=jax.tree.map(keep, new.batch_stats, old.batch_stats),
     loss_scale={'scale': scale, 'good_steps': good},
   )
+
+
+def upgrade_saved_state(saved: dict, current: TrainState) -> TrainState | None:
+  """A TrainState saved by resnet_jax before the learning-rate state moved into the optimiser
+  (it had a top-level ``schedule`` dict, with or without the warm-up window counters), in the
+  current layout; None for any other layout. The schedule's update count is the saved step.
+  """
+  if 'schedule' not in saved:
+    return None
+  old = jax.device_get({**saved['schedule'], 'count': saved['step']})  # host copies: no aliasing
+  fresh = optim.initial_schedule_state()._asdict()
+  schedule = optim.ScheduleState(
+    **{k: np.asarray(old.get(k, v), v.dtype) for k, v in fresh.items()}
+  )
+  opt_state = list(current.opt_state)
+  opt_state[1] = opt_state[1]._replace(trace=saved['opt_state'][1]['trace'])  # momentum
+  opt_state[-1] = jax.tree.map(
+    lambda new, like: jax.device_put(new, like.sharding), schedule, current.opt_state[-1]
+  )
+  upgraded = current.replace(
+    step=saved['step'],
+    params=saved['params'],
+    batch_stats=saved['batch_stats'],
+    opt_state=tuple(opt_state),
+    loss_scale=saved['loss_scale'] or current.loss_scale,
+  )
+  shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)  # noqa: E731
+  return upgraded if shapes(upgraded) == shapes(current) else None

@@ -12,8 +12,18 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import config_check, input_pipeline, metrics, sources, storage, workdir_lock
+from resnet_jax import (
+  config_check,
+  console,
+  input_pipeline,
+  metrics,
+  sources,
+  storage,
+  workdir_lock,
+)
 from resnet_jax.experiment import Experiment
+
+LOG = logging.getLogger(__name__)
 
 
 class Preemption:
@@ -32,7 +42,7 @@ class Preemption:
 
   def _handle(self, signum, frame):
     del signum, frame
-    logging.warning(
+    LOG.info(
       'SIGTERM at step %d (devices finished step %d): saving a checkpoint and exiting.',
       self.loop_step,
       self.finished_step,
@@ -82,6 +92,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   The workdir is locked for this run first; nothing in it is written until the run is known to
   start (data found, checkpoint restored or refused).
   """
+  console.setup()
   config_check.check(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   lock = workdir_lock.acquire_everywhere(
     workdir,
@@ -115,7 +126,7 @@ def _train(config, workdir: str) -> dict:
   # log_every steps (holding that many batches on them) and acts on SIGTERM that late.
   in_flight = collections.deque()
   pending, last_eval = [], {}
-  logging.warning(
+  LOG.info(
     '%s on %s: %d steps (%d per epoch), %d devices in %d processes, from step %d',
     config.model,
     config.dataset,
@@ -126,10 +137,11 @@ def _train(config, workdir: str) -> dict:
     start_step,
   )
   if start_step >= experiment.total_steps:
-    print(
-      f'{workdir} already holds the final step {start_step}; raise num_train_steps or '
-      f'num_epochs to train further, or use resnet_jax.evaluate.',
-      flush=True,
+    LOG.info(
+      '%s already holds the final step %d; raise num_train_steps or num_epochs to train '
+      'further, or use resnet_jax.evaluate.',
+      workdir,
+      start_step,
     )
   try:
     for step in range(start_step + 1, experiment.total_steps + 1):
@@ -152,7 +164,7 @@ def _train(config, workdir: str) -> dict:
         metric = {'top1_err': last_eval['top1_err']} if last_eval.get('step') == step else None
         experiment.save(step, state, metric)
       if preempted:
-        logging.warning('Saved step %d after SIGTERM; exiting.', step)
+        LOG.info('Saved step %d after SIGTERM; exiting.', step)
         break
   finally:
     experiment.checkpointer.wait()
@@ -173,7 +185,7 @@ def _log_train(experiment, writer, progress, pending, step):
   )
   writer.write(record)
   if jax.process_index() == 0:
-    print(progress.line(record, seconds_per_step), flush=True)
+    LOG.info(progress.line(record, seconds_per_step))
 
 
 def _evaluate(experiment, writer, state, step) -> dict:
@@ -184,14 +196,17 @@ def _evaluate(experiment, writer, state, step) -> dict:
     epoch=step / experiment.steps_per_epoch,
     split='eval',
     images_per_sec=images_per_sec,
-    learning_rate=experiment.learning_rate(step, state),
+    learning_rate=experiment.learning_rate(state),
     **result,
   )
   writer.write(record)
   if jax.process_index() == 0:
-    print(
-      f'eval step {step}: top1_err {result["top1_err"]:.4f} top5_err {result["top5_err"]:.4f} '
-      f'loss {result["loss"]:.4f} over {result["num_examples"]} examples',
-      flush=True,
+    LOG.info(
+      'eval step %d: top1_err %.4f top5_err %.4f loss %.4f over %d examples',
+      step,
+      result['top1_err'],
+      result['top5_err'],
+      result['loss'],
+      result['num_examples'],
     )
   return record

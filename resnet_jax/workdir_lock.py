@@ -26,6 +26,8 @@ import uuid
 from resnet_jax import storage
 from resnet_jax.errors import UserError
 
+LOG = logging.getLogger(__name__)
+
 LOCK_NAME = 'run.lock'
 CLOUD_SETTLE_SECONDS = 2.0  # read-back delay that makes a racing writer on a bucket visible
 
@@ -124,7 +126,7 @@ class WorkdirLock:
           f'as abandoned {self.stale_seconds:.0f} s after its last heartbeat (on its own host: '
           f'at once); deleting {self.path} also releases it.'
         )
-      logging.warning(
+      LOG.warning(
         'Taking over the abandoned lock of %s (%s)', self.path.parent, self._describe(holder)
       )
       self.path.unlink(missing_ok=True)
@@ -136,7 +138,7 @@ class WorkdirLock:
         try:
           self.path.write_text(self._payload())
         except OSError as e:  # a storage hiccup must not kill training
-          logging.warning('Lock heartbeat to %s failed: %s', self.path, e)
+          LOG.warning('Lock heartbeat to %s failed: %s', self.path, e)
 
     self._thread = threading.Thread(target=beat, name='workdir-lock-heartbeat', daemon=True)
     self._thread.start()

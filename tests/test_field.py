@@ -73,7 +73,7 @@ def test_a_second_run_on_a_locked_workdir_is_refused_then_an_abandoned_lock_is_t
   lock.write_text(json.dumps(dict(host=socket.gethostname(), pid=dead.pid, heartbeat=time.time())))
   taken = run_main(str(workdir), *flags)
   assert taken.returncode == 0, taken.stderr[-3000:]
-  assert 'Taking over the abandoned lock' in taken.stderr
+  assert 'Taking over the abandoned lock' in taken.stdout
   assert not lock.exists()
 
 

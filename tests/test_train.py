@@ -78,7 +78,7 @@ def test_plateau_rule_and_its_counters():
   scales = []
   for err in [0.5, 0.45, 0.445, 0.444, 0.3, 0.299, 0.298, 0.297, 0.296]:
     state = optim.plateau_update(c, state, err)
-    scales.append(float(state['lr_scale']))
+    scales.append(float(state.lr_scale))
   # 0.445 and 0.444 do not improve 0.45 by 0.01: more than patience=1 bad evals -> drop at 0.444.
   # The cooldown eval (0.3, an improvement) resets the count; 0.299 and 0.298 are bad again ->
   # drop at 0.298; then cooldown, and 0.296 is the first bad eval of a new count.
@@ -86,7 +86,7 @@ def test_plateau_rule_and_its_counters():
   c.plateau_min_lr = 0.1 * optim.peak_learning_rate(c) * 0.05
   for _ in range(10):
     state = optim.plateau_update(c, state, 1.0)
-  assert float(state['lr_scale']) == pytest.approx(0.005)
+  assert float(state.lr_scale) == pytest.approx(0.005)
 
 
 def test_step_schedule_warmup_and_warmup_until_error():
@@ -95,12 +95,12 @@ def test_step_schedule_warmup_and_warmup_until_error():
   c = cifar10.get_config('110')
   base = optim.schedule_fn(c, steps_per_epoch=390, total_steps=64_000)
   s = optim.initial_schedule_state()
-  lr = lambda step, st: float(optim.learning_rate(c, base, step, st))  # noqa: E731
+  lr = lambda step, st: float(optim.learning_rate(c, base, st._replace(count=step)))  # noqa: E731
   assert lr(0, s) == pytest.approx(0.01)  # the paper's ResNet-110 warm start
   c.warmup_error_window = 4
   for error in (0.9, 0.9, 0.7, 0.7):  # window mean 0.8: not below 0.8
     s = optim.warmup_after_step(c, s, np.float32(error))
-  assert lr(100, s) == pytest.approx(0.01) and int(s['warmup_window_steps']) == 0
+  assert lr(100, s) == pytest.approx(0.01) and int(s.warmup_window_steps) == 0
   for error in (0.9, 0.7, 0.7):  # below after 3 steps, but the window is not full yet
     s = optim.warmup_after_step(c, s, np.float32(error))
   assert lr(100, s) == pytest.approx(0.01)
@@ -110,6 +110,53 @@ def test_step_schedule_warmup_and_warmup_until_error():
   c.warmup_epochs = 5
   ramp = optim.schedule_fn(c, 390, 64_000)
   assert float(ramp(975)) == pytest.approx(0.5) and float(ramp(1950)) == pytest.approx(1.0)
+
+
+def test_a_checkpoint_of_the_older_layout_is_converted_on_restore(tmp_path):
+  """Before the learning-rate state moved into the optimiser, TrainState had a 'schedule' dict
+  beside an opt_state of (weight decay, momentum); such a checkpoint resumes with its values."""
+  config = tiny(tmp_path, schedule='plateau')
+  run = experiment.Experiment(config, str(tmp_path / 'old'))
+  fresh = jax.device_get(experiment.fresh_state(config, run.model, run.tx, run.data_parallel))
+  rng = np.random.default_rng(0)
+  distinct = lambda tree: jax.tree.map(lambda x: rng.standard_normal(x.shape, x.dtype), tree)  # noqa: E731
+  params, trace = distinct(fresh.params), distinct(fresh.params)
+  older = {
+    'step': np.int32(7),
+    'params': params,
+    'batch_stats': fresh.batch_stats,
+    'opt_state': [fresh.opt_state[0], fresh.opt_state[1]._replace(trace=trace)],
+    'schedule': {  # the first layout: no warm-up window counters yet
+      'lr_scale': np.float32(0.1),
+      'best': np.float32(0.25),
+      'bad_evals': np.int32(1),
+      'cooldown': np.int32(2),
+      'warmup_done': np.int32(1),
+    },
+    'loss_scale': {},
+  }
+  run.checkpointer.save(7, older, run.meta)
+  run.checkpointer.wait()
+
+  state = run.initial_state()
+  host = jax.device_get(state)
+  assert int(host.step) == 7
+  saved_params = experiment.flat_params(fresh.replace(params=params))
+  for name, value in experiment.flat_params(host).items():
+    np.testing.assert_array_equal(value, saved_params[name], err_msg=name)
+  same_trace = jax.tree.map(np.array_equal, host.opt_state[1].trace, trace)
+  assert all(jax.tree.leaves(same_trace))
+  schedule = optim.schedule_state(host.opt_state)
+  assert (int(schedule.count), schedule.lr_scale, schedule.best) == (7, np.float32(0.1), 0.25)
+  assert (int(schedule.bad_evals), int(schedule.cooldown), int(schedule.warmup_done)) == (1, 2, 1)
+  assert int(schedule.warmup_window_steps) == 0
+  assert run.learning_rate(state) == pytest.approx(0.1 * optim.peak_learning_rate(config))
+  images = rng.standard_normal((config.batch_size, 8, 8, 3), np.float32)
+  batch = {'image': images, 'label': np.zeros(config.batch_size, np.int32)}
+  state, metrics = run.train_fn(state, run.data_parallel.put_batch(batch))  # and it trains on
+  assert int(jax.device_get(state.step)) == 8
+  lr = float(run.data_parallel.host(metrics)['learning_rate'])
+  assert lr == pytest.approx(0.1 * optim.peak_learning_rate(config))
 
 
 @pytest.mark.slow
@@ -161,7 +208,7 @@ def test_restore_on_fewer_devices(tmp_path):
     workdir, *tiny_flags(tmp_path, num_train_steps=8, checkpoint_every=4), devices=4
   )
   assert second.returncode == 0, second.stdout + second.stderr
-  assert 'Resuming from step 4' in second.stderr
+  assert 'Resuming from step 4' in second.stdout
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
 
 
