@@ -31,9 +31,13 @@ import time
 
 import jax
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
 from resnet_jax import experiment, input_pipeline, optim, parallel, scoring, sources, steps
 from resnet_jax.errors import UserError
+
+FLAGS = flags.FLAGS  # absl's registry; the flags themselves: define_flags()
 
 # The device-only step needs some schedule; its shape does not change the step's cost.
 TIMING_STEPS_PER_EPOCH, TIMING_TOTAL_STEPS = 1000, 10_000
@@ -289,11 +293,9 @@ def main(argv):
   print(json.dumps(result), flush=True)
 
 
-if __name__ == '__main__':
-  from absl import flags
-  from ml_collections import config_flags
-
-  FLAGS = flags.FLAGS
+def define_flags():
+  """The command's flags; defined only when run as a command, so importing this module (a
+  library too) never adds flags to another entry point's."""
   config_flags.DEFINE_config_file(
     'config', None, 'Config (e.g. configs/fake.py).', lock_config=False
   )
@@ -304,6 +306,10 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 20, 'Timed steps (or input batches).')
   flags.DEFINE_integer('cores', 1, 'tf.data threads for the input modes.')
   flags.mark_flags_as_required(['config'])
+
+
+if __name__ == '__main__':
   from resnet_jax import cli
 
+  define_flags()
   cli.run(main)

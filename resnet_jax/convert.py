@@ -18,10 +18,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from flax import traverse_util
 
 from resnet_jax import models
 from resnet_jax.errors import UserError
+
+FLAGS = flags.FLAGS  # absl's registry; the flags themselves: define_flags()
 
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 _LEAF_NAMES = {
@@ -151,14 +154,17 @@ def main(argv):
   print(f'Wrote {FLAGS.model} ({count:,} parameters) to {FLAGS.out}')
 
 
-if __name__ == '__main__':
-  from absl import flags
-
-  FLAGS = flags.FLAGS
+def define_flags():
+  """The command's flags; defined only when run as a command, so importing this module (a
+  library too) never adds flags to another entry point's."""
   flags.DEFINE_string('torchvision', None, 'Path of a torchvision state_dict (.pth).')
   flags.DEFINE_string('model', None, 'Model name, e.g. resnet50.')
   flags.DEFINE_string('out', None, 'Output directory of the orbax checkpoint.')
   flags.mark_flags_as_required(['torchvision', 'model', 'out'])
+
+
+if __name__ == '__main__':
   from resnet_jax import cli
 
+  define_flags()
   cli.run(main)

@@ -19,13 +19,17 @@ import logging
 import jax
 import numpy as np
 import tensorflow as tf
+from absl import flags
 from etils import epath
 from jax.experimental import multihost_utils
+from ml_collections import config_flags
 
 from resnet_jax import augment, sources, storage
 from resnet_jax.errors import UserError
 
 LOG = logging.getLogger(__name__)
+
+FLAGS = flags.FLAGS  # absl's registry; the flags themselves: define_flags()
 
 
 def content_key(config, source: sources.Source) -> str:
@@ -152,12 +156,14 @@ def main(argv):
   print(f'Mean image of {config.dataset} {config.train_split}: {mean.mean((0, 1))} -> {path}')
 
 
-if __name__ == '__main__':
-  from absl import flags
-  from ml_collections import config_flags
-
-  FLAGS = flags.FLAGS
+def define_flags():
+  """The command's flags; defined only when run as a command, so importing this module (a
+  library too) never adds flags to another entry point's."""
   config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+
+
+if __name__ == '__main__':
   from resnet_jax import cli
 
+  define_flags()
   cli.run(main)
