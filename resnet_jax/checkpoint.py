@@ -98,7 +98,7 @@ class Checkpointer:
   ):
     """Restores ``step``, or else the newest readable step, onto ``abstract_state``'s shardings.
 
-    ``upgrade(saved, abstract_state)``, if given, converts a state saved in an older layout
+    ``upgrade(saved, abstract_state)``, if given, converts a state saved in another layout
     (``saved``: the nested dicts and arrays on disk) to the current one, or returns None when it
     does not recognise the layout.
 
@@ -184,10 +184,12 @@ class Checkpointer:
       )['state']
       state = upgrade(saved, abstract_state)
     except Exception as e:  # unreadable in any layout: the caller reports it as damaged
-      LOG.warning('Checkpoint step %d: no older layout read either (%s)', step, _first_line(e))
+      LOG.warning(
+        'Checkpoint step %d: not readable in another layout either (%s)', step, _first_line(e)
+      )
       return None
     if state is not None:
-      LOG.warning('Checkpoint step %d was saved in an older layout; converted on restore', step)
+      LOG.warning('Checkpoint step %d was saved in another layout; converted on restore', step)
     return state
 
   def wait(self):
@@ -214,19 +216,25 @@ def save_variables(directory: str, variables: dict):
   checkpointer.wait_until_finished()
 
 
-def load_variables(path: str, abstract_variables, sharding, allow_fresh: str = '') -> dict:
+def load_variables(
+  path: str, abstract_variables, sharding, allow_fresh: str = '', relayout=None
+) -> dict:
   """{'params', 'batch_stats'} from a converted checkpoint or from another run's workdir.
 
   Every tensor of ``abstract_variables`` must load, except those under the comma-separated
   ``allow_fresh`` prefixes (e.g. 'fc,layer4'; '' allows only a classifier head 'fc' whose class
   count differs): those come back as None and keep the caller's initialisation. Everything is
-  restored onto ``sharding`` (this run's mesh), whatever topology saved it.
+  restored onto ``sharding`` (this run's mesh), whatever topology saved it. ``relayout(saved,
+  abstract_variables)``, if given, first converts the saved tree to this model's layout (e.g.
+  per-block <-> scanned blocks).
 
   Raises:
     CheckpointError: when the weights cannot be read, or tensors outside ``allow_fresh`` are
       missing or mis-shaped (listing them).
   """
   saved = _read_variables(storage.path(path), sharding)
+  if relayout is not None:
+    saved = relayout(saved, abstract_variables)
   flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
   prefixes = [p.strip() for p in allow_fresh.split(',') if p.strip()]
   out, fresh, refused = [], [], []

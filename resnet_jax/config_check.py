@@ -137,6 +137,7 @@ RULES: dict[str, Rule] = {
   'shortcut': one_of('', 'A', 'B', 'C'),
   'stride_in_1x1': boolean,
   'zero_init_residual': boolean,
+  'scan_blocks': boolean,
   'bn_momentum': number(0.0, 1.0),
   'bn_epsilon': number(0.0, open_lo=True),
   'bn_group_size': NONNEG_INT,

@@ -86,10 +86,11 @@ def from_torchvision(
     state_dict: torchvision keys (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``fc.bias``...)
       to torch tensors or numpy arrays.
     name: model name as for ``models.get_model``; the class count is read off ``fc.weight``.
-    **model_overrides: options the weights were trained with (e.g. ``shortcut='C'``).
+    **model_overrides: options the weights were trained with (e.g. ``shortcut='C'``), and
+      ``scan_blocks=True`` for the stacked layout of a scanned model.
 
   Returns:
-    ``{'params': ..., 'batch_stats': ...}`` of float32 numpy arrays.
+    ``{'params': ..., 'batch_stats': ...}`` of float32 arrays.
 
   Raises:
     ValueError: naming every missing, unexpected or mis-shaped key.
@@ -97,6 +98,7 @@ def from_torchvision(
   if 'fc.weight' not in state_dict:
     raise ValueError("state_dict has no 'fc.weight'; is this a torchvision ResNet state_dict?")
   num_classes = int(np.shape(state_dict['fc.weight'])[0])
+  scan_blocks = model_overrides.pop('scan_blocks', False)  # converted per block, then stacked
   expected = traverse_util.flatten_dict(expected_variables(name, num_classes, **model_overrides))
 
   converted, unexpected, misshaped = {}, [], []
@@ -124,7 +126,8 @@ def from_torchvision(
     problems.append(f'mis-shaped: {misshaped}')
   if problems:
     raise ValueError(f'Cannot convert state_dict to {name}; ' + '; '.join(problems))
-  return traverse_util.unflatten_dict(converted)
+  variables = traverse_util.unflatten_dict(converted)
+  return models.stack_blocks(variables) if scan_blocks else variables
 
 
 def main(argv):

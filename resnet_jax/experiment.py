@@ -36,6 +36,7 @@ def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
   overrides = dict(
     zero_init_residual=config.zero_init_residual,
     stride_in_1x1=config.stride_in_1x1,
+    scan_blocks=config.scan_blocks,
     bn_momentum=config.bn_momentum,
     bn_epsilon=config.bn_epsilon,
   )
@@ -141,7 +142,11 @@ class Experiment:
   def _init_from(self, state):
     abstract = {'params': state.params, 'batch_stats': state.batch_stats}
     loaded = checkpoint.load_variables(
-      self.config.init_from, abstract, self.data_parallel.replicated, self.config.init_from_skip
+      self.config.init_from,
+      abstract,
+      self.data_parallel.replicated,
+      self.config.init_from_skip,
+      relayout=models.relayout_like,
     )
     merged = jax.tree.map(
       lambda new, old: old if new is None else new, loaded, abstract, is_leaf=lambda x: x is None

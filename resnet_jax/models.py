@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 from jax import lax
 
 Dtype = Any
@@ -181,6 +182,9 @@ class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    return self.forward(x, train)
+
+  def forward(self, x, train: bool):
     y = self.conv(self.features, (3, 3), (self.strides, self.strides), name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y, train=train))
     y = self.conv(self.features, (3, 3), name='conv2')(y)
@@ -196,6 +200,9 @@ class Bottleneck(_Block):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    return self.forward(x, train)
+
+  def forward(self, x, train: bool):
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     y = self.conv(self.features, (1, 1), (s1, s1), name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y, train=train))
@@ -204,6 +211,24 @@ class Bottleneck(_Block):
     y = self.conv(self.features * 4, (1, 1), name='conv3')(y)
     y = self.last_norm('bn3')(y, train=train)
     return self.join(y, x, train=train)
+
+
+SCAN_SUFFIX = '_scan'  # stage i's blocks 1..n-1 stacked: layer{i}_scan/... with a leading axis
+
+
+@functools.cache
+def _scan_body(block_cls):
+  """``block_cls`` with the signature ``nn.scan`` wants: (carry, slice) -> (carry, output)."""
+
+  class ScanBody(block_cls):
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x, _):
+      return self.forward(x, self.train), None
+
+  ScanBody.__name__ = ScanBody.__qualname__ = f'{block_cls.__name__}ScanBody'
+  return ScanBody
 
 
 class ResNet(nn.Module):
@@ -221,6 +246,10 @@ class ResNet(nn.Module):
     zero_init_residual: zero the last BN scale of every block (Goyal et al. 2017).
     bn_momentum, bn_epsilon: BatchNorm constants (torch's 0.1 momentum is 0.9 here).
     bn_axis_name, bn_axis_index_groups: share BN statistics across devices (see BatchNorm).
+    scan_blocks: run the identical blocks of each stage (all but its first) as one ``nn.scan``
+      step, so the compiled program holds one copy of them: compile time independent of depth.
+      Their variables are stacked under ``layer{i}_scan`` (``stack_blocks`` / ``unstack_blocks``
+      convert); the numbers are those of the per-block network with the same weights.
     dtype: compute dtype; parameters, BN statistics and logits stay float32.
   """
 
@@ -237,6 +266,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None
   bn_axis_index_groups: Any = None
+  scan_blocks: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -273,18 +303,30 @@ class ResNet(nn.Module):
       raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
 
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
-      for j in range(num_blocks):
-        x = self.block_cls(
-          features=width,
-          strides=2 if i > 0 and j == 0 else 1,
-          shortcut=self.shortcut,
-          residual=self.residual,
-          conv=conv,
-          norm=norm,
-          zero_init_residual=self.zero_init_residual,
-          stride_in_1x1=self.stride_in_1x1,
-          name=f'layer{i + 1}_{j}',
-        )(x, train=train)
+      block = functools.partial(
+        self.block_cls,
+        features=width,
+        shortcut=self.shortcut,
+        residual=self.residual,
+        conv=conv,
+        norm=norm,
+        zero_init_residual=self.zero_init_residual,
+        stride_in_1x1=self.stride_in_1x1,
+      )
+      x = block(strides=2 if i > 0 else 1, name=f'layer{i + 1}_0')(x, train=train)
+      if self.scan_blocks and num_blocks > 1:
+        blocks = nn.scan(
+          _scan_body(self.block_cls),
+          variable_axes={'params': 0, 'batch_stats': 0},
+          split_rngs={'params': True},
+          length=num_blocks - 1,
+        )
+        x, _ = blocks(**block.keywords, strides=1, train=train, name=f'layer{i + 1}{SCAN_SUFFIX}')(
+          x, None
+        )
+        continue
+      for j in range(1, num_blocks):
+        x = block(strides=1, name=f'layer{i + 1}_{j}')(x, train=train)
 
     x = x.astype(jnp.float32)
     if not spatial_logits:
@@ -300,6 +342,63 @@ class ResNet(nn.Module):
       name='fc',
     )
     return head(x)
+
+
+_BLOCK_KEY = re.compile(r'^layer(\d+)_(\d+)$')
+_SCAN_KEY = re.compile(rf'^layer(\d+){SCAN_SUFFIX}$')
+
+
+def _is_scanned(tree) -> bool:
+  return any(_find(key, _SCAN_KEY)[1] for key in _flat(tree))
+
+
+def _flat(tree) -> dict:
+  return traverse_util.flatten_dict(tree) if isinstance(tree, dict) else {}
+
+
+def _find(key: tuple, pattern: re.Pattern):
+  """(position, match) of the first part of a flattened key that ``pattern`` matches."""
+  for position, part in enumerate(key):
+    match = pattern.match(str(part))
+    if match:
+      return position, match
+  return None, None
+
+
+def stack_blocks(tree: dict) -> dict:
+  """Per-block layout -> ``scan_blocks`` layout: in any nested dict (variables, a saved train
+  state, momentum), ``layer{i}_{j}`` for j >= 1 become slice j - 1 of ``layer{i}_scan``."""
+  flat, groups = {}, {}
+  for key, value in _flat(tree).items():
+    at, match = _find(key, _BLOCK_KEY)
+    if match is None or int(match.group(2)) == 0:
+      flat[key] = value
+      continue
+    scanned = (*key[:at], f'layer{match.group(1)}{SCAN_SUFFIX}', *key[at + 1 :])
+    groups.setdefault(scanned, {})[int(match.group(2))] = value
+  for key, blocks in groups.items():
+    flat[key] = jnp.stack([blocks[j] for j in sorted(blocks)])
+  return traverse_util.unflatten_dict(flat)
+
+
+def unstack_blocks(tree: dict) -> dict:
+  """``scan_blocks`` layout -> per-block layout (torchvision's names); inverse of stack_blocks."""
+  flat = {}
+  for key, value in _flat(tree).items():
+    at, match = _find(key, _SCAN_KEY)
+    if match is None:
+      flat[key] = value
+      continue
+    for j in range(value.shape[0]):
+      flat[(*key[:at], f'layer{match.group(1)}_{j + 1}', *key[at + 1 :])] = value[j]
+  return traverse_util.unflatten_dict(flat)
+
+
+def relayout_like(tree: dict, like: dict) -> dict:
+  """``tree`` in the block layout (per-block or scanned) of ``like``."""
+  if _is_scanned(like) == _is_scanned(tree):
+    return tree
+  return stack_blocks(tree) if _is_scanned(like) else unstack_blocks(tree)
 
 
 _IMAGENET_DEPTHS = {

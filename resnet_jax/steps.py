@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from resnet_jax import optim
+from resnet_jax import models, optim
 from resnet_jax.parallel import AXIS
 
 
@@ -128,28 +128,42 @@ def _dynamic_loss_scale(old: TrainState, new: TrainState, grads) -> TrainState:
 
 
 def upgrade_saved_state(saved: dict, current: TrainState) -> TrainState | None:
-  """A TrainState saved by resnet_jax before the learning-rate state moved into the optimiser
-  (it had a top-level ``schedule`` dict, with or without the warm-up window counters), in the
-  current layout; None for any other layout. The schedule's update count is the saved step.
+  """A TrainState saved in another layout, converted to ``current``'s; None if not recognised.
+
+  Two differences are bridged: the block layout (a run saved with or without ``scan_blocks``
+  resumes with the other setting), and checkpoints of resnet_jax before the learning-rate state
+  moved into the optimiser (a top-level ``schedule`` dict, with or without the warm-up window
+  counters; the update count is then the saved step).
+
+  Args:
+    saved: the checkpoint as restored in its own layout (nested dicts, lists and arrays).
+    current: this run's freshly initialised state (structure, shapes and shardings).
   """
-  if 'schedule' not in saved:
+  like = lambda tree: models.relayout_like(tree, current.params)  # noqa: E731
+  momentum = saved['opt_state'][1]['trace']
+  if 'schedule' in saved:
+    old = jax.device_get({**saved['schedule'], 'count': saved['step']})  # host copies: no aliasing
+  elif len(saved['opt_state']) == len(current.opt_state):
+    old = saved['opt_state'][-1]
+  else:
     return None
-  old = jax.device_get({**saved['schedule'], 'count': saved['step']})  # host copies: no aliasing
   fresh = optim.initial_schedule_state()._asdict()
   schedule = optim.ScheduleState(
     **{k: np.asarray(old.get(k, v), v.dtype) for k, v in fresh.items()}
   )
-  opt_state = list(current.opt_state)
-  opt_state[1] = opt_state[1]._replace(trace=saved['opt_state'][1]['trace'])  # momentum
-  opt_state[-1] = jax.tree.map(
-    lambda new, like: jax.device_put(new, like.sharding), schedule, current.opt_state[-1]
+  opt_state = (
+    *current.opt_state[:-2],
+    current.opt_state[-2]._replace(trace=like(momentum)),
+    schedule,
   )
   upgraded = current.replace(
     step=saved['step'],
-    params=saved['params'],
-    batch_stats=saved['batch_stats'],
-    opt_state=tuple(opt_state),
+    params=like(saved['params']),
+    batch_stats=like(saved['batch_stats']),
+    opt_state=opt_state,
     loss_scale=saved['loss_scale'] or current.loss_scale,
   )
   shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)  # noqa: E731
-  return upgraded if shapes(upgraded) == shapes(current) else None
+  if shapes(upgraded) != shapes(current):
+    return None
+  return jax.tree.map(lambda new, c: jax.device_put(new, c.sharding), upgraded, current)

@@ -27,16 +27,16 @@ def images_nchw() -> np.ndarray:
   return np.random.RandomState(1).randn(2, 3, 64, 64).astype(np.float32)  # as torch_references
 
 
-def our_outputs(name, state_dict, x_nchw):
+def our_outputs(name, state_dict, x_nchw, scan_blocks=False):
   """Eval logits, train-mode logits and the BN statistics after that train-mode forward."""
-  variables = convert.from_torchvision(state_dict, name)
-  model = models.get_model(name, num_classes=100)
+  variables = convert.from_torchvision(state_dict, name, scan_blocks=scan_blocks)
+  model = models.get_model(name, num_classes=100, scan_blocks=scan_blocks)
   x = jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
   eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   train_logits, updates = jax.jit(
     lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
   )(variables, x)
-  stats = updates['batch_stats']
+  stats = models.unstack_blocks(updates)['batch_stats']
   return eval_logits, train_logits, {k: stats[a][b][c] for k, (a, b, c) in STATS.items()}
 
 
@@ -52,14 +52,17 @@ def assert_matches(ours, eval_ref, train_ref64, torch_train_error, stats_ref):
     np.testing.assert_allclose(value, stats_ref[key], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', MODELS)
-def test_logits_and_bn_statistics_match_committed_torchvision_references(name):
+@pytest.mark.parametrize(
+  'name, scan_blocks',
+  [*((name, False) for name in MODELS), ('resnet50', True), ('resnet152', True)],
+)
+def test_logits_and_bn_statistics_match_committed_torchvision_references(name, scan_blocks):
   refs = np.load(REFERENCES)
   keys = json.loads(str(refs[f'{name}/keys']))
   assert len(keys) == {'resnet18': 122, 'resnet34': 218, 'resnet50': 320}.get(name, len(keys))
   weights = random_torchvision_weights(keys, seed=0)
   assert_matches(
-    our_outputs(name, weights, images_nchw()),
+    our_outputs(name, weights, images_nchw(), scan_blocks),
     refs[f'{name}/eval_logits'],
     refs[f'{name}/train_logits_float64'],
     float(refs[f'{name}/torch_float32_train_error']),
