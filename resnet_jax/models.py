@@ -24,6 +24,8 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax import lax
 
+from resnet_jax import conv as conv_lowering
+
 Dtype = Any
 
 # torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / fan_out) untruncated.
@@ -120,7 +122,7 @@ def shortcut_path(x, *, features, strides, option, conv, norm, train):
   return x
 
 
-def _conv(features, kernel, strides=(1, 1), *, dtype, name=None):
+def _conv(features, kernel, strides=(1, 1), *, dtype, name=None, lowering=lax.conv_general_dilated):
   """A bias-free conv with torch's symmetric padding of k // 2 (never XLA's asymmetric SAME)."""
   pad = kernel[0] // 2
   return nn.Conv(
@@ -129,6 +131,7 @@ def _conv(features, kernel, strides=(1, 1), *, dtype, name=None):
     strides,
     padding=((pad, pad), (pad, pad)),
     use_bias=False,
+    conv_general_dilated=lowering,
     dtype=dtype,
     param_dtype=jnp.float32,
     kernel_init=conv_init,
@@ -321,9 +324,10 @@ class ResNet(nn.Module):
           split_rngs={'params': True},
           length=num_blocks - 1,
         )
-        x, _ = blocks(**block.keywords, strides=1, train=train, name=f'layer{i + 1}{SCAN_SUFFIX}')(
-          x, None
-        )
+        scanned_conv = functools.partial(conv, lowering=conv_lowering.conv_general_dilated)
+        keywords = {**block.keywords, 'conv': scanned_conv}
+        name = f'layer{i + 1}{SCAN_SUFFIX}'
+        x, _ = blocks(**keywords, strides=1, train=train, name=name)(x, None)
         continue
       for j in range(1, num_blocks):
         x = block(strides=1, name=f'layer{i + 1}_{j}')(x, train=train)

@@ -13,7 +13,7 @@ from flax import traverse_util
 from helpers import final_params, tiny
 
 from configs import default
-from resnet_jax import evaluate, models, optim, train
+from resnet_jax import conv, evaluate, models, optim, train
 
 # Scan changes how XLA fuses across blocks, so float32 results agree to rounding, not bitwise.
 TOLERANCE = dict(rtol=2e-5, atol=2e-6)
@@ -72,6 +72,34 @@ def test_gradients_and_an_sgd_step_are_those_of_the_per_block_network():
   updates, _ = tx.update(grads, tx.init(variables['params']), variables['params'])
   scan_updates, _ = tx.update(scan_grads, tx.init(stacked['params']), stacked['params'])
   _close(scan_updates, models.stack_blocks(updates))
+
+
+@pytest.mark.parametrize(
+  'kernel, strides, dtype',
+  [(3, 1, 'float32'), (1, 1, 'float32'), (3, 1, 'bfloat16'), (3, 2, 'float32')],
+)
+def test_scan_convolution_equals_lax_values_and_gradients(kernel, strides, dtype):
+  """conv.conv_general_dilated (canonical gradient convolutions) against lax's own VJP."""
+  x = jax.random.normal(jax.random.key(0), (4, 9, 9, 8), dtype)
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 8, 16), dtype)
+  pad = [(kernel // 2, kernel // 2)] * 2
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
+
+  def loss(fn, x, w):
+    y = fn(x, w, (strides, strides), pad, dimension_numbers=numbers)
+    return jnp.sum(y.astype(jnp.float32) ** 2), y
+
+  (_, y), grads = jax.value_and_grad(lambda *a: loss(conv.conv_general_dilated, *a), (0, 1), True)(
+    x, w
+  )
+  (_, y_ref), grads_ref = jax.value_and_grad(
+    lambda *a: loss(jax.lax.conv_general_dilated, *a), (0, 1), True
+  )(x, w)
+  tol = dict(rtol=2e-2, atol=2e-2) if dtype == 'bfloat16' else dict(rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.float32(y), np.float32(y_ref), **tol)
+  for ours, ref in zip(grads, grads_ref, strict=True):
+    assert ours.dtype == ref.dtype
+    np.testing.assert_allclose(np.float32(ours), np.float32(ref), **tol)
 
 
 def test_layout_conversions_round_trip():

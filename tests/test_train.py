@@ -290,8 +290,10 @@ def test_half_precision_trains_with_float32_state(tmp_path, half_dtype):
   run = experiment.Experiment(config, workdir)
   state = run.initial_state()
   run.checkpointer.close()
-  dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))}
+  momentum = state.opt_state[:-1]  # the last is the schedule's counters (optim.ScheduleState)
+  dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats, momentum))}
   assert dtypes == {np.dtype('float32')}
+  assert optim.schedule_state(state.opt_state).lr_scale.dtype == np.float32
   if half_dtype == 'float16':
     assert float(state.loss_scale['scale']) > 1 and int(state.loss_scale['good_steps']) == 16
   else:
