@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 
 import pytest
 from helpers import REPO, write_image_folder
@@ -59,6 +60,12 @@ RULES = [
   ),
   (r'^python -m resnet_jax\.main --config=configs/digits\.py', ('run', SHORT_DIGITS)),
   (r'^python -m resnet_jax\.main --config=configs/photos\.py', ('run', SHORT_PHOTOS)),
+  # Multi-scale compiles an eval step per size and aspect bucket: two sizes here, five in the
+  # README's run (tests/test_multiscale.py and test_tfds_sources.py test the protocol itself).
+  (
+    r'^python -m resnet_jax\.evaluate --config=configs/photos\.py .*multiscale',
+    ('run', [*PHOTOS_FEWER, "--config.multiscale_sizes='(32,37)'"]),
+  ),
   (r'^python -m resnet_jax\.evaluate --config=configs/photos\.py', ('run', PHOTOS_FEWER)),
   (r'^python -m resnet_jax\.report /tmp/photos', ('run', [])),
   # The committed figure is left alone: the plot goes to the test's folder (argparse: last wins).
@@ -144,9 +151,11 @@ def test_readme_commands_run_as_written(tmp_path):
       run_env['DRY_RUN'] = '1'
     if line.startswith('./launch.sh local'):
       run_env.pop('XLA_FLAGS')  # launch.sh gives each process its own devices
+    start = time.perf_counter()
     result = subprocess.run(
       ['bash', '-c', line], cwd=REPO, env=run_env, capture_output=True, text=True, timeout=600
     )
+    print(f'{time.perf_counter() - start:6.1f} s  {command}')
     assert result.returncode == 0, f'{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}'
     assert 'Traceback' not in result.stderr, line
     (dry if kind == 'dry' else ran).append((line, result))
