@@ -6,13 +6,30 @@ cloud storage (``storage``): TensorBoard event files there are written through e
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
+import sys
 import time
 
-from tensorboardX import record_writer
-
 from resnet_jax import storage
+
+
+def _import_tensorboardx():
+  """tensorboardX, imported without torch: it imports torch, when installed, only to accept torch
+  tensors (never passed here), and that alone added ~2 s to every run's start-up."""
+  hide = 'torch' not in sys.modules
+  if hide:
+    sys.modules['torch'] = None  # makes ``import torch`` raise ImportError
+  try:
+    return importlib.import_module('tensorboardX')
+  finally:
+    if hide:
+      del sys.modules['torch']
+
+
+tensorboardx = _import_tensorboardx()
+record_writer = tensorboardx.record_writer
 
 # A cloud object cannot grow: each flush re-uploads the current part of the event file, and a new
 # part starts past this size (TensorBoard reads every *tfevents* file of a directory in order).
@@ -61,11 +78,12 @@ class MetricWriter:
     self.enabled = enabled
     if not enabled:
       return
-    from tensorboardX import SummaryWriter  # no TensorBoard server needed to write events
 
     root = storage.path(workdir)
     self._jsonl = storage.AppendOnlyText(root / 'metrics.jsonl')
-    self._tb = {split: SummaryWriter(str(root / 'tensorboard' / split)) for split in SPLITS}
+    self._tb = {
+      split: tensorboardx.SummaryWriter(str(root / 'tensorboard' / split)) for split in SPLITS
+    }
 
   def write(self, record: dict):
     """``record`` has 'step' and 'split' ('train' | 'eval'); other numbers become scalars."""

@@ -23,3 +23,22 @@ import sys
 
 # tests/ holds helpers (torch_resnet) imported by name.
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+# The longest files first: the suite runs on two workers a file at a time (pytest-xdist,
+# --dist loadfile in pyproject.toml), and a long file taken last would run on alone.
+LONGEST_FIRST = (
+  'test_readme.py',
+  'test_train.py',
+  'test_multiprocess.py',
+  'test_study_report.py',
+  'test_field.py',
+  'test_bad_input.py',
+  'test_cloud_storage.py',
+  'test_scan.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
