@@ -40,7 +40,7 @@ def schedule_fn(config, steps_per_epoch: int, total_steps: int) -> Callable:
   elif config.schedule == 'cosine':
     main = optax.cosine_decay_schedule(1.0, max(total_steps - warmup, 1))
   elif config.schedule == 'plateau':
-    main = optax.constant_schedule(1.0)  # decays come from schedule_state['lr_scale']
+    main = optax.constant_schedule(1.0)  # decays come from ScheduleState.lr_scale
   else:
     raise ValueError(f"schedule must be 'step', 'plateau' or 'cosine', got {config.schedule!r}.")
   if warmup <= 0:
