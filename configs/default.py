@@ -81,6 +81,9 @@ def get_config():
   # ResNet-50. Same numbers for the same weights; variables stacked under layer{i}_scan, converted
   # to and from the per-block layout on restore and init_from.
   c.scan_blocks = False
+  # XLA's persistent compilation cache (a local or gs:// directory): a run restarted after
+  # preemption, or evaluated again, loads its compiled steps instead of compiling them. '' = off.
+  c.compilation_cache_dir = ''
   c.bn_momentum = 0.9  # Weight of the old running average (torch's momentum 0.1).
   c.bn_epsilon = 1e-5
   # Devices whose batches share BatchNorm statistics: 1 = per device (the paper's 32 images per

@@ -144,6 +144,7 @@ RULES: dict[str, Rule] = {
   'half_precision': boolean,
   'half_dtype': one_of('bfloat16', 'float16'),
   'init_from': text(),
+  'compilation_cache_dir': text(),
   'init_from_skip': text(),
   # Optimisation
   'batch_size': POSITIVE_INT,

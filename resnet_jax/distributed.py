@@ -28,6 +28,15 @@ def initialize():
     jax.distributed.initialize()
 
 
+def use_compilation_cache(directory: str):
+  """Keeps compiled steps in ``directory`` (''= off) so that a restarted run skips compiling.
+
+  Every executable taking a second or more to compile is stored (JAX's default threshold).
+  """
+  if directory:
+    jax.config.update('jax_compilation_cache_dir', directory)
+
+
 def hide_accelerators_from_tensorflow():
   """tf.data must not take GPU/TPU memory that JAX needs."""
   import tensorflow as tf

@@ -53,6 +53,7 @@ def main(argv):
   distributed.initialize()
   distributed.hide_accelerators_from_tensorflow()
   config = FLAGS.config
+  distributed.use_compilation_cache(config.compilation_cache_dir)
   result = evaluate_workdir(config, FLAGS.workdir, FLAGS.checkpoint_step)
   line = json.dumps({'eval_mode': config.eval_mode, **result})
   print(line)

@@ -40,6 +40,7 @@ def main(argv):
   )
   from resnet_jax import train
 
+  distributed.use_compilation_cache(FLAGS.config.compilation_cache_dir)
   distributed.hide_accelerators_from_tensorflow()
   LOG.info(
     'process %d/%d, %d local / %d global devices (%s)',

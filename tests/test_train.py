@@ -201,15 +201,18 @@ def test_init_from_another_run_with_a_new_head(tmp_path):
 
 @pytest.mark.slow
 def test_restore_on_fewer_devices(tmp_path):
-  workdir = str(tmp_path / 'run')
-  first = run_main(workdir, *tiny_flags(tmp_path, num_train_steps=4, checkpoint_every=4))
+  """Also: --config.compilation_cache_dir keeps the compiled steps where the user says."""
+  workdir, cache = str(tmp_path / 'run'), tmp_path / 'xla_cache'
+  flags = [f'--config.compilation_cache_dir={cache}', '--config.checkpoint_every=4']
+  first = run_main(workdir, *tiny_flags(tmp_path, num_train_steps=4), *flags)
   assert first.returncode == 0, first.stdout + first.stderr
-  second = run_main(
-    workdir, *tiny_flags(tmp_path, num_train_steps=8, checkpoint_every=4), devices=4
-  )
+  cached = len(os.listdir(cache))
+  assert cached >= 2  # at least the train and eval steps
+  second = run_main(workdir, *tiny_flags(tmp_path, num_train_steps=8), *flags, devices=4)
   assert second.returncode == 0, second.stdout + second.stderr
   assert 'Resuming from step 4' in second.stdout
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+  assert len(os.listdir(cache)) > cached  # 4 devices: other programs, compiled and kept too
 
 
 @pytest.mark.slow
