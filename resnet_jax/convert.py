@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 from flax import traverse_util
 
-from resnet_jax import models
+from resnet_jax import block_layout, models
 from resnet_jax.errors import UserError
 
 FLAGS = flags.FLAGS  # absl's registry; the flags themselves: define_flags()
@@ -127,7 +127,7 @@ def from_torchvision(
   if problems:
     raise ValueError(f'Cannot convert state_dict to {name}; ' + '; '.join(problems))
   variables = traverse_util.unflatten_dict(converted)
-  return models.stack_blocks(variables) if scan_blocks else variables
+  return block_layout.stack_blocks(variables) if scan_blocks else variables
 
 
 def main(argv):

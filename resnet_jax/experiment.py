@@ -17,6 +17,7 @@ import numpy as np
 from flax import traverse_util
 
 from resnet_jax import (
+  block_layout,
   checkpoint,
   input_pipeline,
   mean_image,
@@ -146,7 +147,7 @@ class Experiment:
       abstract,
       self.data_parallel.replicated,
       self.config.init_from_skip,
-      relayout=models.relayout_like,
+      relayout=block_layout.relayout_like,
     )
     merged = jax.tree.map(
       lambda new, old: old if new is None else new, loaded, abstract, is_leaf=lambda x: x is None

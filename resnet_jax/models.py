@@ -21,10 +21,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 from jax import lax
 
 from resnet_jax import conv as conv_lowering
+from resnet_jax.block_layout import SCAN_SUFFIX
 
 Dtype = Any
 
@@ -216,9 +216,6 @@ class Bottleneck(_Block):
     return self.join(y, x, train=train)
 
 
-SCAN_SUFFIX = '_scan'  # stage i's blocks 1..n-1 stacked: layer{i}_scan/... with a leading axis
-
-
 @functools.cache
 def _scan_body(block_cls):
   """``block_cls`` with the signature ``nn.scan`` wants: (carry, slice) -> (carry, output)."""
@@ -251,8 +248,8 @@ class ResNet(nn.Module):
     bn_axis_name, bn_axis_index_groups: share BN statistics across devices (see BatchNorm).
     scan_blocks: run the identical blocks of each stage (all but its first) as one ``nn.scan``
       step, so the compiled program holds one copy of them: compile time independent of depth.
-      Their variables are stacked under ``layer{i}_scan`` (``stack_blocks`` / ``unstack_blocks``
-      convert); the numbers are those of the per-block network with the same weights.
+      Their variables are stacked under ``layer{i}_scan`` (``block_layout`` converts); the
+      numbers are those of the per-block network with the same weights.
     dtype: compute dtype; parameters, BN statistics and logits stay float32.
   """
 
@@ -346,63 +343,6 @@ class ResNet(nn.Module):
       name='fc',
     )
     return head(x)
-
-
-_BLOCK_KEY = re.compile(r'^layer(\d+)_(\d+)$')
-_SCAN_KEY = re.compile(rf'^layer(\d+){SCAN_SUFFIX}$')
-
-
-def _is_scanned(tree) -> bool:
-  return any(_find(key, _SCAN_KEY)[1] for key in _flat(tree))
-
-
-def _flat(tree) -> dict:
-  return traverse_util.flatten_dict(tree) if isinstance(tree, dict) else {}
-
-
-def _find(key: tuple, pattern: re.Pattern):
-  """(position, match) of the first part of a flattened key that ``pattern`` matches."""
-  for position, part in enumerate(key):
-    match = pattern.match(str(part))
-    if match:
-      return position, match
-  return None, None
-
-
-def stack_blocks(tree: dict) -> dict:
-  """Per-block layout -> ``scan_blocks`` layout: in any nested dict (variables, a saved train
-  state, momentum), ``layer{i}_{j}`` for j >= 1 become slice j - 1 of ``layer{i}_scan``."""
-  flat, groups = {}, {}
-  for key, value in _flat(tree).items():
-    at, match = _find(key, _BLOCK_KEY)
-    if match is None or int(match.group(2)) == 0:
-      flat[key] = value
-      continue
-    scanned = (*key[:at], f'layer{match.group(1)}{SCAN_SUFFIX}', *key[at + 1 :])
-    groups.setdefault(scanned, {})[int(match.group(2))] = value
-  for key, blocks in groups.items():
-    flat[key] = jnp.stack([blocks[j] for j in sorted(blocks)])
-  return traverse_util.unflatten_dict(flat)
-
-
-def unstack_blocks(tree: dict) -> dict:
-  """``scan_blocks`` layout -> per-block layout (torchvision's names); inverse of stack_blocks."""
-  flat = {}
-  for key, value in _flat(tree).items():
-    at, match = _find(key, _SCAN_KEY)
-    if match is None:
-      flat[key] = value
-      continue
-    for j in range(value.shape[0]):
-      flat[(*key[:at], f'layer{match.group(1)}_{j + 1}', *key[at + 1 :])] = value[j]
-  return traverse_util.unflatten_dict(flat)
-
-
-def relayout_like(tree: dict, like: dict) -> dict:
-  """``tree`` in the block layout (per-block or scanned) of ``like``."""
-  if _is_scanned(like) == _is_scanned(tree):
-    return tree
-  return stack_blocks(tree) if _is_scanned(like) else unstack_blocks(tree)
 
 
 _IMAGENET_DEPTHS = {

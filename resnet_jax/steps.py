@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from resnet_jax import models, optim
+from resnet_jax import block_layout, optim
 from resnet_jax.parallel import AXIS
 
 
@@ -139,7 +139,7 @@ def upgrade_saved_state(saved: dict, current: TrainState) -> TrainState | None:
     saved: the checkpoint as restored in its own layout (nested dicts, lists and arrays).
     current: this run's freshly initialised state (structure, shapes and shardings).
   """
-  like = lambda tree: models.relayout_like(tree, current.params)  # noqa: E731
+  like = lambda tree: block_layout.relayout_like(tree, current.params)  # noqa: E731
   momentum = saved['opt_state'][1]['trace']
   if 'schedule' in saved:
     old = jax.device_get({**saved['schedule'], 'count': saved['step']})  # host copies: no aliasing

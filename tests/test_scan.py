@@ -13,7 +13,7 @@ from flax import traverse_util
 from helpers import final_params, tiny
 
 from configs import default
-from resnet_jax import conv, evaluate, models, optim, train
+from resnet_jax import block_layout, conv, evaluate, models, optim, train
 
 # Scan changes how XLA fuses across blocks, so float32 results agree to rounding, not bitwise.
 TOLERANCE = dict(rtol=2e-5, atol=2e-6)
@@ -41,7 +41,7 @@ def _close(a, b):
 @pytest.mark.parametrize('name', ['cifar_resnet20', 'resnet50', 'plain18'])
 def test_scanned_network_equals_the_per_block_one(name):
   per_block, scanned, variables, images = _pair(name)
-  stacked = models.stack_blocks(variables)
+  stacked = block_layout.stack_blocks(variables)
   assert 'layer1_scan' in stacked['params'] and 'layer1_1' not in stacked['params']
   expected = per_block.apply(variables, images, train=False)
   np.testing.assert_allclose(scanned.apply(stacked, images, train=False), expected, **TOLERANCE)
@@ -49,7 +49,7 @@ def test_scanned_network_equals_the_per_block_one(name):
   logits, updates = per_block.apply(variables, images, train=True, mutable=['batch_stats'])
   scan_logits, scan_updates = scanned.apply(stacked, images, train=True, mutable=['batch_stats'])
   np.testing.assert_allclose(scan_logits, logits, **TOLERANCE)
-  _close(scan_updates, models.stack_blocks(updates))
+  _close(scan_updates, block_layout.stack_blocks(updates))
 
 
 def test_gradients_and_an_sgd_step_are_those_of_the_per_block_network():
@@ -63,15 +63,15 @@ def test_gradients_and_an_sgd_step_are_those_of_the_per_block_network():
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
   grads = jax.grad(loss, 1)(per_block, variables['params'], variables['batch_stats'])
-  stacked = models.stack_blocks(variables)
+  stacked = block_layout.stack_blocks(variables)
   scan_grads = jax.grad(loss, 1)(scanned, stacked['params'], stacked['batch_stats'])
-  _close(scan_grads, models.stack_blocks(grads))
+  _close(scan_grads, block_layout.stack_blocks(grads))
 
   config = default.get_config()
   tx = optim.create_optimizer(config, lambda step: 1.0)
   updates, _ = tx.update(grads, tx.init(variables['params']), variables['params'])
   scan_updates, _ = tx.update(scan_grads, tx.init(stacked['params']), stacked['params'])
-  _close(scan_updates, models.stack_blocks(updates))
+  _close(scan_updates, block_layout.stack_blocks(updates))
 
 
 @pytest.mark.parametrize(
@@ -104,14 +104,16 @@ def test_scan_convolution_equals_lax_values_and_gradients(kernel, strides, dtype
 
 def test_layout_conversions_round_trip():
   _, _, variables, _ = _pair('resnet18')
-  stacked = models.stack_blocks(variables)
-  back = models.unstack_blocks(stacked)
+  stacked = block_layout.stack_blocks(variables)
+  back = block_layout.unstack_blocks(stacked)
   assert jax.tree.structure(back) == jax.tree.structure(variables)
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, back, variables)))
   assert stacked['params']['layer4_scan']['conv2']['kernel'].shape == (1, 3, 3, 512, 512)
-  assert models.relayout_like(variables, stacked)['params'].keys() == stacked['params'].keys()
-  assert models.relayout_like(stacked, variables)['params'].keys() == variables['params'].keys()
-  assert models.relayout_like(variables, variables) is variables
+  assert block_layout.relayout_like(variables, stacked)['params'].keys() == stacked['params'].keys()
+  assert (
+    block_layout.relayout_like(stacked, variables)['params'].keys() == variables['params'].keys()
+  )
+  assert block_layout.relayout_like(variables, variables) is variables
 
 
 def test_parameter_counts_are_those_of_the_per_block_networks():
@@ -143,7 +145,7 @@ def test_a_run_resumes_across_layouts(tmp_path):
   expected, _ = final_params(str(tmp_path / 'straight'), straight)
   got, step = final_params(switched, scanned)
   assert step == 12 and any(name.startswith('layer1_scan/') for name in got)
-  got = traverse_util.flatten_dict(models.unstack_blocks(_nested(got)), sep='/')
+  got = traverse_util.flatten_dict(block_layout.unstack_blocks(_nested(got)), sep='/')
   assert got.keys() == expected.keys()
   for name, value in expected.items():
     np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)

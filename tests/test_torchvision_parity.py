@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import random_torchvision_weights
 
-from resnet_jax import convert, models
+from resnet_jax import block_layout, convert, models
 
 REFERENCES = os.path.join(os.path.dirname(__file__), 'data', 'torchvision_references.npz')
 MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -36,7 +36,7 @@ def our_outputs(name, state_dict, x_nchw, scan_blocks=False):
   train_logits, updates = jax.jit(
     lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
   )(variables, x)
-  stats = models.unstack_blocks(updates)['batch_stats']
+  stats = block_layout.unstack_blocks(updates)['batch_stats']
   return eval_logits, train_logits, {k: stats[a][b][c] for k, (a, b, c) in STATS.items()}
 
 
