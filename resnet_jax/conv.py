@@ -6,7 +6,10 @@ transpose rules emit (kernel gradient ``f01b_i01o->01bf``, input gradient with a
 kernel) into that order; inside a while loop body (``nn.scan``) they stay as they are and fall to
 a generic loop nest, which made a scanned CIFAR ResNet-56's backward pass 18x slower. This
 module's VJP writes both gradient convolutions in the canonical order itself, with explicit
-transposes, so every backend gets the same three convolutions in the order all of them handle.
+transposes. ``conv_general_dilated`` takes it only when XLA lowers for the CPU
+(``lax.platform_dependent``); GPUs and TPUs keep lax's convolution (on an H100 the two ran a
+scanned stack of convolutions equally fast). ``tests/backend_check.py`` checks both against lax
+on whatever backend it runs on.
 
 Only stride-1, undilated, ungrouped convolutions with symmetric ``k // 2`` padding and an odd
 kernel (every convolution of a scanned block) take this path; anything else is
@@ -93,4 +96,11 @@ def conv_general_dilated(
       precision=precision,
       **kwargs,
     )
-  return same_conv(lhs, rhs, k // 2, precision)
+  # Chosen when XLA lowers for a platform: the CPU gets same_conv; GPUs and TPUs, whose
+  # compilers lay out gradient convolutions themselves in loops too, keep lax's convolution.
+  return lax.platform_dependent(
+    lhs,
+    rhs,
+    cpu=lambda x, w: same_conv(x, w, k // 2, precision),
+    default=lambda x, w: _conv(x, w, k // 2, precision),
+  )

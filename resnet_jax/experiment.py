@@ -12,8 +12,6 @@ import functools
 import logging
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
 from resnet_jax import (
@@ -21,7 +19,7 @@ from resnet_jax import (
   checkpoint,
   input_pipeline,
   mean_image,
-  models,
+  network,
   optim,
   parallel,
   scoring,
@@ -33,42 +31,6 @@ from resnet_jax import (
 LOG = logging.getLogger(__name__)
 
 
-def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
-  overrides = dict(
-    zero_init_residual=config.zero_init_residual,
-    stride_in_1x1=config.stride_in_1x1,
-    scan_blocks=config.scan_blocks,
-    bn_momentum=config.bn_momentum,
-    bn_epsilon=config.bn_epsilon,
-  )
-  if config.shortcut:
-    overrides['shortcut'] = config.shortcut
-  if train_bn_axis and config.bn_group_size != 1:
-    overrides['bn_axis_name'] = parallel.AXIS
-    if config.bn_group_size > 1:
-      n = jax.device_count()
-      if n % config.bn_group_size:
-        raise ValueError(f'bn_group_size={config.bn_group_size} does not divide {n} devices.')
-      groups = np.arange(n).reshape(-1, config.bn_group_size).tolist()
-      overrides['bn_axis_index_groups'] = groups
-  dtype = jnp.float32
-  if config.half_precision:
-    dtype = {'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[config.half_dtype]
-  return models.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
-
-
-def fresh_state(config, model, tx, data_parallel) -> steps.TrainState:
-  """A newly initialised TrainState (seeded by config.seed), replicated over the mesh."""
-  init = functools.partial(
-    steps.create_train_state,
-    model,
-    tx,
-    (config.image_size, config.image_size, 3),
-    fp16_loss_scale=config.half_precision and config.half_dtype == 'float16',
-  )
-  return jax.jit(init, out_shardings=data_parallel.replicated)(jax.random.key(config.seed))
-
-
 class Experiment:
   """Everything derived from a config: data sources, model, optimiser, mesh, checkpoints."""
 
@@ -76,9 +38,9 @@ class Experiment:
     self.config, self.workdir = config, workdir
     self.mesh = parallel.make_mesh()
     self.data_parallel = parallel.DataParallel(self.mesh, config.parallelism)
-    input_pipeline.check_batch(config.batch_size, jax.device_count(), jax.process_count())
+    parallel.check_batch(config.batch_size, jax.device_count(), jax.process_count())
     if config.eval_batch_size:
-      input_pipeline.check_batch(config.eval_batch_size, jax.device_count(), jax.process_count())
+      parallel.check_batch(config.eval_batch_size, jax.device_count(), jax.process_count())
     self.train_source = sources.get_source(config, config.train_split)
     self.eval_source = sources.get_source(config, config.eval_split)
     self.num_classes = config.num_classes or self.train_source.num_classes
@@ -87,8 +49,8 @@ class Experiment:
     self.steps_per_epoch = input_pipeline.train_steps_per_epoch(self.train_source, self.layout)
     self.total_steps = optim.total_steps(config, self.steps_per_epoch)
     self.base_schedule = optim.schedule_fn(config, self.steps_per_epoch, self.total_steps)
-    self.model = build_model(config, self.num_classes)
-    eval_model = build_model(config, self.num_classes, train_bn_axis=False)
+    self.model = network.build_model(config, self.num_classes)
+    eval_model = network.build_model(config, self.num_classes, train_bn_axis=False)
     self.tx = optim.create_optimizer(config, self.base_schedule)
     self.train_fn = self.data_parallel.wrap(
       functools.partial(
@@ -115,7 +77,7 @@ class Experiment:
   def initial_state(self, step: int | None = None) -> steps.TrainState:
     """The latest checkpoint of the workdir (or ``step``), else init_from weights, else a fresh
     seeded state; in the form the wrapped steps take."""
-    state = fresh_state(self.config, self.model, self.tx, self.data_parallel)
+    state = network.fresh_state(self.config, self.model, self.tx, self.data_parallel)
     restored = self.checkpointer.restore(state, self.meta, step, steps.upgrade_saved_state)
     if restored is not None:
       LOG.info('Resuming from step %d of %s', int(restored[0].step), self.workdir)

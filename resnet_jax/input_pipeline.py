@@ -43,15 +43,6 @@ class Layout:
     return cls(global_batch, jax.process_index(), jax.process_count())
 
 
-def check_batch(global_batch: int, num_devices: int, process_count: int):
-  """Raises a clear error when the global batch cannot be split evenly."""
-  if global_batch % num_devices or global_batch % process_count:
-    raise ValueError(
-      f'batch_size={global_batch} is not divisible by the {num_devices} devices '
-      f'({process_count} processes); choose a multiple of {num_devices}.'
-    )
-
-
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 

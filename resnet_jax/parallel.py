@@ -89,3 +89,12 @@ class DataParallel:
         yield ready
     if pending is not None:
       yield pending
+
+
+def check_batch(global_batch: int, num_devices: int, process_count: int):
+  """Raises a clear error when the global batch cannot be split evenly."""
+  if global_batch % num_devices or global_batch % process_count:
+    raise ValueError(
+      f'batch_size={global_batch} is not divisible by the {num_devices} devices '
+      f'({process_count} processes); choose a multiple of {num_devices}.'
+    )

@@ -21,10 +21,21 @@ TINY_FAKE = [
 ]
 
 
-def benchmark(*args) -> tuple[dict, str]:
+# The benchmark as a command with TensorFlow made unimportable, as on an accelerator image that has
+# only JAX and flax.
+WITHOUT_TENSORFLOW = (
+  'import runpy, sys; '
+  'sys.modules.update(tensorflow=None, tensorflow_datasets=None); '
+  "sys.argv[0] = 'benchmark'; "
+  "runpy.run_module('resnet_jax.benchmark', run_name='__main__')"
+)
+
+
+def benchmark(*args, tensorflow: bool = True) -> tuple[dict, str]:
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  runner = ['-m', 'resnet_jax.benchmark'] if tensorflow else ['-c', WITHOUT_TENSORFLOW]
   out = subprocess.run(
-    [sys.executable, '-m', 'resnet_jax.benchmark', *args],
+    [sys.executable, *runner, *args],
     cwd=REPO,
     env=env,
     capture_output=True,
@@ -55,9 +66,13 @@ def test_end_to_end_reports_the_loop_beside_the_device_step():
 
 
 def test_device_step_and_input_modes_print_their_fields():
-  train, _ = benchmark(*TINY_FAKE, '--mode=train', '--steps=2')
+  train, _ = benchmark(*TINY_FAKE, '--mode=train', '--steps=2', tensorflow=False)
   assert train['mode'] == 'train' and train['global_batch'] == 16
   assert train['images_per_sec'] == pytest.approx(16 / train['step_time_s'])
+  assert train['achieved_flops_per_sec'] == pytest.approx(
+    train['train_flops_per_image'] * train['images_per_sec']
+  )
+  assert 0 < train['mfu'] < 1
   for mode in ('input', 'input_baseline'):
     result, _ = benchmark(*TINY_FAKE, f'--mode={mode}', '--steps=2', '--cores=1')
     assert result['mode'] == mode and result['images_per_sec'] > 0

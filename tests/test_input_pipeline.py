@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from helpers import digits_config, folder_config, mean_of, sample_photos, write_image_folder
 
-from resnet_jax import augment, input_pipeline, mean_image, sources
+from resnet_jax import augment, input_pipeline, mean_image, parallel, sources
 from resnet_jax.input_pipeline import Layout
 
 
@@ -181,4 +181,4 @@ def test_missing_datasets_say_what_to_do(tmp_path):
 
 def test_batch_not_divisible_is_a_clear_error():
   with pytest.raises(ValueError, match='not divisible by the 8 devices'):
-    input_pipeline.check_batch(100, 8, 1)
+    parallel.check_batch(100, 8, 1)

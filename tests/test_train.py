@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import REPO, final_params, run_main, tiny, tiny_flags
 
-from resnet_jax import checkpoint, experiment, metrics, optim, train
+from resnet_jax import checkpoint, experiment, metrics, network, optim, train
 
 
 @pytest.mark.slow
@@ -117,7 +117,7 @@ def test_a_checkpoint_of_the_older_layout_is_converted_on_restore(tmp_path):
   beside an opt_state of (weight decay, momentum); such a checkpoint resumes with its values."""
   config = tiny(tmp_path, schedule='plateau')
   run = experiment.Experiment(config, str(tmp_path / 'old'))
-  fresh = jax.device_get(experiment.fresh_state(config, run.model, run.tx, run.data_parallel))
+  fresh = jax.device_get(network.fresh_state(config, run.model, run.tx, run.data_parallel))
   rng = np.random.default_rng(0)
   distinct = lambda tree: jax.tree.map(lambda x: rng.standard_normal(x.shape, x.dtype), tree)  # noqa: E731
   params, trace = distinct(fresh.params), distinct(fresh.params)

@@ -1,0 +1,158 @@
+"""The alternative lowerings against lax on the backend this runs on (GPU, TPU or CPU).
+
+The test suite runs on CPU only. On an accelerator, run this script (it needs JAX, flax and the
+repository, not TensorFlow or pytest) to check there what the suite checks on CPU:
+
+  python tests/backend_check.py
+
+1. ``conv.same_conv`` (the scanned blocks' convolution with hand-written gradients) and
+   ``conv.conv_general_dilated`` (what the blocks call: ``same_conv`` on CPU, lax elsewhere)
+   against ``lax.conv_general_dilated``: outputs, input and kernel gradients, float32 and bfloat16.
+2. The scanned ResNet-50 (``scan_blocks=True``) against the per-block one with the same weights:
+   eval logits, train logits and parameter gradients.
+3. The time of a stack of 3x3 convolutions, forward and backward inside ``lax.scan``, through
+   ``same_conv`` and through lax: whether the CPU's lowering would help or hurt here.
+
+Errors are ||a - b|| / ||b||, computed at HIGHEST matmul precision (no TF32 on GPUs). Prints one
+line per check and exits 1 if any exceeds its tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from resnet_jax import block_layout, conv, models
+
+TOLERANCE = {'float32': 1e-5, 'bfloat16': 2e-2}
+NETWORK_TOLERANCE = 1e-4  # float32 through 50 layers; XLA fuses the two layouts differently
+
+
+def relative_error(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _lax_conv(x, w):
+  pad = w.shape[0] // 2
+  return lax.conv_general_dilated(x, w, (1, 1), [(pad, pad)] * 2, dimension_numbers=conv.NHWC)
+
+
+def _through_platform_path(x, w):
+  pad = w.shape[0] // 2
+  return conv.conv_general_dilated(
+    x,
+    w,
+    (1, 1),
+    [(pad, pad)] * 2,
+    dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC),
+  )
+
+
+def check_convolutions() -> list[tuple[str, float, float]]:
+  rows = []
+  candidates = {
+    'same_conv': lambda x, w: conv.same_conv(x, w, w.shape[0] // 2),
+    'conv_general_dilated': _through_platform_path,
+  }
+  for kernel, dtype in [(3, 'float32'), (1, 'float32'), (3, 'bfloat16')]:
+    kx, kw, kd = jax.random.split(jax.random.key(kernel), 3)
+    x = jax.random.normal(kx, (8, 28, 28, 64), dtype)
+    w = jax.random.normal(kw, (kernel, kernel, 64, 96), dtype) / (kernel * 8)
+    dy = jax.random.normal(kd, (8, 28, 28, 96), dtype)
+    expected, vjp = jax.vjp(_lax_conv, x, w)
+    expected_grads = vjp(dy)
+    for name, fn in candidates.items():
+      out, fn_vjp = jax.vjp(fn, x, w)
+      grads = fn_vjp(dy)
+      for what, a, b in [
+        ('out', out, expected),
+        ('dx', grads[0], expected_grads[0]),
+        ('dw', grads[1], expected_grads[1]),
+      ]:
+        rows.append(
+          (f'{name} {kernel}x{kernel} {dtype} {what}', relative_error(a, b), TOLERANCE[dtype])
+        )
+  return rows
+
+
+def check_scanned_resnet50() -> list[tuple[str, float, float]]:
+  per_block = models.get_model('resnet50', num_classes=10)
+  scanned = models.get_model('resnet50', num_classes=10, scan_blocks=True)
+  images = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+  variables = per_block.init(jax.random.key(0), images, train=False)
+  stacked = block_layout.stack_blocks(variables)
+  labels = jnp.arange(4)
+
+  def loss(model, params, stats):
+    logits, _ = model.apply(
+      {'params': params, 'batch_stats': stats}, images, train=True, mutable=['batch_stats']
+    )
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels]), logits
+
+  eval_a = scanned.apply(stacked, images, train=False)
+  eval_b = per_block.apply(variables, images, train=False)
+  grad_fn = jax.grad(loss, 1, has_aux=True)
+  grads_a, train_a = grad_fn(scanned, stacked['params'], stacked['batch_stats'])
+  grads_b, train_b = grad_fn(per_block, variables['params'], variables['batch_stats'])
+  grads_b = block_layout.stack_blocks(grads_b)
+  flat_a, flat_b = jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)
+  worst = max(relative_error(a, b) for a, b in zip(flat_a, flat_b, strict=True))
+  return [
+    ('scanned resnet50 eval logits', relative_error(eval_a, eval_b), NETWORK_TOLERANCE),
+    ('scanned resnet50 train logits', relative_error(train_a, train_b), NETWORK_TOLERANCE),
+    ('scanned resnet50 worst parameter gradient', worst, NETWORK_TOLERANCE),
+  ]
+
+
+def time_scanned_convolutions(depth: int = 8, repeats: int = 5) -> dict[str, float]:
+  """Seconds per forward + backward of ``depth`` 3x3 convolutions (64 channels, 56 px) inside
+  ``lax.scan``, as in a scanned stage: batch 32 in bfloat16 on accelerators, batch 4 in float32
+  on CPU (whose bfloat16 convolutions are emulated)."""
+  on_cpu = jax.default_backend() == 'cpu'
+  dtype = jnp.float32 if on_cpu else jnp.bfloat16
+  x = jax.random.normal(jax.random.key(0), (4 if on_cpu else 32, 56, 56, 64), dtype)
+  ws = jax.random.normal(jax.random.key(1), (depth, 3, 3, 64, 64), dtype) / 24
+  times = {}
+  for name, fn in [('lax', _lax_conv), ('same_conv', lambda x, w: conv.same_conv(x, w, 1))]:
+
+    def loss(ws, x, fn=fn):
+      out, _ = lax.scan(lambda h, w: (jax.nn.relu(fn(h, w)), None), x, ws)
+      return jnp.sum(out.astype(jnp.float32))
+
+    step = jax.jit(jax.grad(loss))
+    jax.block_until_ready(step(ws, x))
+    start = time.perf_counter()
+    for _ in range(repeats):
+      out = step(ws, x)
+    jax.block_until_ready(out)
+    times[name] = (time.perf_counter() - start) / repeats
+  return times
+
+
+def main() -> int:
+  print(f'backend {jax.default_backend()}: {jax.devices()[0].device_kind}, jax {jax.__version__}')
+  with jax.default_matmul_precision('highest'):
+    rows = check_convolutions() + check_scanned_resnet50()
+  failed = 0
+  for name, error, tolerance in rows:
+    ok = error <= tolerance
+    failed += not ok
+    print(f'{"ok  " if ok else "FAIL"} {name:<48} {error:.2e} (tolerance {tolerance:.0e})')
+  times = time_scanned_convolutions()
+  print(
+    'scanned 3x3 convolutions, forward + backward: '
+    + ', '.join(f'{name} {seconds * 1e3:.2f} ms' for name, seconds in times.items())
+  )
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
