@@ -1,5 +1,5 @@
-"""Test set-up: 8 simulated CPU devices, TensorFlow kept off accelerators, quiet logs, and one
-XLA compilation cache for the session.
+"""Test set-up: 8 simulated CPU devices, TensorFlow kept off accelerators, quiet logs, one XLA
+compilation cache for the session, and TensorFlow imported without Keras.
 
 Most slow tests start fresh processes that compile the same tiny train and eval steps; JAX's
 persistent cache (inherited by every child through the environment) compiles each program once
@@ -18,6 +18,10 @@ os.environ.setdefault(
   'JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='resnet_jax_tests_xla_cache_')
 )
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+# `import tensorflow` loads Keras 3 (and scikit-learn through Keras's wrappers) only to alias its
+# modules, ~2 s of CPU in each of the ~100 processes the tests start; the project never uses Keras.
+# Pointing TF at the legacy tf_keras package, which is not installed, makes TF skip that alias.
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import sys
 
