@@ -16,6 +16,7 @@ from resnet_jax import models, parallel, steps
 
 
 def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
+  """The config's network; ``train_bn_axis=False`` for evaluation (no cross-device BN axis)."""
   overrides = dict(
     zero_init_residual=config.zero_init_residual,
     stride_in_1x1=config.stride_in_1x1,
