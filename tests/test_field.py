@@ -30,6 +30,7 @@ def test_sigterm_checkpoints_within_two_steps_whatever_log_every(tmp_path):
       log_every=100000,  # before the bound, the loop ran up to this many steps ahead
       keep_checkpoints=100,
     ),
+    devices=2,  # the bound is per step, whatever the device count; two keep the step cheap
     wait=False,
   )
   first = os.path.join(workdir, 'checkpoints', '20')
@@ -71,7 +72,7 @@ def test_a_second_run_on_a_locked_workdir_is_refused_then_an_abandoned_lock_is_t
   workdir.mkdir()
   lock = workdir / workdir_lock.LOCK_NAME
   lock.write_text(json.dumps(dict(host=socket.gethostname(), pid=dead.pid, heartbeat=time.time())))
-  taken = run_main(str(workdir), *flags)
+  taken = run_main(str(workdir), *flags, devices=2)
   assert taken.returncode == 0, taken.stderr[-3000:]
   assert 'Taking over the abandoned lock' in taken.stdout
   assert not lock.exists()

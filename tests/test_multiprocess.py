@@ -1,4 +1,5 @@
-"""Real multi-process runs: 2 processes x 4 CPU devices through launch.sh local."""
+"""Real multi-process runs: 2 processes x 2 CPU devices through launch.sh local, beside one
+process with the same 4 devices."""
 
 import os
 import re
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def launch_local(tmp_path, workdir, flags, port, wait=True):
   env = dict(
-    os.environ, DEVICES_PER_PROCESS='4', PORT=str(port), JAX_HEARTBEAT_TIMEOUT_SECONDS='10'
+    os.environ, DEVICES_PER_PROCESS='2', PORT=str(port), JAX_HEARTBEAT_TIMEOUT_SECONDS='10'
   )
   env.pop('XLA_FLAGS', None)
   env['PYTHONPATH'] = REPO
@@ -55,7 +56,7 @@ def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
   multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')
   result = launch_local(tmp_path, multi, tiny_flags(tmp_path, **steps), port=12421)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  result = run_main(single, *tiny_flags(tmp_path, **steps))
+  result = run_main(single, *tiny_flags(tmp_path, **steps), devices=4)
   assert result.returncode == 0, result.stderr[-3000:]
   evals = [r for r in metrics.read(multi) if r['split'] == 'eval']
   assert [e['num_examples'] for e in evals] == [360, 360]

@@ -72,7 +72,7 @@ def test_report_rows_are_the_runs_final_numbers(study):
     assert row['top-1 err'] == f'{100 * final["top1_err"]:.2f}'
     assert row['steps'] == '4' and row['protocol'] == 'center'
     assert row['paper top-1'] == '-'  # digits is not a dataset of the paper
-    assert row['hardware'] == '8 x cpu'
+    assert row['hardware'] == '1 x cpu'  # the study ran on one device
 
 
 def test_paper_numbers_are_found_for_the_papers_experiments():
