@@ -10,7 +10,9 @@ repository, not TensorFlow or pytest) to check there what the suite checks on CP
    against ``lax.conv_general_dilated``: outputs, input and kernel gradients, float32 and bfloat16.
 2. The scanned ResNet-50 (``scan_blocks=True``) against the per-block one with the same weights:
    eval logits, train logits and parameter gradients.
-3. The time of a stack of 3x3 convolutions, forward and backward inside ``lax.scan``, through
+3. Training BatchNorm's written-out backward pass (``models._train_batch_norm``) against JAX's
+   autodiff of its forward expressions, float32 and bfloat16.
+4. The time of a stack of 3x3 convolutions, forward and backward inside ``lax.scan``, through
    ``same_conv`` and through lax: whether the CPU's lowering would help or hurt here.
 
 Errors are ||a - b|| / ||b||, computed at HIGHEST matmul precision (no TF32 on GPUs). Prints one
@@ -112,6 +114,33 @@ def check_scanned_resnet50() -> list[tuple[str, float, float]]:
   ]
 
 
+def _plain_batch_norm(x, scale, bias):
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, (0, 1, 2))
+  var = jnp.mean(jnp.square(x32 - mean), (0, 1, 2))
+  return ((x32 - mean) * (lax.rsqrt(var + 1e-5) * scale) + bias).astype(x.dtype)
+
+
+def check_batch_norm() -> list[tuple[str, float, float]]:
+  rows = []
+  for dtype in ('float32', 'bfloat16'):
+    x = (jax.random.normal(jax.random.key(0), (32, 14, 14, 64)) * 3 + 2).astype(dtype)
+    dy = jax.random.normal(jax.random.key(1), x.shape).astype(dtype)
+    scale, bias = jnp.linspace(0.5, 1.5, 64), jnp.linspace(-1.0, 1.0, 64)
+    ours = jax.vjp(
+      lambda x, s, b: models._train_batch_norm(x, s, b, 1e-5, x.dtype, None)[0],
+      x,
+      scale,
+      bias,
+    )
+    plain = jax.vjp(_plain_batch_norm, x, scale, bias)
+    pairs = [('out', ours[0], plain[0])]
+    pairs += list(zip(('dx', 'dscale', 'dbias'), ours[1](dy), plain[1](dy), strict=True))
+    for what, a, b in pairs:
+      rows.append((f'batch norm {dtype} {what}', relative_error(a, b), TOLERANCE[dtype]))
+  return rows
+
+
 def time_scanned_convolutions(depth: int = 8, repeats: int = 5) -> dict[str, float]:
   """Seconds per forward + backward of ``depth`` 3x3 convolutions (64 channels, 56 px) inside
   ``lax.scan``, as in a scanned stage: batch 32 in bfloat16 on accelerators, batch 4 in float32
@@ -140,7 +169,7 @@ def time_scanned_convolutions(depth: int = 8, repeats: int = 5) -> dict[str, flo
 def main() -> int:
   print(f'backend {jax.default_backend()}: {jax.devices()[0].device_kind}, jax {jax.__version__}')
   with jax.default_matmul_precision('highest'):
-    rows = check_convolutions() + check_scanned_resnet50()
+    rows = check_convolutions() + check_scanned_resnet50() + check_batch_norm()
   failed = 0
   for name, error, tolerance in rows:
     ok = error <= tolerance

@@ -247,3 +247,48 @@ def test_cross_device_batchnorm_equals_batchnorm_of_the_whole_group(groups):
   got_var = stats['batch_stats']['var'].reshape(8, -1)
   np.testing.assert_allclose(got_var[0], expected[0][1]['batch_stats']['var'], rtol=1e-5)
   np.testing.assert_allclose(got_var[-1], expected[-1][1]['batch_stats']['var'], rtol=1e-5)
+
+
+def _plain_batch_norm(x, scale, bias, axis):
+  """The expressions of ``models._train_batch_norm``'s forward pass, left to JAX's autodiff."""
+  x32 = x.astype(jnp.float32)
+
+  def average(value):
+    return value if axis is None else jax.lax.pmean(value, axis[0], axis_index_groups=axis[1])
+
+  mean = average(jnp.mean(x32, (0, 1, 2)))
+  var = average(jnp.mean(jnp.square(x32 - mean), (0, 1, 2)))
+  return ((x32 - mean) * (jax.lax.rsqrt(var + 1e-5) * scale) + bias).astype(x.dtype)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('axis', [None, ('data', None), ('data', ((0, 1, 2, 3), (4, 5, 6, 7)))])
+def test_batchnorm_backward_equals_autodiff_of_its_forward(axis, dtype):
+  from jax.sharding import Mesh, PartitionSpec
+
+  x = (jax.random.normal(jax.random.key(0), (16, 5, 5, 6)) * 3 + 2).astype(dtype)
+  dy = jax.random.normal(jax.random.key(1), (16, 5, 5, 6)).astype(dtype)
+  scale, bias = jnp.linspace(0.5, 1.5, 6), jnp.linspace(-1.0, 1.0, 6)
+
+  def outputs(fn):
+    def per_device(x, dy):
+      y, vjp = jax.vjp(fn, x, scale, bias)
+      dx, dscale, dbias = vjp(dy)
+      return y, dx, dscale[None], dbias[None]  # parameter gradients stay per device
+
+    if axis is None:
+      return jax.jit(per_device)(x, dy)
+    mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
+    spec = PartitionSpec('data')
+    return jax.jit(
+      jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
+    )(x, dy)
+
+  ours = outputs(lambda x, s, b: models._train_batch_norm(x, s, b, 1e-5, jnp.dtype(dtype), axis)[0])
+  plain = outputs(lambda x, s, b: _plain_batch_norm(x, s, b, axis))
+  np.testing.assert_array_equal(ours[0], plain[0])  # the forward pass is the same expressions
+  tolerance = dict(rtol=2e-5, atol=2e-6) if dtype == 'float32' else dict(rtol=1e-2, atol=1e-2)
+  for name, a, b in zip(('dx', 'dscale', 'dbias'), ours[1:], plain[1:], strict=True):
+    np.testing.assert_allclose(
+      np.asarray(a, np.float32), np.asarray(b, np.float32), err_msg=name, **tolerance
+    )
