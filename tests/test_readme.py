@@ -152,7 +152,8 @@ def test_readme_commands_run_as_written(tmp_path):
     if kind == 'dry':
       run_env['DRY_RUN'] = '1'
     if line.startswith('./launch.sh local'):
-      run_env.pop('XLA_FLAGS')  # launch.sh gives each process its own devices
+      run_env.pop('XLA_FLAGS')  # launch.sh gives each process its own devices: one here, too
+      run_env['DEVICES_PER_PROCESS'] = '1'
     start = time.perf_counter()
     result = subprocess.run(
       ['bash', '-c', line], cwd=REPO, env=run_env, capture_output=True, text=True, timeout=600
