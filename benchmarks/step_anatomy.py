@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from resnet_jax import models, summary
+from resnet_jax import benchmark, models, summary
 
 
 def timed(fn, *args, repeats: int = 10) -> float:
@@ -34,14 +34,10 @@ def timed(fn, *args, repeats: int = 10) -> float:
   return (time.perf_counter() - start) / repeats
 
 
-def ceilings(dtype) -> tuple[float, float]:
-  """Measured matmul FLOP/s in ``dtype`` and copy bandwidth (bytes read + written per second)."""
-  size = 2048 if jax.default_backend() == 'cpu' else 8192
-  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
-  flops = 2 * size**3 / timed(jax.jit(lambda x: x @ x), a)
+def copy_bandwidth() -> float:
+  """Measured device-to-device copy rate: bytes read plus bytes written per second."""
   big = jax.random.normal(jax.random.key(1), (256 * 2**20 // 4,), jnp.float32)
-  bandwidth = 2 * big.nbytes / timed(jax.jit(lambda x: x * 1.0001), big)
-  return flops, bandwidth
+  return 2 * big.nbytes / timed(jax.jit(lambda x: x * 1.0001), big)
 
 
 def main():
@@ -78,7 +74,7 @@ def main():
       lambda v, x: jax.grad(loss, has_aux=True)(v['params'], v['batch_stats'], x)
     ),
   }
-  peak, bandwidth = ceilings(dtype)
+  peak, bandwidth = benchmark.matmul_peak_flops(args.dtype), copy_bandwidth()
   print(
     f'{jax.devices()[0].device_kind}: matmul {peak / 1e12:.1f} TFLOP/s ({args.dtype}), '
     f'copy {bandwidth / 1e9:.0f} GB/s; {args.model} batch {args.batch} {args.dtype}'

@@ -10,7 +10,7 @@ repository, not TensorFlow or pytest) to check there what the suite checks on CP
    against ``lax.conv_general_dilated``: outputs, input and kernel gradients, float32 and bfloat16.
 2. The scanned ResNet-50 (``scan_blocks=True``) against the per-block one with the same weights:
    eval logits, train logits and parameter gradients.
-3. Training BatchNorm's written-out backward pass (``models._train_batch_norm``) against JAX's
+3. Training BatchNorm's written-out backward pass (``batch_norm.train_batch_norm``) against JAX's
    autodiff of its forward expressions, float32 and bfloat16.
 4. The time of a stack of 3x3 convolutions, forward and backward inside ``lax.scan``, through
    ``same_conv`` and through lax: whether the CPU's lowering would help or hurt here.
@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from resnet_jax import block_layout, conv, models
+from resnet_jax import batch_norm, block_layout, conv, models
 
 TOLERANCE = {'float32': 1e-5, 'bfloat16': 2e-2}
 NETWORK_TOLERANCE = 1e-4  # float32 through 50 layers; XLA fuses the two layouts differently
@@ -128,7 +128,7 @@ def check_batch_norm() -> list[tuple[str, float, float]]:
     dy = jax.random.normal(jax.random.key(1), x.shape).astype(dtype)
     scale, bias = jnp.linspace(0.5, 1.5, 64), jnp.linspace(-1.0, 1.0, 64)
     ours = jax.vjp(
-      lambda x, s, b: models._train_batch_norm(x, s, b, 1e-5, x.dtype, None)[0],
+      lambda x, s, b: batch_norm.train_batch_norm(x, s, b, 1e-5, x.dtype, None)[0],
       x,
       scale,
       bias,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from resnet_jax import convert, models, summary
+from resnet_jax import batch_norm, convert, models, summary
 
 TORCHVISION_PARAMS = {
   'resnet18': 11_689_512,
@@ -250,7 +250,7 @@ def test_cross_device_batchnorm_equals_batchnorm_of_the_whole_group(groups):
 
 
 def _plain_batch_norm(x, scale, bias, axis):
-  """The expressions of ``models._train_batch_norm``'s forward pass, left to JAX's autodiff."""
+  """The expressions of ``batch_norm.train_batch_norm``'s forward pass, left to JAX's autodiff."""
   x32 = x.astype(jnp.float32)
 
   def average(value):
@@ -284,7 +284,7 @@ def test_batchnorm_backward_equals_autodiff_of_its_forward(axis, dtype):
       jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
     )(x, dy)
 
-  ours = outputs(lambda x, s, b: models._train_batch_norm(x, s, b, 1e-5, jnp.dtype(dtype), axis)[0])
+  ours = outputs(lambda x, s, b: batch_norm.train_batch_norm(x, s, b, 1e-5, x.dtype, axis)[0])
   plain = outputs(lambda x, s, b: _plain_batch_norm(x, s, b, axis))
   np.testing.assert_array_equal(ours[0], plain[0])  # the forward pass is the same expressions
   tolerance = dict(rtol=2e-5, atol=2e-6) if dtype == 'float32' else dict(rtol=1e-2, atol=1e-2)
