@@ -9,6 +9,9 @@ lower bound for the same reason.) A part far above both floors loses time to som
 Needs JAX and flax only (runs on an accelerator image without TensorFlow):
 
   python benchmarks/step_anatomy.py --model=resnet50 --batch=256 --dtype=bfloat16
+
+``--trace-dir=DIR`` also records a ``jax.profiler`` trace of a few forward + backward passes
+there, to read per kernel in TensorBoard's or xprof's profile viewer.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def main():
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--image-size', type=int, default=224)
   parser.add_argument('--dtype', default='bfloat16', choices=['float32', 'bfloat16'])
+  parser.add_argument('--trace-dir', default='', help='write a jax.profiler trace here')
+  parser.add_argument('--trace-steps', type=int, default=3)
   args = parser.parse_args()
   dtype = jnp.dtype(args.dtype)
   model = models.get_model(args.model, num_classes=1000, dtype=dtype)
@@ -88,6 +93,13 @@ def main():
       f'{name:<22}{seconds * 1e3:9.2f}{flops[name] / 1e9:10.0f}{nbytes / 1e9:8.2f}'
       f'{flops[name] / peak * 1e3:15.2f}{nbytes / bandwidth * 1e3:15.2f}'
     )
+  if args.trace_dir:
+    step = parts['forward + backward']
+    with jax.profiler.trace(args.trace_dir):
+      for _ in range(args.trace_steps):
+        out = step(variables, images)
+      jax.block_until_ready(out)
+    print(f'trace of {args.trace_steps} forward + backward passes in {args.trace_dir}')
 
 
 if __name__ == '__main__':

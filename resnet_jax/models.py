@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from resnet_jax import conv as conv_lowering
+from resnet_jax import stem
 from resnet_jax.batch_norm import BatchNorm
 from resnet_jax.block_layout import SCAN_SUFFIX
 
@@ -233,9 +234,9 @@ class ResNet(nn.Module):
     )
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':
-      x = conv(self.widths[0], (7, 7), (2, 2), name='conv1')(x)
+      x = conv(self.widths[0], (7, 7), (2, 2), name='conv1', lowering=stem.stem_conv)(x)
       x = nn.relu(norm(name='bn1')(x, train=train))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x = stem.max_pool_3x3(x)
     elif self.stem == 'cifar':
       x = conv(self.widths[0], (3, 3), name='conv1')(x)
       x = nn.relu(norm(name='bn1')(x, train=train))

@@ -12,7 +12,9 @@ repository, not TensorFlow or pytest) to check there what the suite checks on CP
    eval logits, train logits and parameter gradients.
 3. Training BatchNorm's written-out backward pass (``batch_norm.train_batch_norm``) against JAX's
    autodiff of its forward expressions, float32 and bfloat16.
-4. The time of a stack of 3x3 convolutions, forward and backward inside ``lax.scan``, through
+4. The ImageNet stem (``stem.stem_conv``, space-to-depth on CUDA GPUs; ``stem.max_pool_3x3``)
+   against lax: outputs and gradients, float32 and bfloat16.
+5. The time of a stack of 3x3 convolutions, forward and backward inside ``lax.scan``, through
    ``same_conv`` and through lax: whether the CPU's lowering would help or hurt here.
 
 Errors are ||a - b|| / ||b||, computed at HIGHEST matmul precision (no TF32 on GPUs). Prints one
@@ -31,7 +33,7 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from resnet_jax import batch_norm, block_layout, conv, models
+from resnet_jax import batch_norm, block_layout, conv, models, stem
 
 TOLERANCE = {'float32': 1e-5, 'bfloat16': 2e-2}
 NETWORK_TOLERANCE = 1e-4  # float32 through 50 layers; XLA fuses the two layouts differently
@@ -141,6 +143,48 @@ def check_batch_norm() -> list[tuple[str, float, float]]:
   return rows
 
 
+def check_stem() -> list[tuple[str, float, float]]:
+  """The stem's convolution (space-to-depth on CUDA, lax elsewhere) and its max pool."""
+  rows = []
+  for dtype in ('float32', 'bfloat16'):
+    x = jax.random.normal(jax.random.key(0), (16, 224, 224, 3), dtype)
+    w = (jax.random.normal(jax.random.key(1), (7, 7, 3, 64)) / 10).astype(dtype)
+    numbers = lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
+
+    def plain(x, w, numbers=numbers):
+      return lax.conv_general_dilated(x, w, (2, 2), [(3, 3)] * 2, dimension_numbers=numbers)
+
+    def lowered(x, w, numbers=numbers):
+      return stem.stem_conv(x, w, (2, 2), [(3, 3)] * 2, dimension_numbers=numbers)
+
+    dy = jax.random.normal(jax.random.key(2), (16, 112, 112, 64), dtype)
+
+    def folded(x, w):
+      return stem.space_to_depth_conv(x, w, 3)
+
+    for name, fn in (('stem_conv', lowered), ('space_to_depth_conv', folded)):
+      out, vjp = jax.vjp(fn, x, w)
+      expected, vjp_ref = jax.vjp(plain, x, w)
+      pairs = [('out', out, expected)]
+      pairs += list(zip(('dx', 'dw'), vjp(dy), vjp_ref(dy), strict=True))
+      for what, a, b in pairs:
+        rows.append((f'{name} 7x7/2 {dtype} {what}', relative_error(a, b), TOLERANCE[dtype]))
+    h = jax.nn.relu(jax.random.normal(jax.random.key(3), (16, 112, 112, 64), dtype))
+    pooled, vjp = jax.vjp(stem.max_pool_3x3, h)
+    expected, vjp_ref = jax.vjp(
+      lambda v: lax.reduce_window(
+        v, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+      ),
+      h,
+    )
+    dy = jax.random.normal(jax.random.key(4), pooled.shape, dtype)
+    rows.append((f'max_pool_3x3 {dtype} out', relative_error(pooled, expected), 0.0))
+    rows.append(
+      (f'max_pool_3x3 {dtype} dx', relative_error(vjp(dy)[0], vjp_ref(dy)[0]), TOLERANCE[dtype])
+    )
+  return rows
+
+
 def time_scanned_convolutions(depth: int = 8, repeats: int = 5) -> dict[str, float]:
   """Seconds per forward + backward of ``depth`` 3x3 convolutions (64 channels, 56 px) inside
   ``lax.scan``, as in a scanned stage: batch 32 in bfloat16 on accelerators, batch 4 in float32
@@ -169,7 +213,7 @@ def time_scanned_convolutions(depth: int = 8, repeats: int = 5) -> dict[str, flo
 def main() -> int:
   print(f'backend {jax.default_backend()}: {jax.devices()[0].device_kind}, jax {jax.__version__}')
   with jax.default_matmul_precision('highest'):
-    rows = check_convolutions() + check_scanned_resnet50() + check_batch_norm()
+    rows = check_convolutions() + check_scanned_resnet50() + check_batch_norm() + check_stem()
   failed = 0
   for name, error, tolerance in rows:
     ok = error <= tolerance
