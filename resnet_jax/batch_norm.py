@@ -83,17 +83,24 @@ def _sum_over(value, axis):
 
 
 def _statistics(x, axis):
-  """Batch mean and biased variance per channel, over the devices of ``axis`` too. Two passes
-  (mean, then centred squares), as torch does: E[x^2] - E[x]^2 loses digits on the small
-  late-stage maps where a few values per channel are normalised."""
+  """Batch mean and biased variance per channel, over the devices of ``axis`` too, in one pass
+  over ``x``: both sums of ``x - shift`` and its squares, for a per-channel ``shift`` taken from
+  the data (the first example's first pixel, averaged over the group's devices). The shift keeps
+  the one-pass formula exact to float32 rounding: plain E[x^2] - E[x]^2 lost digits where a
+  channel's mean is large beside its spread (the small late-stage maps), and two passes (mean,
+  then centred squares) read every activation twice in the forward pass, which is memory bound
+  on GPUs (PERFORMANCE.md). Shared statistics take one collective of both sums."""
   reduce_axes = tuple(range(x.ndim - 1))
 
   def average(value):
     return value if axis is None else lax.pmean(value, axis[0], axis_index_groups=axis[1])
 
   x32 = x.astype(jnp.float32)
-  mean = average(jnp.mean(x32, reduce_axes))
-  return mean, average(jnp.mean(jnp.square(x32 - mean), reduce_axes))
+  shift = average(lax.stop_gradient(x32[(0,) * (x.ndim - 1)]))
+  centred = x32 - shift
+  sums = average(jnp.stack([jnp.mean(centred, reduce_axes), jnp.mean(centred**2, reduce_axes)]))
+  mean_centred, mean_square = sums[0], sums[1]
+  return shift + mean_centred, jnp.maximum(mean_square - jnp.square(mean_centred), 0.0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))

@@ -10,8 +10,8 @@ repository, not TensorFlow or pytest) to check there what the suite checks on CP
    against ``lax.conv_general_dilated``: outputs, input and kernel gradients, float32 and bfloat16.
 2. The scanned ResNet-50 (``scan_blocks=True``) against the per-block one with the same weights:
    eval logits, train logits and parameter gradients.
-3. Training BatchNorm's written-out backward pass (``batch_norm.train_batch_norm``) against JAX's
-   autodiff of its forward expressions, float32 and bfloat16.
+3. Training BatchNorm (``batch_norm.train_batch_norm``: one-pass shifted statistics, written-out
+   backward pass) against JAX's autodiff of the textbook two-pass expressions, float32 and bfloat16.
 4. The ImageNet stem (``stem.stem_conv``, space-to-depth on CUDA GPUs; ``stem.max_pool_3x3``)
    against lax: outputs and gradients, float32 and bfloat16.
 5. The time of a stack of 3x3 convolutions, forward and backward inside ``lax.scan``, through
