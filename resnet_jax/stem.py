@@ -154,7 +154,7 @@ def _pool_backward(residuals, dy):
       ),
     )
 
-  sources = ({(0, 0), (2, 1)}, {(1, 0)})  # per phase: (offset, shift) pairs
+  sources = (((0, 0), (2, 1)), ((1, 0),))  # per phase (even, odd): its (offset, shift) pairs
   phases = [
     [
       sum(share(di, dj, sr, sc) for di, sr in sources[pr] for dj, sc in sources[pc])

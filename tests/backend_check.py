@@ -157,11 +157,10 @@ def check_stem() -> list[tuple[str, float, float]]:
     def lowered(x, w, numbers=numbers):
       return stem.stem_conv(x, w, (2, 2), [(3, 3)] * 2, dimension_numbers=numbers)
 
-    dy = jax.random.normal(jax.random.key(2), (16, 112, 112, 64), dtype)
-
     def folded(x, w):
       return stem.space_to_depth_conv(x, w, 3)
 
+    dy = jax.random.normal(jax.random.key(2), (16, 112, 112, 64), dtype)
     for name, fn in (('stem_conv', lowered), ('space_to_depth_conv', folded)):
       out, vjp = jax.vjp(fn, x, w)
       expected, vjp_ref = jax.vjp(plain, x, w)
