@@ -131,7 +131,18 @@ def lighting(image, seed, *, std: float):
   alpha = tf.random.stateless_normal([3], seed, stddev=std)
   eigvec = tf.constant(IMAGENET_EIGVEC, tf.float32)
   rgb = tf.linalg.matvec(eigvec, alpha * tf.constant(IMAGENET_EIGVAL, tf.float32))
-  return image + rgb
+  return add_per_channel(image, rgb)
+
+
+def add_per_channel(image, values):
+  """``image + values`` for an HxWxC image and C values, the same sums. TF's CPU kernel
+  broadcasting over an innermost dimension of 3 is not vectorised (lighting's add took a quarter
+  of the pipeline's time); over rows of W * C values, tiled once, it is."""
+  shape = tf.shape(image)
+  rows = tf.reshape(image, [shape[0], shape[1] * shape[2]])
+  out = tf.reshape(rows + tf.tile(values, [shape[1]]), shape)
+  out.set_shape(image.shape)  # the normaliser picks its fast path by the static shape
+  return out
 
 
 def center_view(data, encoded, *, resize: int, crop: int):

@@ -140,6 +140,17 @@ def test_flip_and_lighting_change_only_what_they_should():
   np.testing.assert_allclose(delta[0, 0], expected, rtol=1e-4)
 
 
+def test_add_per_channel_is_broadcasting_addition_bitwise_and_keeps_the_static_shape():
+  values = tf.constant([0.1, -2.5, 7.25], tf.float32)
+  for shape in [(64, 64, 3), (5, 9, 3)]:
+    image = tf.random.stateless_uniform(shape, [0, 1], maxval=255.0)
+    np.testing.assert_array_equal(augment.add_per_channel(image, values), image + values)
+  traced = tf.function(lambda x: augment.add_per_channel(x, values)).get_concrete_function(
+    tf.TensorSpec([32, 32, 3], tf.float32)
+  )
+  assert traced.output_shapes == tf.TensorShape([32, 32, 3])
+
+
 def test_ten_crop_gives_the_ten_expected_crops():
   image = tf.constant(np.arange(10 * 12 * 3, dtype=np.float32).reshape(10, 12, 3))
   views = augment.ten_crop_views(image, crop=6).numpy()
