@@ -83,6 +83,10 @@ def _sum_over(value, axis):
   return value if axis is None else lax.psum(value, axis[0], axis_index_groups=axis[1])
 
 
+def _mean_over(value, axis):
+  return value if axis is None else lax.pmean(value, axis[0], axis_index_groups=axis[1])
+
+
 def _statistics(x, axis):
   """Batch mean and biased variance per channel, over the devices of ``axis`` too, in one pass
   over ``x``: both sums of ``x - shift`` and its squares, for a per-channel ``shift`` taken from
@@ -92,14 +96,11 @@ def _statistics(x, axis):
   then centred squares) read every activation twice in the forward pass, which is memory bound
   on GPUs (PERFORMANCE.md). Shared statistics take one collective of both sums."""
   reduce_axes = tuple(range(x.ndim - 1))
-
-  def average(value):
-    return value if axis is None else lax.pmean(value, axis[0], axis_index_groups=axis[1])
-
   x32 = x.astype(jnp.float32)
-  shift = average(lax.stop_gradient(x32[(0,) * (x.ndim - 1)]))
+  shift = _mean_over(lax.stop_gradient(x32[(0,) * (x.ndim - 1)]), axis)
   centred = x32 - shift
-  sums = average(jnp.stack([jnp.mean(centred, reduce_axes), jnp.mean(centred**2, reduce_axes)]))
+  means = jnp.stack([jnp.mean(centred, reduce_axes), jnp.mean(centred**2, reduce_axes)])
+  sums = _mean_over(means, axis)
   mean_centred, mean_square = sums[0], sums[1]
   return shift + mean_centred, jnp.maximum(mean_square - jnp.square(mean_centred), 0.0)
 

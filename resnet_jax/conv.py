@@ -13,7 +13,8 @@ on whatever backend it runs on.
 
 Only stride-1, undilated, ungrouped convolutions with symmetric ``k // 2`` padding and an odd
 kernel (every convolution of a scanned block) take this path; anything else is
-``lax.conv_general_dilated`` unchanged.
+``lax.conv_general_dilated`` unchanged. ``per_platform`` is that selection for any lowering (the
+ImageNet stem's, ``resnet_jax.stem``, uses it too).
 """
 
 from __future__ import annotations
@@ -55,52 +56,67 @@ def _backward(pad, precision, residuals, dy):
 same_conv.defvjp(_forward, _backward)
 
 
-def conv_general_dilated(
-  lhs,
-  rhs,
-  window_strides,
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count=1,
-  precision=None,
-  **kwargs,
-):
-  """``lax.conv_general_dilated``'s signature (what ``flax.linen.Conv`` calls); ``same_conv``
-  where it applies."""
-  k = rhs.shape[0]
-  ones = (None, (1, 1), [1, 1])
-  same = (
-    rhs.ndim == 4
-    and tuple(window_strides) == (1, 1)
-    and lhs_dilation in ones
-    and rhs_dilation in ones
-    and feature_group_count == 1
-    and not kwargs
-    and k % 2 == 1
-    and rhs.shape[1] == k
-    and [tuple(p) for p in padding] == [(k // 2, k // 2)] * 2
-    and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
-  )
-  if not same:
-    return lax.conv_general_dilated(
-      lhs,
-      rhs,
-      window_strides,
-      padding,
-      lhs_dilation,
-      rhs_dilation,
-      dimension_numbers,
-      feature_group_count,
-      precision=precision,
-      **kwargs,
-    )
-  # Chosen when XLA lowers for a platform: the CPU gets same_conv; GPUs and TPUs, whose
-  # compilers lay out gradient convolutions themselves in loops too, keep lax's convolution.
-  return lax.platform_dependent(
+def per_platform(stride: int, fits=lambda lhs: True, **platforms):
+  """A convolution with ``lax.conv_general_dilated``'s signature (what ``flax.linen.Conv`` calls)
+  that lowers with ``platforms[name](x, w, pad, precision)`` when XLA lowers for platform ``name``
+  (``lax.platform_dependent``: 'cpu', 'cuda', ...), and with lax everywhere else.
+
+  Only undilated, ungrouped NHWC x HWIO convolutions with an odd square kernel, symmetric
+  ``k // 2`` padding, the given ``stride`` and an input for which ``fits(lhs)`` holds take a
+  platform's lowering; anything else is ``lax.conv_general_dilated`` unchanged.
+  """
+
+  def conv(
     lhs,
     rhs,
-    cpu=lambda x, w: same_conv(x, w, k // 2, precision),
-    default=lambda x, w: _conv(x, w, k // 2, precision),
-  )
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **kwargs,
+  ):
+    def plain(x, w):
+      return lax.conv_general_dilated(
+        x,
+        w,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        precision=precision,
+        **kwargs,
+      )
+
+    k = rhs.shape[0]
+    ones = (None, (1, 1), [1, 1])
+    applies = (
+      rhs.ndim == 4
+      and tuple(window_strides) == (stride, stride)
+      and lhs_dilation in ones
+      and rhs_dilation in ones
+      and feature_group_count == 1
+      and not kwargs
+      and k % 2 == 1
+      and rhs.shape[1] == k
+      and [tuple(p) for p in padding] == [(k // 2, k // 2)] * 2
+      and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+      and fits(lhs)
+    )
+    if not applies:
+      return plain(lhs, rhs)
+    lowerings = {
+      name: (lambda x, w, fn=fn: fn(x, w, k // 2, precision)) for name, fn in platforms.items()
+    }
+    return lax.platform_dependent(lhs, rhs, default=plain, **lowerings)
+
+  return conv
+
+
+# The scanned blocks' convolution. The CPU gets same_conv; GPUs and TPUs, whose compilers lay out
+# gradient convolutions themselves in loops too, keep lax's convolution.
+conv_general_dilated = per_platform(1, cpu=same_conv)

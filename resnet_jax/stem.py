@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-NHWC = ('NHWC', 'HWIO', 'NHWC')
+from resnet_jax import conv
 
 
 def space_to_depth_conv(x, w, pad: int, precision=None):
@@ -47,61 +47,15 @@ def space_to_depth_conv(x, w, pad: int, precision=None):
   folded = wp.reshape(taps, 2, taps, 2, c, features).transpose(0, 2, 1, 3, 4, 5)
   folded = folded.reshape(taps, taps, 4 * c, features)
   return lax.conv_general_dilated(
-    blocks, folded, (1, 1), 'VALID', dimension_numbers=NHWC, precision=precision
+    blocks, folded, (1, 1), 'VALID', dimension_numbers=conv.NHWC, precision=precision
   )
 
 
-def stem_conv(
-  lhs,
-  rhs,
-  window_strides,
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count=1,
-  precision=None,
-  **kwargs,
-):
-  """``lax.conv_general_dilated``'s signature (what ``flax.linen.Conv`` calls);
-  ``space_to_depth_conv`` where it applies and the platform is a CUDA GPU."""
-  k = rhs.shape[0]
-  pad = k // 2
-  ones = (None, (1, 1), [1, 1])
-  folds = (
-    rhs.ndim == 4
-    and tuple(window_strides) == (2, 2)
-    and lhs_dilation in ones
-    and rhs_dilation in ones
-    and feature_group_count == 1
-    and not kwargs
-    and k % 2 == 1
-    and rhs.shape[1] == k
-    and [tuple(p) for p in padding] == [(pad, pad)] * 2
-    and lhs.shape[1] % 2 == 0
-    and lhs.shape[2] % 2 == 0
-    and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
-  )
-
-  def plain(x, w):
-    return lax.conv_general_dilated(
-      x,
-      w,
-      window_strides,
-      padding,
-      lhs_dilation,
-      rhs_dilation,
-      dimension_numbers,
-      feature_group_count,
-      precision=precision,
-      **kwargs,
-    )
-
-  if not folds:
-    return plain(lhs, rhs)
-  return lax.platform_dependent(
-    lhs, rhs, cuda=lambda x, w: space_to_depth_conv(x, w, pad, precision), default=plain
-  )
+# The stem's 7x7/2 convolution: space-to-depth when lowering for CUDA GPUs (its 2x2 blocks need
+# an even padded input), lax's convolution elsewhere.
+stem_conv = conv.per_platform(
+  2, fits=lambda lhs: lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0, cuda=space_to_depth_conv
+)
 
 
 def _pool(x):

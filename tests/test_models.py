@@ -249,7 +249,7 @@ def test_cross_device_batchnorm_equals_batchnorm_of_the_whole_group(groups):
   np.testing.assert_allclose(got_var[-1], expected[-1][1]['batch_stats']['var'], rtol=1e-5)
 
 
-def _plain_batch_norm(x, scale, bias, axis):
+def _autodiff_batch_norm(x, scale, bias, axis):
   """``batch_norm.train_batch_norm``'s forward expressions, left to JAX's autodiff (whose
   gradient flows through the batch mean and variance as the written-out one says it does)."""
   return batch_norm.train_batch_norm_forward(x, scale, bias, 1e-5, x.dtype, axis)[0][0]
@@ -292,10 +292,10 @@ def test_batchnorm_backward_equals_autodiff_of_its_forward(axis, dtype):
     )(x, dy)
 
   ours = outputs(lambda x, s, b: batch_norm.train_batch_norm(x, s, b, 1e-5, x.dtype, axis)[0])
-  plain = outputs(lambda x, s, b: _plain_batch_norm(x, s, b, axis))
-  np.testing.assert_array_equal(ours[0], plain[0])  # the forward pass is the same expressions
+  autodiff = outputs(lambda x, s, b: _autodiff_batch_norm(x, s, b, axis))
+  np.testing.assert_array_equal(ours[0], autodiff[0])  # the forward pass is the same expressions
   tolerance = dict(rtol=2e-5, atol=2e-6) if dtype == 'float32' else dict(rtol=1e-2, atol=1e-2)
-  for name, a, b in zip(('dx', 'dscale', 'dbias'), ours[1:], plain[1:], strict=True):
+  for name, a, b in zip(('dx', 'dscale', 'dbias'), ours[1:], autodiff[1:], strict=True):
     np.testing.assert_allclose(
       np.asarray(a, np.float32), np.asarray(b, np.float32), err_msg=name, **tolerance
     )

@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import stem
+from resnet_jax import conv, stem
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _lax_conv(x, w, pad):
-  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, stem.NHWC)
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
   return jax.lax.conv_general_dilated(
     x, w, (2, 2), [(pad, pad)] * 2, dimension_numbers=numbers, precision=HIGHEST
   )
@@ -37,12 +37,12 @@ def test_space_to_depth_conv_equals_lax_values_and_gradients(shape, kernel):
 
 def _exported_windows(platform, image_size):
   x, w = jnp.zeros((2, image_size, image_size, 3)), jnp.zeros((7, 7, 3, 8))
-  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, stem.NHWC)
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
 
-  def conv(x, w):
+  def stem_step(x, w):
     return stem.stem_conv(x, w, (2, 2), ((3, 3), (3, 3)), dimension_numbers=numbers)
 
-  text = jax.export.export(jax.jit(conv), platforms=[platform])(x, w).mlir_module()
+  text = jax.export.export(jax.jit(stem_step), platforms=[platform])(x, w).mlir_module()
   return re.findall(r'stablehlo.convolution.*', text)
 
 
