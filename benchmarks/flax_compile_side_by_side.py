@@ -98,6 +98,10 @@ def main():
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--steps', type=int, default=3)
   args = parser.parse_args()
+  sys.path.insert(0, REPO)
+  from resnet_jax import distributed
+
+  distributed.set_cpu_xla_flags()  # flax's step under the XLA options our commands run with
   rows = {
     'resnet_jax per-block': time_ours(args.model, args.image_size, args.batch, args.steps, False),
     'resnet_jax scan_blocks': time_ours(args.model, args.image_size, args.batch, args.steps, True),

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from resnet_jax import benchmark, models, summary
+from resnet_jax import benchmark, distributed, models, summary
 
 
 def timed(fn, *args, repeats: int = 10) -> float:
@@ -52,6 +52,7 @@ def main():
   parser.add_argument('--trace-dir', default='', help='write a jax.profiler trace here')
   parser.add_argument('--trace-steps', type=int, default=3)
   args = parser.parse_args()
+  distributed.set_cpu_xla_flags()  # profile what the commands run
   dtype = jnp.dtype(args.dtype)
   model = models.get_model(args.model, num_classes=1000, dtype=dtype)
   images = jax.random.normal(jax.random.key(2), (args.batch, args.image_size, args.image_size, 3))

@@ -1,19 +1,41 @@
-"""Multi-process start-up: jax.distributed on TPU pods, SLURM, or ``launch.sh local``."""
+"""Process start-up: XLA's CPU options; jax.distributed on TPU pods, SLURM, ``launch.sh local``."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 
 import jax
 
+# XLA:CPU gives convolutions to YNNPACK by default since jax 0.10; its own (Eigen) convolutions
+# train ResNets faster on x86 (PERFORMANCE.md, "XLA:CPU's convolution library"). Only convolutions
+# leave YNNPACK: its reductions are kept, as BatchNorm's statistics need their accuracy.
+CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',)
+
+
+def set_cpu_xla_flags():
+  """Adds CPU_XLA_FLAGS to XLA_FLAGS on CPU-only installations, before the backend starts.
+
+  A flag the user set keeps the user's value. Installations with a GPU or TPU plugin are left
+  alone: a plugin built from another XLA revision aborts on a flag it does not know.
+  """
+  if any(importlib.util.find_spec(name) for name in ('jax_plugins', 'libtpu')):
+    return
+  flags = os.environ.get('XLA_FLAGS', '')
+  for flag in CPU_XLA_FLAGS:
+    if flag.split('=')[0] + '=' not in flags:
+      flags = f'{flags} {flag}'
+  os.environ['XLA_FLAGS'] = flags.strip()
+
 
 def initialize():
-  """Joins the other processes of the job, when there are any.
+  """Sets the CPU flags above and joins the other processes of the job, when there are any.
 
   ``launch.sh local`` passes the coordinator through JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
   and JAX_PROCESS_ID; TPU pod slices and SLURM jobs are detected by ``jax.distributed`` itself.
   """
+  set_cpu_xla_flags()
   env = os.environ
   if 'JAX_COORDINATOR_ADDRESS' in env:
     # CPU collectives across processes need gloo (launch.sh local); other backends ignore it.

@@ -1,5 +1,6 @@
-"""Test set-up: 8 simulated CPU devices, TensorFlow kept off accelerators, quiet logs, one XLA
-compilation cache for the session, and TensorFlow imported without Keras.
+"""Test set-up: 8 simulated CPU devices with the commands' XLA:CPU options, TensorFlow kept off
+accelerators, quiet logs, one XLA compilation cache for the session, and TensorFlow imported
+without Keras.
 
 Most slow tests start fresh processes that compile the same tiny train and eval steps; JAX's
 persistent cache (inherited by every child through the environment) compiles each program once
@@ -24,6 +25,12 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import sys
+
+from resnet_jax import distributed
+
+# In-process tests compile with the XLA:CPU options the commands use (their child processes
+# inherit them too), so the two give the same numbers.
+distributed.set_cpu_xla_flags()
 
 # tests/ holds helpers (torch_resnet) imported by name.
 sys.path.insert(0, os.path.dirname(__file__))

@@ -77,3 +77,27 @@ def test_device_step_and_input_modes_print_their_fields():
     result, _ = benchmark(*TINY_FAKE, f'--mode={mode}', '--steps=2', '--cores=1')
     assert result['mode'] == mode and result['images_per_sec'] > 0
     assert result['images_per_sec'] == pytest.approx(16 / result['step_time_s'])
+
+
+# Compiles a convolution's gradient after the commands' start-up and counts YNNPACK fusions.
+YNN_FUSIONS = (
+  'import jax, jax.numpy as jnp; from jax import lax; '
+  'from resnet_jax import distributed; distributed.initialize(); '
+  'conv = lambda x, w: jnp.sum(lax.conv(x, w, (1, 1), "SAME") ** 2); '
+  'grad = jax.jit(jax.grad(conv, argnums=(0, 1))); '
+  'text = grad.lower(jnp.ones((32, 16, 32, 32)), jnp.ones((16, 16, 3, 3))).compile().as_text(); '
+  'print(text.count("__ynn_fusion"))'
+)
+
+
+def test_commands_use_xlas_eigen_convolutions_on_cpu_unless_the_user_chose():
+  def ynn_fusions(xla_flags: str) -> int:
+    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=xla_flags)
+    out = subprocess.run(
+      [sys.executable, '-c', YNN_FUSIONS], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return int(out.stdout.strip().splitlines()[-1])
+
+  assert ynn_fusions('') == 0
+  assert ynn_fusions('--xla_cpu_experimental_ynn_fusion_type=individual_convolution') > 0
