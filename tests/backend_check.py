@@ -33,7 +33,9 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from resnet_jax import batch_norm, block_layout, conv, models, stem
+from resnet_jax import batch_norm, block_layout, conv, distributed, models, stem
+
+distributed.set_cpu_xla_flags()  # on CPU, check the convolutions the commands run
 
 TOLERANCE = {'float32': 1e-5, 'bfloat16': 2e-2}
 NETWORK_TOLERANCE = 1e-4  # float32 through 50 layers; XLA fuses the two layouts differently
