@@ -187,16 +187,26 @@ def time_end_to_end(config, num_steps: int, data: str) -> dict:
   }
 
 
+def peak_units() -> int:
+  """How many times one device's matmul peak the job can reach: every device of an accelerator
+  job; on CPU one per process, since a process's devices (``--xla_force_host_platform_device_count``
+  simulates several) share its cores, and one device's matmul already runs on all of them."""
+  return jax.process_count() if jax.default_backend() == 'cpu' else jax.device_count()
+
+
 def utilisation(config, images_per_sec: float) -> dict:
   """Training FLOPs per image, the FLOP/s they make at ``images_per_sec``, and the MFU: that
-  rate over the measured matmul peak of all devices in the step's precision."""
+  rate over the measured matmul peak of the job (``peak_units`` x one device's) in the step's
+  precision."""
   flops = train_flops_per_image(config, config.num_classes or 1000)
   dtype = config.half_dtype if config.half_precision else 'float32'
-  peak = matmul_peak_flops(dtype) * jax.device_count()
+  units = peak_units()
+  peak = matmul_peak_flops(dtype) * units
   return {
     'dtype': dtype,
     'train_flops_per_image': flops,
     'achieved_flops_per_sec': images_per_sec * flops,
+    'peak_units': units,
     'peak_matmul_flops_per_sec': peak,
     'mfu': images_per_sec * flops / peak,
   }

@@ -60,6 +60,8 @@ def test_end_to_end_reports_the_loop_beside_the_device_step():
   assert result['mfu'] == pytest.approx(
     result['achieved_flops_per_sec'] / result['peak_matmul_flops_per_sec']
   )
+  # Two simulated CPU devices share one process's cores: the peak is one device's, not two.
+  assert result['peak_units'] == 1
   assert 0 < result['mfu'] < 1 and result['compile_time_s'] > 0
   assert result['peak_host_memory_mb'] > 100  # jax + tensorflow alone take more
   assert f'{"mfu":<28}' in table  # the human-readable table went to stderr
