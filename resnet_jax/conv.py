@@ -1,20 +1,28 @@
-"""A convolution whose gradients XLA:CPU runs at full speed inside loops (``scan_blocks``).
+"""Convolutions whose gradients XLA:CPU runs at full speed. Two CPU lowerings, each chosen only
+when XLA lowers for the CPU (``lax.platform_dependent``); GPUs and TPUs keep lax's convolution.
+``tests/backend_check.py`` checks them against lax on whatever backend it runs on.
 
-XLA:CPU's fast convolutions (Eigen) take one dimension order: NHWC input, HWIO kernel, NHWC
-output. Outside loops its ConvCanonicalization pass rewrites the gradient convolutions that JAX's
-transpose rules emit (kernel gradient ``f01b_i01o->01bf``, input gradient with an ``01oi``
-kernel) into that order; inside a while loop body (``nn.scan``) they stay as they are and fall to
-a generic loop nest, which made a scanned CIFAR ResNet-56's backward pass 18x slower. This
-module's VJP writes both gradient convolutions in the canonical order itself, with explicit
-transposes. ``conv_general_dilated`` takes it only when XLA lowers for the CPU
-(``lax.platform_dependent``); GPUs and TPUs keep lax's convolution (on an H100 the two ran a
-scanned stack of convolutions equally fast). ``tests/backend_check.py`` checks both against lax
-on whatever backend it runs on.
-
-Only stride-1, undilated, ungrouped convolutions with symmetric ``k // 2`` padding and an odd
-kernel (every convolution of a scanned block) take this path; anything else is
-``lax.conv_general_dilated`` unchanged. ``per_platform`` is that selection for any lowering (the
-ImageNet stem's, ``resnet_jax.stem``, uses it too).
+1. ``conv_general_dilated_stored_input`` (every convolution of the per-block networks but the
+   ImageNet stem's): lax's convolution and gradients, with the kernel gradient reading the input
+   as stored in memory. XLA:CPU's kernel gradient transposes its input from [N, H, W, C] to
+   [C, H, W, N], and its fusion pass merges into that transpose the elementwise ops that produced
+   the input (BatchNorm's normalisation, ReLU, residual additions back through several blocks),
+   recomputing them in a strided loop: in a CIFAR ResNet-20 train step these fusions took 141 of
+   330 ms, where transposing the stored activations takes ~7 ms. A conditional is a fusion
+   boundary that XLA keeps (``lax.optimization_barrier`` is not: XLA:CPU expands it away before
+   fusing), so ``_as_stored`` passes the input through one. Gradients bitwise equal to lax's.
+2. ``conv_general_dilated`` (the scanned blocks' convolutions, ``scan_blocks``): outside loops
+   XLA:CPU's ConvCanonicalization pass rewrites the gradient convolutions that JAX's transpose
+   rules emit (kernel gradient ``f01b_i01o->01bf``, input gradient with an ``01oi`` kernel) into
+   the one dimension order its fast (Eigen) convolutions take, NHWC x HWIO -> NHWC; inside a while
+   loop body (``nn.scan``) they stay as they are and fall to a generic loop nest, which made a
+   scanned CIFAR ResNet-56's backward pass 18x slower. ``same_conv``'s VJP writes both gradient
+   convolutions in the canonical order itself, with explicit transposes (on an H100 the two ran a
+   scanned stack of convolutions equally fast, hence CPU only). Only stride-1, undilated,
+   ungrouped convolutions with symmetric ``k // 2`` padding and an odd kernel (every convolution
+   of a scanned block) take this path; anything else is ``lax.conv_general_dilated`` unchanged.
+   ``per_platform`` is that selection for any lowering (the ImageNet stem's, ``resnet_jax.stem``,
+   uses it too).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -45,6 +54,7 @@ def _forward(x, w, pad, precision):
 
 def _backward(pad, precision, residuals, dy):
   x, w = residuals
+  x = _as_stored(x, w)
   # Input gradient: the kernel flipped in space, in and out swapped, still HWIO.
   dx = _conv(dy, w[::-1, ::-1].transpose(0, 1, 3, 2), pad, precision)
   # Kernel gradient: a convolution of the input (channels as batch, batch as features) with the
@@ -120,3 +130,71 @@ def per_platform(stride: int, fits=lambda lhs: True, **platforms):
 # The scanned blocks' convolution. The CPU gets same_conv; GPUs and TPUs, whose compilers lay out
 # gradient convolutions themselves in loops too, keep lax's convolution.
 conv_general_dilated = per_platform(1, cpu=same_conv)
+
+
+def _as_stored(x, kernel):
+  """``x``, read from memory by whatever consumes it rather than recomputed inside its fusion.
+
+  The predicate is false only when the kernel's first value is NaN; the other branch then gives
+  NaN, as the kernel gradient of a network with a NaN weight is anyway.
+  """
+  probe = kernel.reshape(-1)[0]
+  return lax.cond(probe == probe, lambda x: x, lambda x: x * jnp.nan, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _stored_input_conv(x, w, params: tuple):
+  return lax.conv_general_dilated(x, w, *params[:-1], **dict(params[-1]))
+
+
+def _stored_input_forward(x, w, params):
+  return _stored_input_conv(x, w, params), (x, w)
+
+
+def _stored_input_backward(params, residuals, dy):
+  x, w = residuals
+  _, vjp = jax.vjp(lambda x, w: _stored_input_conv.fun(x, w, params), _as_stored(x, w), w)
+  return vjp(dy)
+
+
+_stored_input_conv.defvjp(_stored_input_forward, _stored_input_backward)
+
+
+def _hashable(value):
+  if isinstance(value, str | None) or not hasattr(value, '__iter__'):
+    return value
+  return tuple(_hashable(v) for v in value)
+
+
+def conv_general_dilated_stored_input(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  **kwargs,
+):
+  """``lax.conv_general_dilated``; lowered for the CPU, its kernel gradient reads the stored input
+  (point 1 above). Same signature, same values and gradients."""
+  params = (
+    _hashable(window_strides),
+    _hashable(padding),
+    _hashable(lhs_dilation),
+    _hashable(rhs_dilation),
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    tuple(sorted(kwargs.items())),
+  )
+  return lax.platform_dependent(
+    lhs,
+    rhs,
+    cpu=lambda x, w: _stored_input_conv(x, w, params),
+    default=lambda x, w: _stored_input_conv.fun(x, w, params),
+  )

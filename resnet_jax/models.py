@@ -21,7 +21,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from resnet_jax import conv as conv_lowering
 from resnet_jax import stem
@@ -63,7 +62,15 @@ def shortcut_path(x, *, features, strides, option, conv, norm, train):
   return x
 
 
-def _conv(features, kernel, strides=(1, 1), *, dtype, name=None, lowering=lax.conv_general_dilated):
+def _conv(
+  features,
+  kernel,
+  strides=(1, 1),
+  *,
+  dtype,
+  name=None,
+  lowering=conv_lowering.conv_general_dilated_stored_input,
+):
   """A bias-free conv with torch's symmetric padding of k // 2 (never XLA's asymmetric SAME)."""
   pad = kernel[0] // 2
   return nn.Conv(

@@ -5,8 +5,9 @@ repository, not TensorFlow or pytest) to check there what the suite checks on CP
 
   python tests/backend_check.py
 
-1. ``conv.same_conv`` (the scanned blocks' convolution with hand-written gradients) and
-   ``conv.conv_general_dilated`` (what the blocks call: ``same_conv`` on CPU, lax elsewhere)
+1. ``conv.same_conv`` (the scanned blocks' convolution with hand-written gradients),
+   ``conv.conv_general_dilated`` (what the scanned blocks call: ``same_conv`` on CPU, lax
+   elsewhere) and ``conv.conv_general_dilated_stored_input`` (what the per-block networks call)
    against ``lax.conv_general_dilated``: outputs, input and kernel gradients, float32 and bfloat16.
 2. The scanned ResNet-50 (``scan_blocks=True``) against the per-block one with the same weights:
    eval logits, train logits and parameter gradients.
@@ -51,22 +52,21 @@ def _lax_conv(x, w):
   return lax.conv_general_dilated(x, w, (1, 1), [(pad, pad)] * 2, dimension_numbers=conv.NHWC)
 
 
-def _through_platform_path(x, w):
-  pad = w.shape[0] // 2
-  return conv.conv_general_dilated(
-    x,
-    w,
-    (1, 1),
-    [(pad, pad)] * 2,
-    dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC),
-  )
+def _through(lowering):
+  def conv_fn(x, w):
+    pad = w.shape[0] // 2
+    numbers = lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
+    return lowering(x, w, (1, 1), [(pad, pad)] * 2, dimension_numbers=numbers)
+
+  return conv_fn
 
 
 def check_convolutions() -> list[tuple[str, float, float]]:
   rows = []
   candidates = {
     'same_conv': lambda x, w: conv.same_conv(x, w, w.shape[0] // 2),
-    'conv_general_dilated': _through_platform_path,
+    'conv_general_dilated': _through(conv.conv_general_dilated),
+    'conv_general_dilated_stored_input': _through(conv.conv_general_dilated_stored_input),
   }
   for kernel, dtype in [(3, 'float32'), (1, 'float32'), (3, 'bfloat16')]:
     kx, kw, kd = jax.random.split(jax.random.key(kernel), 3)

@@ -1,0 +1,104 @@
+"""``conv.conv_general_dilated_stored_input``: lax's convolution, values and gradients bitwise,
+whose kernel gradient reads its input from memory on the CPU instead of recomputing the ops that
+made it."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import conv, models
+
+
+def _layer(lowering, x, w, scale, strides, pad):
+  """A convolution of a BatchNorm-like, ReLU'd input: the producer XLA would fuse."""
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
+  h = jax.nn.relu(x * scale + 0.1)
+  y = lowering(h, w, (strides, strides), [(pad, pad)] * 2, dimension_numbers=numbers)
+  return jnp.sum(y.astype(jnp.float32) ** 2), y
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('kernel, strides', [(3, 1), (3, 2), (1, 2), (1, 1), (7, 2)])
+def test_stored_input_convolution_equals_lax_bitwise(kernel, strides, dtype):
+  x = jax.random.normal(jax.random.key(0), (4, 12, 12, 8), dtype)
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 8, 16), dtype) / kernel
+  scale = jnp.linspace(0.5, 1.5, 8).astype(dtype)
+
+  def value_and_grads(lowering):
+    fn = jax.jit(jax.value_and_grad(_layer, (1, 2, 3), has_aux=True), static_argnums=(0, 4, 5))
+    return fn(lowering, x, w, scale, strides, kernel // 2)
+
+  (_, y), grads = value_and_grads(conv.conv_general_dilated_stored_input)
+  (_, y_ref), grads_ref = value_and_grads(jax.lax.conv_general_dilated)
+  np.testing.assert_array_equal(np.float32(y), np.float32(y_ref))
+  for name, ours, ref in zip(('dx', 'dw', 'dscale'), grads, grads_ref, strict=True):
+    assert ours.dtype == ref.dtype, name
+    np.testing.assert_array_equal(np.float32(ours), np.float32(ref), err_msg=name)
+
+
+def test_a_nan_kernel_still_gives_a_nan_kernel_gradient():
+  """The conditional that keeps the input stored must not turn a diverged run's NaN into numbers."""
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 4)).at[0, 0, 0, 0].set(jnp.nan)
+  grads = jax.grad(lambda *a: _layer(conv.conv_general_dilated_stored_input, *a)[0], (1,))(
+    x, w, jnp.ones(4), 1, 1
+  )
+  assert np.isnan(np.asarray(grads[0])).all()
+
+
+def _transposes_that_recompute_relu(lowering) -> int:
+  """Fusions of the compiled CIFAR ResNet-8 gradient that transpose and also compute a ReLU."""
+  model = models.get_model('cifar_resnet8', num_classes=10)
+  images = jnp.zeros((8, 16, 16, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+
+  def loss(params):
+    logits, _ = model.apply(
+      {**variables, 'params': params}, images, train=True, mutable=['batch_stats']
+    )
+    return jnp.sum(logits**2)
+
+  default = models._conv.__kwdefaults__['lowering']
+  models._conv.__kwdefaults__['lowering'] = lowering
+  try:
+    text = jax.jit(jax.grad(loss)).lower(variables['params']).compile().as_text()
+  finally:
+    models._conv.__kwdefaults__['lowering'] = default
+  bodies = dict(re.findall(r'^(%\S+) \(.*?\{\n(.*?)\n\}', text, flags=re.S | re.M))
+  called = re.findall(r'= \S+ fusion\(.*?calls=(%[\w.\-]+)', text)
+  return sum(' transpose(' in bodies[c] and ' maximum(' in bodies[c] for c in called)
+
+
+def test_kernel_gradients_transpose_stored_activations_on_cpu():
+  """The speed-up's mechanism, read from the compiled program: with lax's convolution XLA:CPU
+  recomputes ReLUs inside the kernel gradients' transposes; with ours none does."""
+  assert models._conv.__kwdefaults__['lowering'] is conv.conv_general_dilated_stored_input
+  assert _transposes_that_recompute_relu(jax.lax.conv_general_dilated) > 0
+  assert _transposes_that_recompute_relu(conv.conv_general_dilated_stored_input) == 0
+
+
+def test_only_the_cpu_lowering_has_the_conditional():
+  """Read from programs exported for each platform: only the CPU's holds the conditional, whose
+  other branch multiplies by NaN (the one NaN constant of the program)."""
+  x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
+
+  def grad_of_conv(x, w):
+    return jax.grad(
+      lambda w: jnp.sum(
+        conv.conv_general_dilated_stored_input(
+          x, w, (1, 1), [(1, 1)] * 2, dimension_numbers=numbers
+        )
+      )
+    )(w)
+
+  def exported(platform):
+    return jax.export.export(jax.jit(grad_of_conv), platforms=[platform])(x, w).mlir_module()
+
+  nan = 'dense<0x7FC00000>'
+  assert nan in exported('cpu')
+  for platform in ('cuda', 'tpu'):
+    assert nan not in exported(platform)
