@@ -3,14 +3,15 @@ when XLA lowers for the CPU (``lax.platform_dependent``); GPUs and TPUs keep lax
 ``tests/backend_check.py`` checks them against lax on whatever backend it runs on.
 
 1. ``conv_general_dilated_stored_input`` (every convolution of the per-block networks but the
-   ImageNet stem's): lax's convolution and gradients, with the kernel gradient reading the input
-   as stored in memory. XLA:CPU's kernel gradient transposes its input from [N, H, W, C] to
-   [C, H, W, N], and its fusion pass merges into that transpose the elementwise ops that produced
-   the input (BatchNorm's normalisation, ReLU, residual additions back through several blocks),
-   recomputing them in a strided loop: in a CIFAR ResNet-20 train step these fusions took 141 of
-   330 ms, where transposing the stored activations takes ~7 ms. A conditional is a fusion
-   boundary that XLA keeps (``lax.optimization_barrier`` is not: XLA:CPU expands it away before
-   fusing), so ``_as_stored`` passes the input through one. Gradients bitwise equal to lax's.
+   ImageNet stem's, whose input is the image itself): lax's convolution and gradients, with the
+   kernel gradient reading the input as stored in memory. XLA:CPU's kernel gradient transposes
+   its input from [N, H, W, C] to [C, H, W, N], and its fusion pass merges into that transpose
+   the elementwise ops that produced the input (BatchNorm's normalisation, ReLU, residual
+   additions back through several blocks), recomputing them in a strided loop: in a CIFAR
+   ResNet-20 train step these fusions took 141 of 330 ms, where transposing the stored
+   activations takes ~7 ms. A conditional is a fusion boundary that XLA keeps
+   (``lax.optimization_barrier`` is not: XLA:CPU expands it away before fusing), so ``_as_stored``
+   passes the input through one. Gradients bitwise equal to lax's.
 2. ``conv_general_dilated`` (the scanned blocks' convolutions, ``scan_blocks``): outside loops
    XLA:CPU's ConvCanonicalization pass rewrites the gradient convolutions that JAX's transpose
    rules emit (kernel gradient ``f01b_i01o->01bf``, input gradient with an ``01oi`` kernel) into
@@ -18,11 +19,12 @@ when XLA lowers for the CPU (``lax.platform_dependent``); GPUs and TPUs keep lax
    loop body (``nn.scan``) they stay as they are and fall to a generic loop nest, which made a
    scanned CIFAR ResNet-56's backward pass 18x slower. ``same_conv``'s VJP writes both gradient
    convolutions in the canonical order itself, with explicit transposes (on an H100 the two ran a
-   scanned stack of convolutions equally fast, hence CPU only). Only stride-1, undilated,
-   ungrouped convolutions with symmetric ``k // 2`` padding and an odd kernel (every convolution
-   of a scanned block) take this path; anything else is ``lax.conv_general_dilated`` unchanged.
-   ``per_platform`` is that selection for any lowering (the ImageNet stem's, ``resnet_jax.stem``,
-   uses it too).
+   scanned stack of convolutions equally fast, hence CPU only). Inside the loop body XLA fuses no
+   producer into those transposes (read from the compiled program), so point 1 is not needed
+   there. Only stride-1, undilated, ungrouped convolutions with symmetric ``k // 2`` padding and
+   an odd kernel (every convolution of a scanned block) take this path; anything else is
+   ``lax.conv_general_dilated`` unchanged. ``per_platform`` is that selection for any lowering
+   (the ImageNet stem's, ``resnet_jax.stem``, uses it too).
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ def _forward(x, w, pad, precision):
 
 def _backward(pad, precision, residuals, dy):
   x, w = residuals
-  x = _as_stored(x, w)
   # Input gradient: the kernel flipped in space, in and out swapped, still HWIO.
   dx = _conv(dy, w[::-1, ::-1].transpose(0, 1, 3, 2), pad, precision)
   # Kernel gradient: a convolution of the input (channels as batch, batch as features) with the

@@ -49,9 +49,9 @@ def test_a_nan_kernel_still_gives_a_nan_kernel_gradient():
   assert np.isnan(np.asarray(grads[0])).all()
 
 
-def _transposes_that_recompute_relu(lowering) -> int:
-  """Fusions of the compiled CIFAR ResNet-8 gradient that transpose and also compute a ReLU."""
-  model = models.get_model('cifar_resnet8', num_classes=10)
+def _transposes_that_recompute_relu(lowering, scan_blocks=False) -> int:
+  """Fusions of the compiled CIFAR ResNet gradient that transpose and also compute a ReLU."""
+  model = models.get_model('cifar_resnet14', num_classes=10, scan_blocks=scan_blocks)
   images = jnp.zeros((8, 16, 16, 3))
   variables = model.init(jax.random.key(0), images, train=False)
 
@@ -78,6 +78,8 @@ def test_kernel_gradients_transpose_stored_activations_on_cpu():
   assert models._conv.__kwdefaults__['lowering'] is conv.conv_general_dilated_stored_input
   assert _transposes_that_recompute_relu(jax.lax.conv_general_dilated) > 0
   assert _transposes_that_recompute_relu(conv.conv_general_dilated_stored_input) == 0
+  # Scanned stages (conv.same_conv inside the loop, no conditional) have none either.
+  assert _transposes_that_recompute_relu(conv.conv_general_dilated_stored_input, True) == 0
 
 
 def test_only_the_cpu_lowering_has_the_conditional():
