@@ -19,12 +19,13 @@ when XLA lowers for the CPU (``lax.platform_dependent``); GPUs and TPUs keep lax
    loop body (``nn.scan``) they stay as they are and fall to a generic loop nest, which made a
    scanned CIFAR ResNet-56's backward pass 18x slower. ``same_conv``'s VJP writes both gradient
    convolutions in the canonical order itself, with explicit transposes (on an H100 the two ran a
-   scanned stack of convolutions equally fast, hence CPU only). Inside the loop body XLA fuses no
-   producer into those transposes (read from the compiled program), so point 1 is not needed
-   there. Only stride-1, undilated, ungrouped convolutions with symmetric ``k // 2`` padding and
-   an odd kernel (every convolution of a scanned block) take this path; anything else is
-   ``lax.conv_general_dilated`` unchanged. ``per_platform`` is that selection for any lowering
-   (the ImageNet stem's, ``resnet_jax.stem``, uses it too).
+   scanned stack of convolutions equally fast, hence CPU only). Its kernel gradient reads the
+   stored input too (point 1): inside a loop body XLA fuses no producer into the transposes, but
+   it unrolls a scan of one block (ResNet-14), and then it does. Only stride-1, undilated,
+   ungrouped convolutions with symmetric ``k // 2`` padding and an odd kernel (every convolution
+   of a scanned block) take this path; anything else is ``lax.conv_general_dilated`` unchanged.
+   ``per_platform`` is that selection for any lowering (the ImageNet stem's, ``resnet_jax.stem``,
+   uses it too).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def _forward(x, w, pad, precision):
 
 def _backward(pad, precision, residuals, dy):
   x, w = residuals
+  x = _as_stored(x, w)
   # Input gradient: the kernel flipped in space, in and out swapped, still HWIO.
   dx = _conv(dy, w[::-1, ::-1].transpose(0, 1, 3, 2), pad, precision)
   # Kernel gradient: a convolution of the input (channels as batch, batch as features) with the
