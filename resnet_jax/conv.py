@@ -147,6 +147,9 @@ def _as_stored(x, kernel):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _stored_input_conv(x, w, params: tuple):
+  """``params``: ``lax.conv_general_dilated``'s positional arguments after lhs and rhs, in its
+  order, then its other keyword arguments as (name, value) pairs; all hashable, as a custom VJP's
+  static argument must be."""
   return lax.conv_general_dilated(x, w, *params[:-1], **dict(params[-1]))
 
 
