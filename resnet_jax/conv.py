@@ -10,8 +10,9 @@ when XLA lowers for the CPU (``lax.platform_dependent``); GPUs and TPUs keep lax
    additions back through several blocks), recomputing them in a strided loop: in a CIFAR
    ResNet-20 train step these fusions took 141 of 330 ms, where transposing the stored
    activations takes ~7 ms. A conditional is a fusion boundary that XLA keeps
-   (``lax.optimization_barrier`` is not: XLA:CPU expands it away before fusing), so ``_as_stored``
-   passes the input through one. Gradients bitwise equal to lax's.
+   (``lax.optimization_barrier`` is not: XLA:CPU expands it away before fusing), so the custom
+   JVP's input term reads ``_as_stored(x)``, which passes through one; reverse mode turns that
+   term into the kernel gradient. Values and gradients bitwise equal to lax's; forward mode works.
 2. ``conv_general_dilated`` (the scanned blocks' convolutions, ``scan_blocks``): outside loops
    XLA:CPU's ConvCanonicalization pass rewrites the gradient convolutions that JAX's transpose
    rules emit (kernel gradient ``f01b_i01o->01bf``, input gradient with an ``01oi`` kernel) into
@@ -145,25 +146,23 @@ def _as_stored(x, kernel):
   return lax.cond(probe == probe, lambda x: x, lambda x: x * jnp.nan, x)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _stored_input_conv(x, w, params: tuple):
   """``params``: ``lax.conv_general_dilated``'s positional arguments after lhs and rhs, in its
-  order, then its other keyword arguments as (name, value) pairs; all hashable, as a custom VJP's
-  static argument must be."""
+  order, then its other keyword arguments as (name, value) pairs; all hashable, as a custom
+  derivative's static argument must be."""
   return lax.conv_general_dilated(x, w, *params[:-1], **dict(params[-1]))
 
 
-def _stored_input_forward(x, w, params):
-  return _stored_input_conv(x, w, params), (x, w)
-
-
-def _stored_input_backward(params, residuals, dy):
-  x, w = residuals
-  _, vjp = jax.vjp(lambda x, w: _stored_input_conv.fun(x, w, params), _as_stored(x, w), w)
-  return vjp(dy)
-
-
-_stored_input_conv.defvjp(_stored_input_forward, _stored_input_backward)
+@_stored_input_conv.defjvp
+def _stored_input_jvp(params, primals, tangents):
+  """The convolution's own (bilinear) derivative, its input term reading ``_as_stored(x)``: reverse
+  mode transposes that term into the kernel gradient, which then reads the stored input. A JVP
+  rather than a VJP, so forward-mode differentiation keeps working."""
+  (x, w), (dx, dw) = primals, tangents
+  y = _stored_input_conv.fun(x, w, params)
+  dy = _stored_input_conv.fun(dx, w, params) + _stored_input_conv.fun(_as_stored(x, w), dw, params)
+  return y, dy
 
 
 def _hashable(value):
