@@ -21,7 +21,7 @@ train_step() {  # MODEL BATCH: one JSON line of the device-only train step, bf16
     --config.model="$1" --config.batch_size="$2" --config.half_precision=True 2>/dev/null | tail -1
 }
 # ResNet-50 twice: the spread between two runs is part of the figure.
-for model in resnet50 ${MODELS:-resnet50 resnet18 resnet152}; do
+for model in resnet50 resnet50 ${MODELS:-resnet18 resnet152}; do
   train_step "$model" 256 | tee -a "$out/train_step.jsonl"
 done
 if [[ ${TRACE:-0} == 1 ]]; then

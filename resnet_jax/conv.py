@@ -32,6 +32,7 @@ when XLA lowers for the CPU (``lax.platform_dependent``); GPUs and TPUs keep lax
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -148,10 +149,9 @@ def _as_stored(x, kernel):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _stored_input_conv(x, w, params: tuple):
-  """``params``: ``lax.conv_general_dilated``'s positional arguments after lhs and rhs, in its
-  order, then its other keyword arguments as (name, value) pairs; all hashable, as a custom
-  derivative's static argument must be."""
-  return lax.conv_general_dilated(x, w, *params[:-1], **dict(params[-1]))
+  """``params``: ``lax.conv_general_dilated``'s other arguments as hashable (name, value) pairs,
+  as a custom derivative's static argument must be."""
+  return lax.conv_general_dilated(x, w, **dict(params))
 
 
 @_stored_input_conv.defjvp
@@ -165,37 +165,22 @@ def _stored_input_jvp(params, primals, tangents):
   return y, dy
 
 
+_LAX_CONV = inspect.signature(lax.conv_general_dilated)
+
+
 def _hashable(value):
-  if isinstance(value, str | None) or not hasattr(value, '__iter__'):
-    return value
-  return tuple(_hashable(v) for v in value)
+  """Lists (e.g. flax's padding) as tuples; named tuples (ConvDimensionNumbers) as they are."""
+  if isinstance(value, list | tuple) and not hasattr(value, '_fields'):
+    return tuple(_hashable(v) for v in value)
+  return value
 
 
-def conv_general_dilated_stored_input(
-  lhs,
-  rhs,
-  window_strides,
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count=1,
-  batch_group_count=1,
-  precision=None,
-  **kwargs,
-):
-  """``lax.conv_general_dilated``; lowered for the CPU, its kernel gradient reads the stored input
-  (point 1 above). Same signature, same values and gradients."""
-  params = (
-    _hashable(window_strides),
-    _hashable(padding),
-    _hashable(lhs_dilation),
-    _hashable(rhs_dilation),
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision,
-    tuple(sorted(kwargs.items())),
+def conv_general_dilated_stored_input(lhs, rhs, *args, **kwargs):
+  """``lax.conv_general_dilated`` (same arguments, values and gradients); lowered for the CPU, its
+  kernel gradient reads the stored input (point 1 above)."""
+  arguments = _LAX_CONV.bind(lhs, rhs, *args, **kwargs).arguments
+  params = tuple(
+    (name, _hashable(value)) for name, value in arguments.items() if name not in ('lhs', 'rhs')
   )
   return lax.platform_dependent(
     lhs,
