@@ -3,10 +3,12 @@
 # one after the other in one run; prints a markdown table of img/s and the ratio.
 #   pip install torch==2.13.0 && bash benchmarks/side_by_side.sh [STEPS]
 # Each line: model, image size, global batch. Override with CASES="cifar_resnet20 32 128;...".
+# OURS_FLAGS adds flags to resnet_jax's command, e.g. OURS_FLAGS=--config.cpu_convolution=xla.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-5}
 IFS=';' read -ra cases <<< "${CASES:-cifar_resnet20 32 128;resnet18 224 16;resnet50 224 8}"
+read -ra ours_flags <<< "${OURS_FLAGS:-}"
 json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
 echo "| model | image | batch | resnet_jax img/s | PyTorch img/s | resnet_jax / PyTorch | compile s |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
@@ -15,7 +17,7 @@ for case in "${cases[@]}"; do
   classes=$([[ $model == cifar* ]] && echo 10 || echo 1000)
   ours=$(python3 -m resnet_jax.benchmark --config=configs/fake.py --mode=train --steps="$steps" \
     --config.model="$model" --config.image_size="$size" --config.batch_size="$batch" \
-    --config.num_classes="$classes" 2>/dev/null)
+    --config.num_classes="$classes" "${ours_flags[@]}" 2>/dev/null)
   theirs=$(python3 benchmarks/pytorch_train_step.py --model="$model" --image-size="$size" \
     --batch="$batch" --num-classes="$classes" --steps="$steps")
   a=$(json_field images_per_sec <<< "$ours")

@@ -82,6 +82,12 @@ def get_config():
   # to and from the per-block layout on restore and init_from. Costs step time on a GPU (0.62-0.68x
   # on an H100, PERFORMANCE.md); on the CPU the step is as fast or faster.
   c.scan_blocks = False
+  # Who runs float32 convolutions' gradients on a CPU: 'auto' = oneDNN's direct kernels
+  # (onednn.py, built on first use; needs libdnnl-dev and a C++ compiler) where they build, else
+  # XLA's; 'onednn' = oneDNN or an error; 'xla' = XLA's (what jax.jvp and jax.export of a CPU
+  # program need). Forward values are XLA's either way, gradients equal to float32 rounding; up
+  # to 1.23x faster CPU train steps (PERFORMANCE.md).
+  c.cpu_convolution = 'auto'
   # XLA's persistent compilation cache (a local or gs:// directory): a run restarted after
   # preemption, or evaluated again, loads its compiled steps instead of compiling them. '' = off.
   c.compilation_cache_dir = ''

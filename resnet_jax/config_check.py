@@ -138,6 +138,7 @@ RULES: dict[str, Rule] = {
   'stride_in_1x1': boolean,
   'zero_init_residual': boolean,
   'scan_blocks': boolean,
+  'cpu_convolution': one_of('auto', 'onednn', 'xla'),
   'bn_momentum': number(0.0, 1.0),
   'bn_epsilon': number(0.0, open_lo=True),
   'bn_group_size': NONNEG_INT,
@@ -236,6 +237,10 @@ def _check_combinations(c, num_devices: int, num_processes: int):
     _fail('multiscale_aspects', tuple(c.multiscale_aspects), 'increasing from 1.0 (square images)')
   if c.init_from_skip and not c.init_from:
     raise ConfigError('--config.init_from_skip is set but --config.init_from is empty.')
+  if c.cpu_convolution == 'onednn':
+    from resnet_jax import onednn  # imports JAX: only for the one value that needs it
+
+    onednn.enabled(c.cpu_convolution)  # builds it once, or says what is missing
   if c.lock_heartbeat_seconds >= c.lock_stale_seconds:
     raise ConfigError(
       f'--config.lock_heartbeat_seconds={c.lock_heartbeat_seconds} must be shorter than '

@@ -70,8 +70,14 @@ def _conv(
   dtype,
   name=None,
   lowering=conv_lowering.conv_general_dilated_stored_input,
+  cpu_convolution='auto',
 ):
-  """A bias-free conv with torch's symmetric padding of k // 2 (never XLA's asymmetric SAME)."""
+  """A bias-free conv with torch's symmetric padding of k // 2 (never XLA's asymmetric SAME).
+
+  ``lowering`` runs it (``lax.conv_general_dilated``'s signature), except the gradients of the
+  float32 convolutions lowered for the CPU that oneDNN takes under ``cpu_convolution``
+  (``conv.cpu_convolution``).
+  """
   pad = kernel[0] // 2
   return nn.Conv(
     features,
@@ -79,7 +85,7 @@ def _conv(
     strides,
     padding=((pad, pad), (pad, pad)),
     use_bias=False,
-    conv_general_dilated=lowering,
+    conv_general_dilated=conv_lowering.cpu_convolution(lowering, cpu_convolution),
     dtype=dtype,
     param_dtype=jnp.float32,
     kernel_init=conv_init,
@@ -198,6 +204,9 @@ class ResNet(nn.Module):
       step, so the compiled program holds one copy of them: compile time independent of depth.
       Their variables are stacked under ``layer{i}_scan`` (``block_layout`` converts); the
       numbers are those of the per-block network with the same weights.
+    cpu_convolution: 'auto', 'onednn' or 'xla': who runs the gradients of the float32
+      convolutions lowered for the CPU (``resnet_jax.onednn``). The same forward values; gradients
+      equal to float32 rounding.
     dtype: compute dtype; parameters, BN statistics and logits stay float32.
   """
 
@@ -215,6 +224,7 @@ class ResNet(nn.Module):
   bn_axis_name: str | None = None
   bn_axis_index_groups: Any = None
   scan_blocks: bool = False
+  cpu_convolution: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -230,7 +240,7 @@ class ResNet(nn.Module):
     Returns:
       float32 logits.
     """
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, cpu_convolution=self.cpu_convolution)
     norm = functools.partial(
       BatchNorm,
       momentum=self.bn_momentum,

@@ -23,6 +23,7 @@ def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
     scan_blocks=config.scan_blocks,
     bn_momentum=config.bn_momentum,
     bn_epsilon=config.bn_epsilon,
+    cpu_convolution=config.cpu_convolution,
   )
   if config.shortcut:
     overrides['shortcut'] = config.shortcut

@@ -8,7 +8,8 @@ repository, not TensorFlow or pytest) to check there what the suite checks on CP
 1. ``conv.same_conv`` (the scanned blocks' convolution with hand-written gradients),
    ``conv.conv_general_dilated`` (what the scanned blocks call: ``same_conv`` on CPU, lax
    elsewhere) and ``conv.conv_general_dilated_stored_input`` (what the per-block networks call)
-   against ``lax.conv_general_dilated``: outputs, input and kernel gradients, float32 and bfloat16.
+   against ``lax.conv_general_dilated``: outputs, input and kernel gradients, float32 and bfloat16;
+   on a CPU where it builds, ``onednn.conv`` (lax's forward, oneDNN's gradients) too.
 2. The scanned ResNet-50 (``scan_blocks=True``) against the per-block one with the same weights:
    eval logits, train logits and parameter gradients.
 3. Training BatchNorm (``batch_norm.train_batch_norm``: one-pass shifted statistics, written-out
@@ -34,7 +35,7 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from resnet_jax import batch_norm, block_layout, conv, distributed, models, stem
+from resnet_jax import batch_norm, block_layout, conv, distributed, models, onednn, stem
 
 distributed.set_cpu_xla_flags()  # on CPU, check the convolutions the commands run
 
@@ -68,6 +69,8 @@ def check_convolutions() -> list[tuple[str, float, float]]:
     'conv_general_dilated': _through(conv.conv_general_dilated),
     'conv_general_dilated_stored_input': _through(conv.conv_general_dilated_stored_input),
   }
+  if onednn.enabled('auto'):  # a CPU backend where oneDNN builds
+    candidates['onednn'] = _through(conv.cpu_convolution(lax.conv_general_dilated, 'onednn'))
   for kernel, dtype in [(3, 'float32'), (1, 'float32'), (3, 'bfloat16')]:
     kx, kw, kd = jax.random.split(jax.random.key(kernel), 3)
     x = jax.random.normal(kx, (8, 28, 28, 64), dtype)

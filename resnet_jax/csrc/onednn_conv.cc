@@ -1,0 +1,217 @@
+// SPDX-License-Identifier: Apache-2.0
+// oneDNN's convolution gradients (input gradient, kernel gradient) as XLA FFI custom calls for the
+// CPU. Built and loaded by resnet_jax/onednn.py, which documents why and when they are used.
+//
+// Tensors keep XLA's layouts: activations NHWC, kernels HWIO, float32. The kernel alone is
+// reordered into the blocked layout oneDNN's AVX-512/AVX2 direct convolutions want
+// (format_tag::any): with a plain HWIO kernel oneDNN falls back to im2col + sgemm, no faster than
+// XLA's own. Activations stay NHWC, which those kernels read and write directly.
+//
+// Compiles against the oneDNN 2.x and 3.x C++ APIs (their primitive-descriptor constructors differ).
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace {
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using Dims = std::vector<int64_t>;
+using Span = ffi::Span<const int64_t>;
+
+enum Kind : int64_t { kInputGradient, kKernelGradient };
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// The three tensors as XLA lays them out (oneDNN's logical dimension order is N, C, H, W and
+// O, I, H, W), strides and padding.
+struct Problem {
+  memory::desc src, weights, dst;
+  memory::dims strides, pad_lo, pad_hi;
+};
+
+Problem MakeProblem(const Dims& x, const Dims& w, const Dims& y, Span strides, Span padding) {
+  const auto f32 = memory::data_type::f32;
+  return Problem{memory::desc({x[0], x[3], x[1], x[2]}, f32, memory::format_tag::nhwc),
+                 memory::desc({w[3], w[2], w[0], w[1]}, f32, memory::format_tag::hwio),
+                 memory::desc({y[0], y[3], y[1], y[2]}, f32, memory::format_tag::nhwc),
+                 {strides[0], strides[1]},
+                 {padding[0], padding[2]},
+                 {padding[1], padding[3]}};
+}
+
+memory::desc AnyLayout(const memory::desc& d) {
+#if DNNL_VERSION_MAJOR >= 3
+  return memory::desc(d.get_dims(), d.get_data_type(), memory::format_tag::any);
+#else
+  return memory::desc(d.dims(), d.data_type(), memory::format_tag::any);
+#endif
+}
+
+// The caller provides the scratchpad, so primitives may run concurrently (XLA runs the programs
+// of several devices at once); oneDNN's library-managed scratchpad is shared between primitives.
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+constexpr auto kDirect = dnnl::algorithm::convolution_direct;
+
+// The forward primitive descriptor that the gradient ones take as a hint (it is never run: the
+// forward pass is XLA's).
+dnnl::convolution_forward::primitive_desc ForwardPd(const Problem& p) {
+#if DNNL_VERSION_MAJOR >= 3
+  return {Engine(), dnnl::prop_kind::forward_training, kDirect, p.src, AnyLayout(p.weights),
+          p.dst, p.strides, p.pad_lo, p.pad_hi, UserScratchpad()};
+#else
+  dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, kDirect, p.src,
+                                    AnyLayout(p.weights), p.dst, p.strides, p.pad_lo, p.pad_hi);
+  return {d, UserScratchpad(), Engine()};
+#endif
+}
+
+dnnl::convolution_backward_data::primitive_desc InputGradientPd(const Problem& p) {
+#if DNNL_VERSION_MAJOR >= 3
+  return {Engine(), kDirect, p.src, AnyLayout(p.weights), p.dst, p.strides, p.pad_lo, p.pad_hi,
+          ForwardPd(p), UserScratchpad()};
+#else
+  dnnl::convolution_backward_data::desc d(kDirect, p.src, AnyLayout(p.weights), p.dst, p.strides,
+                                          p.pad_lo, p.pad_hi);
+  return {d, UserScratchpad(), Engine(), ForwardPd(p)};
+#endif
+}
+
+dnnl::convolution_backward_weights::primitive_desc KernelGradientPd(const Problem& p) {
+#if DNNL_VERSION_MAJOR >= 3
+  return {Engine(), kDirect, p.src, AnyLayout(p.weights), p.dst, p.strides, p.pad_lo, p.pad_hi,
+          ForwardPd(p), UserScratchpad()};
+#else
+  dnnl::convolution_backward_weights::desc d(kDirect, p.src, AnyLayout(p.weights), p.dst,
+                                             p.strides, p.pad_lo, p.pad_hi);
+  return {d, UserScratchpad(), Engine(), ForwardPd(p)};
+#endif
+}
+
+// A primitive with the kernel layout it chose and its scratchpad size.
+struct Compiled {
+  dnnl::primitive primitive;
+  memory::desc weights, scratchpad;
+};
+
+// Creating a primitive descriptor searches oneDNN's implementations (tens of microseconds), so
+// each problem is compiled once per process.
+Compiled Lookup(Kind kind, const Dims& x, const Dims& w, const Dims& y, Span strides,
+                Span padding, const Problem& p) {
+  static std::mutex mutex;
+  static std::map<Dims, Compiled> cache;
+  Dims key{kind};
+  for (const Dims* d : {&x, &w, &y}) key.insert(key.end(), d->begin(), d->end());
+  key.insert(key.end(), strides.begin(), strides.end());
+  key.insert(key.end(), padding.begin(), padding.end());
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  Compiled c;
+  if (kind == kInputGradient) {
+    auto pd = InputGradientPd(p);
+    c = {dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
+  } else {
+    auto pd = KernelGradientPd(p);
+    c = {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc()};
+  }
+  cache.emplace(key, c);
+  return c;
+}
+
+// Per-thread, 64-byte aligned, grown as needed and kept: slot 0 the scratchpad, 1 the kernel.
+void* Buffer(int slot, size_t bytes) {
+  thread_local std::vector<char> buffers[2];
+  std::vector<char>& b = buffers[slot];
+  if (b.size() < bytes + 64) b.resize(bytes + 64);
+  return b.data() + (64 - reinterpret_cast<uintptr_t>(b.data()) % 64) % 64;
+}
+
+// Runs one gradient convolution. `a` and `b` are the two operands, `out` the result, in the order
+// of the kind: input gradient (dy, w) -> dx; kernel gradient (x, dy) -> dw.
+ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+               ffi::ResultBuffer<ffi::F32> out, Span strides, Span padding) {
+  try {
+    Dims da(a.dimensions().begin(), a.dimensions().end());
+    Dims db(b.dimensions().begin(), b.dimensions().end());
+    Dims dout(out->dimensions().begin(), out->dimensions().end());
+    const Dims& x = kind == kInputGradient ? dout : da;
+    const Dims& w = kind == kInputGradient ? db : dout;
+    const Dims& y = kind == kInputGradient ? da : db;
+    if (x.size() != 4 || w.size() != 4 || y.size() != 4 || strides.size() != 2 ||
+        padding.size() != 4) {
+      return ffi::Error::InvalidArgument("onednn_conv: expects 4-d tensors, 2 strides, 4 pads");
+    }
+    Problem p = MakeProblem(x, w, y, strides, padding);
+    Compiled c = Lookup(kind, x, w, y, strides, padding, p);
+    dnnl::stream stream(Engine());
+    float* kernel = kind == kInputGradient ? b.typed_data() : out->typed_data();
+    memory user_kernel(p.weights, Engine(), kernel);
+    memory kernel_mem = user_kernel;
+    if (c.weights != p.weights) {
+      kernel_mem = memory(c.weights, Engine(), Buffer(1, c.weights.get_size()));
+      if (kind == kInputGradient) {
+        dnnl::reorder(user_kernel, kernel_mem).execute(stream, user_kernel, kernel_mem);
+      }
+    }
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SCRATCHPAD, memory(c.scratchpad, Engine(), Buffer(0, c.scratchpad.get_size()))}};
+    if (kind == kInputGradient) {
+      args.emplace(DNNL_ARG_DIFF_DST, memory(p.dst, Engine(), a.typed_data()));
+      args.emplace(DNNL_ARG_WEIGHTS, kernel_mem);
+      args.emplace(DNNL_ARG_DIFF_SRC, memory(p.src, Engine(), out->typed_data()));
+    } else {
+      args.emplace(DNNL_ARG_SRC, memory(p.src, Engine(), a.typed_data()));
+      args.emplace(DNNL_ARG_DIFF_DST, memory(p.dst, Engine(), b.typed_data()));
+      args.emplace(DNNL_ARG_DIFF_WEIGHTS, kernel_mem);
+    }
+    c.primitive.execute(stream, args);
+    if (kind == kKernelGradient && c.weights != p.weights) {
+      dnnl::reorder(kernel_mem, user_kernel).execute(stream, kernel_mem, user_kernel);
+    }
+    stream.wait();
+    return ffi::Error::Success();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
+  }
+}
+
+ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                         ffi::ResultBuffer<ffi::F32> dx, Span strides, Span padding) {
+  return Run(kInputGradient, dy, w, dx, strides, padding);
+}
+
+ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dw, Span strides, Span padding) {
+  return Run(kKernelGradient, x, dy, dw, strides, padding);
+}
+
+}  // namespace
+
+#define RESNET_JAX_CONV_HANDLER(name, fn)                                 \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn,                                 \
+                                ffi::Ffi::Bind()                          \
+                                    .Arg<ffi::Buffer<ffi::F32>>()         \
+                                    .Arg<ffi::Buffer<ffi::F32>>()         \
+                                    .Ret<ffi::Buffer<ffi::F32>>()         \
+                                    .Attr<Span>("strides")                \
+                                    .Attr<Span>("padding"));
+
+RESNET_JAX_CONV_HANDLER(ResnetJaxOnednnConvInputGradient, InputGradient)
+RESNET_JAX_CONV_HANDLER(ResnetJaxOnednnConvKernelGradient, KernelGradient)

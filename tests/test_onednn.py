@@ -1,0 +1,241 @@
+"""``onednn``: lax's convolution with oneDNN's gradients on the CPU (values bitwise lax's, gradients
+to float32 rounding), wired into the networks under ``cpu_convolution``, and a clear error or
+fallback where it cannot be built.
+
+CI installs oneDNN (``.ci/run``) and fails if it does not build, so these tests run there; on a
+machine without it they are skipped with the build error as the reason.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import conv, models, onednn
+from resnet_jax.errors import UserError
+
+needs_onednn = pytest.mark.skipif(
+  bool(onednn.unavailable_reason()), reason=f'oneDNN unavailable: {onednn.unavailable_reason()}'
+)
+INPUT_GRADIENT, KERNEL_GRADIENT = (
+  'ResnetJaxOnednnConvInputGradient',
+  'ResnetJaxOnednnConvKernelGradient',
+)
+
+
+def _close(ours, ref, name):
+  """Equal to float32 rounding: oneDNN sums the same products in another order."""
+  scale = float(jnp.max(jnp.abs(ref)))
+  np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6 * scale, err_msg=name)
+
+
+def _value_and_grads(lowering, x, w, strides, padding):
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
+
+  def f(x, w):
+    y = lowering(x, w, strides, padding, dimension_numbers=numbers)
+    return jnp.sum(y * jnp.cos(y)), y  # a non-trivial output gradient
+
+  return jax.jit(jax.value_and_grad(f, (0, 1), has_aux=True))(x, w)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+  'shape, kernel, strides, padding',
+  [
+    ((4, 12, 12, 16), (3, 3, 16, 32), (1, 1), [(1, 1), (1, 1)]),
+    ((4, 12, 12, 16), (3, 3, 16, 32), (2, 2), [(1, 1), (1, 1)]),
+    ((4, 12, 12, 16), (1, 1, 16, 64), (1, 1), [(0, 0), (0, 0)]),
+    ((4, 12, 12, 64), (1, 1, 64, 32), (2, 2), [(0, 0), (0, 0)]),
+    ((2, 30, 30, 3), (7, 7, 3, 16), (2, 2), [(3, 3), (3, 3)]),  # the ImageNet stem
+    ((3, 9, 13, 5), (3, 5, 5, 7), (2, 1), [(0, 1), (2, 2)]),  # odd sizes, asymmetric padding
+  ],
+)
+def test_values_are_laxs_and_gradients_equal_laxs_to_rounding(shape, kernel, strides, padding):
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), kernel) / np.sqrt(np.prod(kernel[:3]))
+  lax_conv = jax.lax.conv_general_dilated
+  ours = conv.cpu_convolution(lax_conv, 'onednn')
+  (_, y), (dx, dw) = _value_and_grads(ours, x, w, strides, padding)
+  (_, y_ref), (dx_ref, dw_ref) = _value_and_grads(lax_conv, x, w, strides, padding)
+  np.testing.assert_array_equal(y, y_ref)  # the forward pass is lax's
+  for name, value, ref in (('dx', dx, dx_ref), ('dw', dw, dw_ref)):
+    assert value.shape == ref.shape, name
+    _close(value, ref, name)
+
+
+def _grad_hlo(model, images):
+  variables = model.init(jax.random.key(0), images, train=False)
+
+  def loss(params):
+    logits, _ = model.apply(
+      {**variables, 'params': params}, images, train=True, mutable=['batch_stats']
+    )
+    return jnp.sum(logits**2)
+
+  grad = jax.jit(jax.grad(loss))
+  return grad(variables['params']), grad.lower(variables['params']).compile().as_text()
+
+
+def _calls(text, target):
+  return text.count(f'custom_call_target="{target}"')
+
+
+@needs_onednn
+@pytest.mark.parametrize('name, scan_blocks', [('cifar_resnet14', False), ('cifar_resnet20', True)])
+def test_network_gradients_are_onednns_and_match_xlas(name, scan_blocks):
+  """Read from the compiled CPU train gradient: under 'onednn' XLA keeps the forward convolutions
+  only and every gradient convolution is a oneDNN call (inside the scan's loop too); under 'xla'
+  none is. The two gradients agree to float32 rounding."""
+  images = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))
+  grads, texts = {}, {}
+  for mode in ('onednn', 'xla'):
+    model = models.get_model(name, num_classes=10, scan_blocks=scan_blocks, cpu_convolution=mode)
+    grads[mode], texts[mode] = _grad_hlo(model, images)
+  ours, xla = texts['onednn'], texts['xla']
+  assert _calls(xla, INPUT_GRADIENT) == _calls(xla, KERNEL_GRADIENT) == 0
+  forward = ours.count(' convolution(')
+  # XLA: forward, input gradient (none for the stem, whose input is the images) and kernel gradient.
+  assert xla.count(' convolution(') == 3 * forward - 1
+  assert _calls(ours, KERNEL_GRADIENT) == forward and _calls(ours, INPUT_GRADIENT) == forward - 1
+  assert (' while(' in ours) == scan_blocks
+  for path, value in jax.tree_util.tree_leaves_with_path(grads['onednn']):
+    ref = grads['xla']
+    for key in path:
+      ref = ref[key.key]
+    _close(value, ref, jax.tree_util.keystr(path))
+
+
+@needs_onednn
+def test_other_dtypes_and_other_platforms_keep_xlas_convolution():
+  x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
+  lowering = conv.cpu_convolution(jax.lax.conv_general_dilated, 'onednn')
+
+  def f(x, w):
+    return jax.grad(
+      lambda w: jnp.sum(lowering(x, w, (1, 1), [(1, 1)] * 2, dimension_numbers=numbers))
+    )(w)
+
+  def lowered_for_cpu(*args):
+    return jax.jit(f).lower(*args).as_text()
+
+  def exported(platform):
+    return jax.export.export(jax.jit(f), platforms=[platform])(x, w).mlir_module()
+
+  assert KERNEL_GRADIENT in lowered_for_cpu(x, w)
+  assert KERNEL_GRADIENT not in lowered_for_cpu(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  for platform in ('cuda', 'tpu'):
+    assert KERNEL_GRADIENT not in exported(platform)
+
+
+def test_xla_mode_leaves_the_lowering_untouched_and_bad_modes_are_refused():
+  lowering = conv.conv_general_dilated_stored_input
+  assert conv.cpu_convolution(lowering, 'xla') is lowering
+  with pytest.raises(
+    UserError, match=re.escape("--config.cpu_convolution='onenn': must be one of auto, onednn, xla")
+  ):
+    conv.cpu_convolution(lowering, 'onenn')
+
+
+def _without_onednn(code: str, tmp_path):
+  """Runs ``code`` in a fresh interpreter whose build of the library fails (no compiler)."""
+  env = {**os.environ, 'CXX': 'no-such-compiler', 'RESNET_JAX_CACHE': str(tmp_path)}
+  return subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300, check=False
+  )
+
+
+def test_without_a_compiler_auto_falls_back_to_xla_and_onednn_says_what_is_missing(tmp_path):
+  code = """
+import logging, jax
+from resnet_jax import console, models, onednn
+from resnet_jax.errors import UserError
+console.setup()
+x = jax.numpy.ones((2, 8, 8, 3))
+model = models.get_model('cifar_resnet8', num_classes=10)
+model.init(jax.random.key(0), x, train=False)
+print('auto ran')
+try:
+  models.get_model('cifar_resnet8', num_classes=10, cpu_convolution='onednn').init(
+    jax.random.key(0), x, train=False)
+except UserError as e:
+  print('error:', e)
+"""
+  done = _without_onednn(code, tmp_path)
+  assert done.returncode == 0, done.stderr
+  lines = done.stdout.splitlines()
+  assert 'auto ran' in lines
+  fallback = [line for line in lines if 'oneDNN convolutions unavailable' in line]
+  assert len(fallback) == 1 and "no C++ compiler 'no-such-compiler'" in fallback[0], lines
+  assert "using XLA's" in fallback[0] and 'apt-get install libdnnl-dev' in fallback[0]
+  assert lines[-1] == (
+    "error: --config.cpu_convolution='onednn' but oneDNN is unavailable (no C++ compiler "
+    "'no-such-compiler'): install oneDNN's headers and a C++ compiler (Debian/Ubuntu: apt-get "
+    'install libdnnl-dev g++), or set --config.cpu_convolution=xla.'
+  )
+
+
+@needs_onednn
+def test_the_library_is_built_once_per_source_and_reused(tmp_path):
+  """A fresh cache builds it; a second interpreter loads the same file without compiling."""
+  code = 'from resnet_jax import onednn as o; print(o.unavailable_reason() or o.library_path())'
+  env = {**os.environ, 'RESNET_JAX_CACHE': str(tmp_path)}
+  first = subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300, check=True
+  )
+  path = first.stdout.strip().splitlines()[-1]
+  assert path.startswith(str(tmp_path)) and os.path.exists(path), first.stdout
+  built = os.stat(path).st_mtime_ns
+  again = subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300, check=True
+  )
+  assert again.stdout.strip().splitlines()[-1] == path and os.stat(path).st_mtime_ns == built
+  assert os.listdir(tmp_path) == [os.path.basename(path)]  # no temporary left behind
+
+
+def test_the_command_line_refuses_onednn_it_cannot_build_before_writing_anything(tmp_path):
+  work = tmp_path / 'run'
+  env = {
+    **os.environ,
+    'CXX': 'no-such-compiler',
+    'RESNET_JAX_CACHE': str(tmp_path / 'cache'),
+    'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
+  }
+  argv = ['-m', 'resnet_jax.main', '--config=configs/digits.py', f'--workdir={work}']
+  done = subprocess.run(
+    [sys.executable, *argv, '--config.cpu_convolution=onednn'],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    check=False,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
+  assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: --config.cpu_convolution='onednn' but oneDNN is unavailable")
+  assert 'apt-get install libdnnl-dev' in last and not work.exists()
+
+
+@needs_onednn
+def test_per_example_gradients_under_vmap_equal_laxs():
+  x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5)) / 6
+
+  def per_example(lowering):
+    def loss(w, x):
+      numbers = jax.lax.conv_dimension_numbers(x[None].shape, w.shape, conv.NHWC)
+      return jnp.sum(jnp.sin(lowering(x[None], w, (1, 1), [(1, 1)] * 2, dimension_numbers=numbers)))
+
+    return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(w, x)
+
+  ours = per_example(conv.cpu_convolution(jax.lax.conv_general_dilated, 'onednn'))
+  ref = per_example(jax.lax.conv_general_dilated)
+  assert ours.shape == (3, 3, 3, 4, 5)
+  _close(ours, ref, 'per-example dw')
