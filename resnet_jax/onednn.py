@@ -17,7 +17,7 @@ custom VJP means forward-mode differentiation (``jax.jvp``) of a network using i
 ``jax.export`` refuses a CPU program holding the custom calls (their targets are this library's,
 not XLA's): ``cpu_convolution='xla'`` gives XLA's gradients for both.
 
-How it is built: the first use compiles ``csrc/onednn_conv.cc`` with the C++ compiler (``$CXX``,
+How it is built: the first use compiles ``onednn_conv.cc`` with the C++ compiler (``$CXX``,
 else ``c++``) against the system's oneDNN (Debian/Ubuntu: ``apt-get install libdnnl-dev``; or a
 oneDNN install at ``$DNNLROOT``; run with Debian 12's 2.6, compiled against 3.13's headers too)
 and JAX's FFI headers, into
@@ -50,7 +50,7 @@ from resnet_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SOURCE = pathlib.Path(__file__).with_name('csrc') / 'onednn_conv.cc'
+SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
 _TARGETS = {
   'input_gradient': 'ResnetJaxOnednnConvInputGradient',
   'kernel_gradient': 'ResnetJaxOnednnConvKernelGradient',
