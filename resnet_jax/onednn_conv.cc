@@ -82,24 +82,16 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Problem& p) {
 #endif
 }
 
-dnnl::convolution_backward_data::primitive_desc InputGradientPd(const Problem& p) {
+// The primitive descriptor of a gradient convolution: Primitive is convolution_backward_data or
+// convolution_backward_weights, whose descriptors take the same arguments.
+template <typename Primitive>
+typename Primitive::primitive_desc GradientPd(const Problem& p) {
 #if DNNL_VERSION_MAJOR >= 3
   return {Engine(), kDirect, p.src, AnyLayout(p.weights), p.dst, p.strides, p.pad_lo, p.pad_hi,
           ForwardPd(p), UserScratchpad()};
 #else
-  dnnl::convolution_backward_data::desc d(kDirect, p.src, AnyLayout(p.weights), p.dst, p.strides,
-                                          p.pad_lo, p.pad_hi);
-  return {d, UserScratchpad(), Engine(), ForwardPd(p)};
-#endif
-}
-
-dnnl::convolution_backward_weights::primitive_desc KernelGradientPd(const Problem& p) {
-#if DNNL_VERSION_MAJOR >= 3
-  return {Engine(), kDirect, p.src, AnyLayout(p.weights), p.dst, p.strides, p.pad_lo, p.pad_hi,
-          ForwardPd(p), UserScratchpad()};
-#else
-  dnnl::convolution_backward_weights::desc d(kDirect, p.src, AnyLayout(p.weights), p.dst,
-                                             p.strides, p.pad_lo, p.pad_hi);
+  typename Primitive::desc d(kDirect, p.src, AnyLayout(p.weights), p.dst, p.strides, p.pad_lo,
+                             p.pad_hi);
   return {d, UserScratchpad(), Engine(), ForwardPd(p)};
 #endif
 }
@@ -125,10 +117,10 @@ Compiled Lookup(Kind kind, const Dims& x, const Dims& w, const Dims& y, Span str
   if (it != cache.end()) return it->second;
   Compiled c;
   if (kind == kInputGradient) {
-    auto pd = InputGradientPd(p);
+    auto pd = GradientPd<dnnl::convolution_backward_data>(p);
     c = {dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
   } else {
-    auto pd = KernelGradientPd(p);
+    auto pd = GradientPd<dnnl::convolution_backward_weights>(p);
     c = {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc()};
   }
   cache.emplace(key, c);
