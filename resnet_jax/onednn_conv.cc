@@ -7,9 +7,11 @@
 // (format_tag::any): with a plain HWIO kernel oneDNN falls back to im2col + sgemm, no faster than
 // XLA's own. Activations stay NHWC, which those kernels read and write directly.
 //
-// Compiles against the oneDNN 2.x and 3.x C++ APIs (their primitive-descriptor constructors differ).
+// Written for the oneDNN 2.x and 3.x C++ APIs (their primitive-descriptor constructors differ):
+// run with 2.6 (Debian 12), compile-checked against 3.13's headers.
 
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <string>
@@ -179,7 +181,7 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     }
     stream.wait();
     return ffi::Error::Success();
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {  // dnnl::error, std::bad_alloc: an XLA error, not a crash
     return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
   }
 }
