@@ -72,6 +72,20 @@ def _write_config(config, workdir: str, start_step: int):
     storage.write_text_atomic(root / f'environment.{start_step}.json', json.dumps(_environment()))
 
 
+def _changes_since_last_start(config, workdir: str) -> list[str]:
+  """'field: old -> new' for each config field that differs from the workdir's last start."""
+  saved = storage.path(workdir) / 'config.json'
+  if not saved.exists():
+    return []
+  old = json.loads(saved.read_text())
+  new = json.loads(json.dumps(config.to_dict(), default=str))  # as _write_config stores it
+  return [
+    f'{name}: {old.get(name)!r} -> {value!r}'
+    for name, value in new.items()
+    if old.get(name) != value
+  ]
+
+
 def _environment() -> dict:
   """What this start of the run ran on (read by resnet_jax.report)."""
   device = jax.devices()[0]
@@ -111,6 +125,20 @@ def _train(config, workdir: str) -> dict:
   experiment.pixel_mean()  # reads every training image it averages: bad data shows before any write
   state = experiment.initial_state()
   start_step = int(experiment.data_parallel.host(state.step))
+  # Deliberate (more epochs, another batch size) or not, a resumed run that changed its config
+  # continues its step count under the new values: say so before config.json is replaced.
+  if (
+    start_step
+    and jax.process_index() == 0
+    and (changes := _changes_since_last_start(config, workdir))
+  ):
+    LOG.warning(
+      'Resuming step %d with %d config field(s) changed since the last start (each start keeps '
+      'its config as config.<step>.json): %s',
+      start_step,
+      len(changes),
+      '; '.join(changes),
+    )
   _write_config(config, workdir, start_step)
   writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
   eval_every = config.eval_every if config.eval_every > 0 else experiment.steps_per_epoch

@@ -211,6 +211,9 @@ def test_restore_on_fewer_devices(tmp_path):
   second = run_main(workdir, *tiny_flags(tmp_path, num_train_steps=8), *flags, devices=4)
   assert second.returncode == 0, second.stdout + second.stderr
   assert 'Resuming from step 4' in second.stdout
+  # The changed field is named, not continued silently (the device count is not config).
+  changed = [line for line in second.stdout.splitlines() if 'config field(s) changed' in line]
+  assert len(changed) == 1 and changed[0].endswith('num_train_steps: 4 -> 8'), second.stdout
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
   assert len(os.listdir(cache)) > cached  # 4 devices: other programs, compiled and kept too
 
