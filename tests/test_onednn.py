@@ -153,8 +153,8 @@ def _without_onednn(code: str, tmp_path):
 
 def test_without_a_compiler_auto_falls_back_to_xla_and_onednn_says_what_is_missing(tmp_path):
   code = """
-import logging, jax
-from resnet_jax import console, models, onednn
+import jax
+from resnet_jax import console, models
 from resnet_jax.errors import UserError
 console.setup()
 x = jax.numpy.ones((2, 8, 8, 3))
