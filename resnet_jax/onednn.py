@@ -99,8 +99,9 @@ def _build(path: pathlib.Path):
 
 
 @functools.cache
-def _load() -> str:
-  """Builds (once per machine) and registers the custom calls; '' or why they are unavailable."""
+def unavailable_reason() -> str:
+  """Builds the library (once per machine) and registers its custom calls (once per process);
+  '' when that worked, else what went wrong."""
   path = library_path()
   try:
     if not path.exists():
@@ -111,11 +112,6 @@ def _load() -> str:
   for target in _TARGETS.values():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform='cpu')
   return ''
-
-
-def unavailable_reason() -> str:
-  """'' when oneDNN's convolutions are built and registered; else what went wrong."""
-  return _load()
 
 
 def enabled(mode: str) -> bool:
