@@ -207,6 +207,9 @@ class ResNet(nn.Module):
     cpu_convolution: 'auto', 'onednn' or 'xla': who runs the gradients of the float32
       convolutions lowered for the CPU (``resnet_jax.onednn``). The same forward values; gradients
       equal to float32 rounding.
+    cpu_batch_norm: 'auto', 'native' or 'xla': who computes the per-channel sums of float32
+      training BatchNorm lowered for the CPU (``batch_norm.native_sums``). Statistics and
+      gradients equal to float32 rounding.
     dtype: compute dtype; parameters, BN statistics and logits stay float32.
   """
 
@@ -225,6 +228,7 @@ class ResNet(nn.Module):
   bn_axis_index_groups: Any = None
   scan_blocks: bool = False
   cpu_convolution: str = 'auto'
+  cpu_batch_norm: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -248,6 +252,7 @@ class ResNet(nn.Module):
       axis_name=self.bn_axis_name,
       axis_index_groups=self.bn_axis_index_groups,
       dtype=self.dtype,
+      cpu_batch_norm=self.cpu_batch_norm,
     )
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':

@@ -17,13 +17,9 @@ custom VJP means forward-mode differentiation (``jax.jvp``) of a network using i
 ``jax.export`` refuses a CPU program holding the custom calls (their targets are this library's,
 not XLA's): ``cpu_convolution='xla'`` gives XLA's gradients for both.
 
-How it is built: the first use compiles ``onednn_conv.cc`` with the C++ compiler (``$CXX``,
-else ``c++``) against the system's oneDNN (Debian/Ubuntu: ``apt-get install libdnnl-dev``; or a
-oneDNN install at ``$DNNLROOT``; run with Debian 12's 2.6, compiled against 3.13's headers too)
-and JAX's FFI headers, into
-``$RESNET_JAX_CACHE`` (default ``~/.cache/resnet_jax``) under a name that hashes the source, the
-command and the JAX version, so a change rebuilds and concurrent first uses do not clash. Takes
-~3 s, once per machine.
+How it is built: ``native`` compiles ``onednn_conv.cc`` on first use (~3 s, once per machine)
+against the system's oneDNN (Debian/Ubuntu: ``apt-get install libdnnl-dev``; or a oneDNN install
+at ``$DNNLROOT``; run with Debian 12's 2.6, compiled against 3.13's headers too).
 
 ``cpu_convolution`` (config field, ``models.ResNet`` attribute): 'auto' uses oneDNN on a CPU
 backend when it builds and logs once why not otherwise; 'onednn' requires it (a ``UserError``
@@ -32,25 +28,20 @@ saying what is missing); 'xla' never uses it.
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import logging
 import os
 import pathlib
-import shutil
-import subprocess
-import tempfile
 
 import jax
 import numpy as np
 from jax import lax
 
+from resnet_jax import native
 from resnet_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
 _TARGETS = {
   'input_gradient': 'ResnetJaxOnednnConvInputGradient',
   'kernel_gradient': 'ResnetJaxOnednnConvKernelGradient',
@@ -62,56 +53,25 @@ INSTALL_HINT = (
 )
 
 
-def _compile_command(output: pathlib.Path) -> list[str]:
-  command = [os.environ.get('CXX', 'c++'), '-O2', '-std=c++17', '-shared', '-fPIC', '-w']
-  command += ['-I', jax.ffi.include_dir()]
+def library() -> native.Library:
+  """The convolution gradients' library, linked against the system's oneDNN or ``$DNNLROOT``'s."""
+  flags = ['-ldnnl']
   root = os.environ.get('DNNLROOT')
   if root:
     lib = os.path.join(root, 'lib')
-    command += ['-I', os.path.join(root, 'include'), '-L', lib, f'-Wl,-rpath,{lib}']
-  return [*command, str(SOURCE), '-o', str(output), '-ldnnl']
+    flags = ['-I', os.path.join(root, 'include'), '-L', lib, f'-Wl,-rpath,{lib}', *flags]
+  return native.Library('onednn_conv', 'onednn_conv.cc', tuple(_TARGETS.values()), tuple(flags))
 
 
 def library_path() -> pathlib.Path:
   """Where the compiled library is (or will be) kept for this source, compiler flags and JAX."""
-  cache = pathlib.Path(os.environ.get('RESNET_JAX_CACHE', '~/.cache/resnet_jax')).expanduser()
-  key = hashlib.sha256(SOURCE.read_bytes())
-  key.update(' '.join(_compile_command(pathlib.Path('out'))).encode())
-  key.update(jax.__version__.encode())
-  return cache / f'onednn_conv-{key.hexdigest()[:16]}.so'
+  return native.library_path(library())
 
 
-def _build(path: pathlib.Path):
-  """Compiles the library to ``path`` (via a temporary file renamed into place)."""
-  compiler = _compile_command(path)[0]
-  if not shutil.which(compiler):
-    raise OSError(f'no C++ compiler {compiler!r}')
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-    partial = pathlib.Path(tmp) / path.name
-    done = subprocess.run(
-      _compile_command(partial), capture_output=True, text=True, timeout=300, check=False
-    )
-    if done.returncode:
-      lines = [line for line in done.stderr.splitlines() if 'error' in line] or ['(no output)']
-      raise OSError(f'compiling {SOURCE.name} failed: {lines[0].strip()}')
-    os.replace(partial, path)
-
-
-@functools.cache
 def unavailable_reason() -> str:
   """Builds the library (once per machine) and registers its custom calls (once per process);
   '' when that worked, else what went wrong."""
-  path = library_path()
-  try:
-    if not path.exists():
-      _build(path)
-    library = ctypes.cdll.LoadLibrary(str(path))
-  except (OSError, subprocess.TimeoutExpired) as e:
-    return str(e)
-  for target in _TARGETS.values():
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform='cpu')
-  return ''
+  return native.unavailable_reason(library())
 
 
 def enabled(mode: str) -> bool:

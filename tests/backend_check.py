@@ -13,7 +13,8 @@ repository, not TensorFlow or pytest) to check there what the suite checks on CP
 2. The scanned ResNet-50 (``scan_blocks=True``) against the per-block one with the same weights:
    eval logits, train logits and parameter gradients.
 3. Training BatchNorm (``batch_norm.train_batch_norm``: one-pass shifted statistics, written-out
-   backward pass) against JAX's autodiff of the textbook two-pass expressions, float32 and bfloat16.
+   backward pass) against JAX's autodiff of the textbook two-pass expressions, float32 and bfloat16;
+   on a CPU where they build, with ``channel_sums.cc``'s sums too.
 4. The ImageNet stem (``stem.stem_conv``, space-to-depth on CUDA GPUs; ``stem.max_pool_3x3``)
    against lax: outputs and gradients, float32 and bfloat16.
 5. The time of a stack of 3x3 convolutions, forward and backward inside ``lax.scan``, through
@@ -130,21 +131,23 @@ def _plain_batch_norm(x, scale, bias):
 
 def check_batch_norm() -> list[tuple[str, float, float]]:
   rows = []
+  native = batch_norm.native_sums('auto')  # a CPU where channel_sums.cc builds: its sums too
   for dtype in ('float32', 'bfloat16'):
     x = (jax.random.normal(jax.random.key(0), (32, 14, 14, 64)) * 3 + 2).astype(dtype)
     dy = jax.random.normal(jax.random.key(1), x.shape).astype(dtype)
     scale, bias = jnp.linspace(0.5, 1.5, 64), jnp.linspace(-1.0, 1.0, 64)
-    ours = jax.vjp(
-      lambda x, s, b: batch_norm.train_batch_norm(x, s, b, 1e-5, x.dtype, None)[0],
-      x,
-      scale,
-      bias,
-    )
     plain = jax.vjp(_plain_batch_norm, x, scale, bias)
-    pairs = [('out', ours[0], plain[0])]
-    pairs += list(zip(('dx', 'dscale', 'dbias'), ours[1](dy), plain[1](dy), strict=True))
-    for what, a, b in pairs:
-      rows.append((f'batch norm {dtype} {what}', relative_error(a, b), TOLERANCE[dtype]))
+    for use_native in (False, True) if native and dtype == 'float32' else (False,):
+
+      def train(x, s, b, use_native=use_native):
+        return batch_norm.train_batch_norm(x, s, b, 1e-5, x.dtype, None, use_native)[0]
+
+      ours = jax.vjp(train, x, scale, bias)
+      pairs = [('out', ours[0], plain[0])]
+      pairs += list(zip(('dx', 'dscale', 'dbias'), ours[1](dy), plain[1](dy), strict=True))
+      name = 'native batch norm' if use_native else 'batch norm'
+      for what, a, b in pairs:
+        rows.append((f'{name} {dtype} {what}', relative_error(a, b), TOLERANCE[dtype]))
   return rows
 
 

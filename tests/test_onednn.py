@@ -1,6 +1,6 @@
 """``onednn``: lax's convolution with oneDNN's gradients on the CPU (values bitwise lax's, gradients
 to float32 rounding), wired into the networks under ``cpu_convolution``, and a clear error or
-fallback where it cannot be built.
+fallback where it cannot be built (that of BatchNorm's CPU kernels, ``cpu_batch_norm``, too).
 
 CI installs oneDNN (``.ci/run``) and fails if it does not build, so these tests run there; on a
 machine without it they are skipped with the build error as the reason.
@@ -91,11 +91,15 @@ def _calls(text, target):
 def test_network_gradients_are_onednns_and_match_xlas(name, scan_blocks):
   """Read from the compiled CPU train gradient: under 'onednn' XLA keeps the forward convolutions
   only and every gradient convolution is a oneDNN call (inside the scan's loop too); under 'xla'
-  none is. The two gradients agree to float32 rounding."""
+  none is. The two gradients agree to float32 rounding. BatchNorm keeps XLA's sums in both, so
+  the convolutions are all that differs (each side's rounding, not only their difference, passes
+  through the BatchNorm backward passes' cancellations)."""
   images = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))
   grads, texts = {}, {}
   for mode in ('onednn', 'xla'):
-    model = models.get_model(name, num_classes=10, scan_blocks=scan_blocks, cpu_convolution=mode)
+    model = models.get_model(
+      name, num_classes=10, scan_blocks=scan_blocks, cpu_convolution=mode, cpu_batch_norm='xla'
+    )
     grads[mode], texts[mode] = _grad_hlo(model, images)
   ours, xla = texts['onednn'], texts['xla']
   assert _calls(xla, INPUT_GRADIENT) == _calls(xla, KERNEL_GRADIENT) == 0
@@ -151,7 +155,9 @@ def _without_onednn(code: str, tmp_path):
   )
 
 
-def test_without_a_compiler_auto_falls_back_to_xla_and_onednn_says_what_is_missing(tmp_path):
+def test_without_a_compiler_auto_falls_back_to_xla_and_the_others_say_what_is_missing(tmp_path):
+  """Neither library builds: 'auto' uses XLA's convolutions and BatchNorm sums (one line each
+  saying why), 'onednn' and 'native' are errors that say what to install."""
   code = """
 import jax
 from resnet_jax import console, models
@@ -159,26 +165,34 @@ from resnet_jax.errors import UserError
 console.setup()
 x = jax.numpy.ones((2, 8, 8, 3))
 model = models.get_model('cifar_resnet8', num_classes=10)
-model.init(jax.random.key(0), x, train=False)
+model.init(jax.random.key(0), x, train=True)
 print('auto ran')
-try:
-  models.get_model('cifar_resnet8', num_classes=10, cpu_convolution='onednn').init(
-    jax.random.key(0), x, train=False)
-except UserError as e:
-  print('error:', e)
+for field, mode in (('cpu_convolution', 'onednn'), ('cpu_batch_norm', 'native')):
+  try:
+    models.get_model('cifar_resnet8', num_classes=10, **{field: mode}).init(
+      jax.random.key(0), x, train=True)
+  except UserError as e:
+    print('error:', e)
 """
   done = _without_onednn(code, tmp_path)
   assert done.returncode == 0, done.stderr
   lines = done.stdout.splitlines()
   assert 'auto ran' in lines
+  missing = "(no C++ compiler 'no-such-compiler')"
   fallback = [line for line in lines if 'oneDNN convolutions unavailable' in line]
-  assert len(fallback) == 1 and "no C++ compiler 'no-such-compiler'" in fallback[0], lines
+  assert len(fallback) == 1 and missing in fallback[0], lines
   assert "using XLA's" in fallback[0] and 'apt-get install libdnnl-dev' in fallback[0]
-  assert lines[-1] == (
-    "error: --config.cpu_convolution='onednn' but oneDNN is unavailable (no C++ compiler "
-    "'no-such-compiler'): install oneDNN's headers and a C++ compiler (Debian/Ubuntu: apt-get "
-    'install libdnnl-dev g++), or set --config.cpu_convolution=xla.'
-  )
+  fallback = [line for line in lines if "BatchNorm's CPU kernels unavailable" in line]
+  assert len(fallback) == 1 and missing in fallback[0], lines
+  assert "using XLA's sums" in fallback[0] and 'apt-get install g++' in fallback[0]
+  assert lines[-2:] == [
+    f"error: --config.cpu_convolution='onednn' but oneDNN is unavailable {missing}: install "
+    "oneDNN's headers and a C++ compiler (Debian/Ubuntu: apt-get install libdnnl-dev g++), or "
+    'set --config.cpu_convolution=xla.',
+    f"error: --config.cpu_batch_norm='native' but its kernels do not build {missing}: install a "
+    'C++ compiler with OpenMP (Debian/Ubuntu: apt-get install g++), or set '
+    '--config.cpu_batch_norm=xla.',
+  ]
 
 
 @needs_onednn
@@ -199,7 +213,16 @@ def test_the_library_is_built_once_per_source_and_reused(tmp_path):
   assert os.listdir(tmp_path) == [os.path.basename(path)]  # no temporary left behind
 
 
-def test_the_command_line_refuses_onednn_it_cannot_build_before_writing_anything(tmp_path):
+@pytest.mark.parametrize(
+  'flag, message',
+  [
+    ('--config.cpu_convolution=onednn', "--config.cpu_convolution='onednn' but oneDNN is unavail"),
+    ('--config.cpu_batch_norm=native', "--config.cpu_batch_norm='native' but its kernels do not"),
+  ],
+)
+def test_the_command_line_refuses_kernels_it_cannot_build_before_writing_anything(
+  tmp_path, flag, message
+):
   work = tmp_path / 'run'
   env = {
     **os.environ,
@@ -209,7 +232,7 @@ def test_the_command_line_refuses_onednn_it_cannot_build_before_writing_anything
   }
   argv = ['-m', 'resnet_jax.main', '--config=configs/digits.py', f'--workdir={work}']
   done = subprocess.run(
-    [sys.executable, *argv, '--config.cpu_convolution=onednn'],
+    [sys.executable, *argv, flag],
     capture_output=True,
     text=True,
     env=env,
@@ -219,8 +242,7 @@ def test_the_command_line_refuses_onednn_it_cannot_build_before_writing_anything
   )
   assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr
   last = done.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: --config.cpu_convolution='onednn' but oneDNN is unavailable")
-  assert 'apt-get install libdnnl-dev' in last and not work.exists()
+  assert last.startswith(f'error: {message}') and 'apt-get install' in last and not work.exists()
 
 
 @needs_onednn
