@@ -12,7 +12,7 @@
 // Rows are summed in float32 within fixed blocks of 64 and the block sums in float64 in block
 // order, so a result depends on the shapes alone, not on the number of threads (OpenMP splits
 // the blocks): one and several processes give bitwise the same statistics. The float32 error is
-// that of 64-term sums, below XLA's own reductions' (tests/test_channel_sums.py).
+// that of 64-term sums, as small as XLA's own reductions' (tests/test_channel_sums.py).
 
 #include <algorithm>
 #include <cstdint>

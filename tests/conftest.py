@@ -7,7 +7,9 @@ persistent cache (inherited by every child through the environment) compiles eac
 per test session. A cache hit loads the executable XLA compiled, so results are bitwise the same.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ['XLA_FLAGS'] = (
@@ -15,9 +17,10 @@ os.environ['XLA_FLAGS'] = (
 ).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-os.environ.setdefault(
-  'JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='resnet_jax_tests_xla_cache_')
-)
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # the first process of the session makes it
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='resnet_jax_tests_xla_cache_')
+  # ... and removes it at exit (pytest-xdist's workers and the tests' children inherit it).
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 # `import tensorflow` loads Keras 3 (and scikit-learn through Keras's wrappers) only to alias its
 # modules, ~2 s of CPU in each of the ~100 processes the tests start; the project never uses Keras.
