@@ -152,3 +152,21 @@ def tiny_flags(tmp_path, **extra):
   )
   flags.update(extra)
   return [f'--config.{k}={v}' for k, v in flags.items()]
+
+
+def train_gradient_and_hlo(model, images):
+  """The parameter gradient of the train-mode logits' squared sum (BatchNorm on batch
+  statistics), and the text of the program XLA compiled for it."""
+  import jax
+  import jax.numpy as jnp
+
+  variables = model.init(jax.random.key(0), images, train=False)
+
+  def loss(params):
+    logits, _ = model.apply(
+      {**variables, 'params': params}, images, train=True, mutable=['batch_stats']
+    )
+    return jnp.sum(logits**2)
+
+  grad = jax.jit(jax.grad(loss))
+  return grad(variables['params']), grad.lower(variables['params']).compile().as_text()

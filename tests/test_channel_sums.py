@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import train_gradient_and_hlo
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -83,29 +84,16 @@ def test_statistics_and_gradients_are_as_accurate_as_xlas(shape):
     assert ours <= 2 * xla + 1e-7 * size, (name, ours / size, xla / size)
 
 
-def _grad_hlo(model, images):
-  variables = model.init(jax.random.key(0), images, train=False)
-
-  def loss(params):
-    logits, _ = model.apply(
-      {**variables, 'params': params}, images, train=True, mutable=['batch_stats']
-    )
-    return jnp.sum(logits**2)
-
-  grad = jax.jit(jax.grad(loss))
-  text = grad.lower(variables['params']).compile().as_text()
-  return grad(variables['params']), text, len(jax.tree.leaves(variables['batch_stats'])) // 2
-
-
 @needs_kernels
 def test_the_cpu_program_calls_each_kernel_once_per_batch_norm_and_others_never():
   images = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))
   grads, counts = {}, {}
   for mode in ('auto', 'xla'):
     model = models.get_model('cifar_resnet14', num_classes=10, cpu_batch_norm=mode)
-    grads[mode], text, layers = _grad_hlo(model, images)
+    grads[mode], text = train_gradient_and_hlo(model, images)
     counts[mode] = [text.count(f'custom_call_target="{t}"') for t in (MOMENTS, GRADIENT_SUMS)]
-  assert layers == 13  # the stem's BatchNorm and two in each of six blocks
+  variables = model.init(jax.random.key(0), images, train=False)
+  assert len(jax.tree.leaves(variables['batch_stats'])) == 2 * 13  # the stem's, two per block
   assert counts == {'auto': [13, 13], 'xla': [0, 0]}
   for value, ref in zip(jax.tree.leaves(grads['auto']), jax.tree.leaves(grads['xla']), strict=True):
     np.testing.assert_allclose(value, ref, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(ref))))

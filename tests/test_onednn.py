@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import train_gradient_and_hlo
 
 from resnet_jax import conv, models, onednn
 from resnet_jax.errors import UserError
@@ -69,19 +70,6 @@ def test_values_are_laxs_and_gradients_equal_laxs_to_rounding(shape, kernel, str
     _close(value, ref, name)
 
 
-def _grad_hlo(model, images):
-  variables = model.init(jax.random.key(0), images, train=False)
-
-  def loss(params):
-    logits, _ = model.apply(
-      {**variables, 'params': params}, images, train=True, mutable=['batch_stats']
-    )
-    return jnp.sum(logits**2)
-
-  grad = jax.jit(jax.grad(loss))
-  return grad(variables['params']), grad.lower(variables['params']).compile().as_text()
-
-
 def _calls(text, target):
   return text.count(f'custom_call_target="{target}"')
 
@@ -100,7 +88,7 @@ def test_network_gradients_are_onednns_and_match_xlas(name, scan_blocks):
     model = models.get_model(
       name, num_classes=10, scan_blocks=scan_blocks, cpu_convolution=mode, cpu_batch_norm='xla'
     )
-    grads[mode], texts[mode] = _grad_hlo(model, images)
+    grads[mode], texts[mode] = train_gradient_and_hlo(model, images)
   ours, xla = texts['onednn'], texts['xla']
   assert _calls(xla, INPUT_GRADIENT) == _calls(xla, KERNEL_GRADIENT) == 0
   forward = ours.count(' convolution(')
