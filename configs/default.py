@@ -88,13 +88,13 @@ def get_config():
   # program need). Forward values are XLA's either way, gradients equal to float32 rounding; up
   # to 1.23x faster CPU train steps (PERFORMANCE.md).
   c.cpu_convolution = 'auto'
-  # Who computes float32 training BatchNorm's per-channel sums on a CPU (statistics; the backward
-  # pass's sums of dy and dy * x_hat): 'auto' = channel_sums.cc's kernels, one read of the
-  # activations (batch_norm.py, built on first use; needs a C++ compiler with OpenMP) where they
-  # build, else XLA's; 'native' = those kernels or an error; 'xla' = XLA's (what jax.export of a
-  # CPU program needs). Equal to float32 rounding; 1.05-1.27x faster CPU train steps
-  # (PERFORMANCE.md).
-  c.cpu_batch_norm = 'auto'
+  # The project's own C++ kernels for float32 steps on a CPU (native.py, built on first use; need a
+  # C++ compiler with OpenMP): training BatchNorm's per-channel sums in one read of the
+  # activations, and the ImageNet stem's max pool. 'auto' = those kernels where they build, else
+  # XLA's lowering; 'native' = those kernels or an error; 'xla' = XLA's (what jax.export of a CPU
+  # program needs). Equal to float32 rounding (pool values exactly); 1.05-1.27x faster CPU train
+  # steps (PERFORMANCE.md).
+  c.cpu_kernels = 'auto'
   # XLA's persistent compilation cache (a local or gs:// directory): a run restarted after
   # preemption, or evaluated again, loads its compiled steps instead of compiling them. '' = off.
   c.compilation_cache_dir = ''

@@ -5,13 +5,13 @@ training-mode function (batch statistics, optionally shared across devices) with
 
 On XLA:CPU its per-channel sums (the statistics, and the backward pass's sums of dy and
 dy * x_hat) can run as ``channel_sums.cc``'s custom calls, which read the activations once where
-XLA's lowering makes four passes over them (``cpu_batch_norm``; PERFORMANCE.md).
+XLA's lowering makes four passes over them (``cpu_kernels``, ``native.kernels_enabled``;
+PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from typing import Any
 
@@ -22,22 +22,9 @@ import numpy as np
 from jax import lax
 
 from resnet_jax import native
-from resnet_jax.errors import UserError
 
 Dtype = Any
-log = logging.getLogger(__name__)
-
-CPU_MODES = ('auto', 'native', 'xla')
-LIBRARY = native.Library(
-  'channel_sums',
-  'channel_sums.cc',
-  ('ResnetJaxChannelMoments', 'ResnetJaxChannelGradientSums'),
-  ('-fopenmp',),
-)
-INSTALL_HINT = (
-  'install a C++ compiler with OpenMP (Debian/Ubuntu: apt-get install g++), '
-  'or set --config.cpu_batch_norm=xla'
-)
+MOMENTS, GRADIENT_SUMS = 'ResnetJaxChannelMoments', 'ResnetJaxChannelGradientSums'
 
 
 class BatchNorm(nn.Module):
@@ -58,8 +45,8 @@ class BatchNorm(nn.Module):
     axis_name: named device axis to average statistics over, or None for per-device statistics.
     axis_index_groups: groups of device indices along ``axis_name`` that share statistics.
     dtype: dtype of the output.
-    cpu_batch_norm: 'auto', 'native' or 'xla': who computes the float32 training pass's
-      per-channel sums when lowered for the CPU (``native_sums``).
+    cpu_kernels: 'auto', 'native' or 'xla': whether the float32 training pass's per-channel sums
+      lowered for the CPU are ``channel_sums.cc``'s (``native.kernels_enabled``).
   """
 
   momentum: float = 0.9
@@ -68,7 +55,7 @@ class BatchNorm(nn.Module):
   axis_name: str | None = None
   axis_index_groups: Any = None
   dtype: Dtype = jnp.float32
-  cpu_batch_norm: str = 'auto'
+  cpu_kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -83,7 +70,7 @@ class BatchNorm(nn.Module):
       return ((x.astype(jnp.float32) - ra_mean.value) * inv + bias).astype(self.dtype)
     sync = self.axis_name is not None and not self.is_initializing()
     axis = (self.axis_name, _hashable(self.axis_index_groups)) if sync else None
-    use_native = x.dtype == jnp.float32 and native_sums(self.cpu_batch_norm)
+    use_native = x.dtype == jnp.float32 and native.kernels_enabled(self.cpu_kernels)
     y, mean, var = train_batch_norm(x, scale, bias, self.epsilon, self.dtype, axis, use_native)
     if not self.is_initializing():
       count = math.prod(x.shape[:-1]) * _group_size(axis)
@@ -113,45 +100,10 @@ def _mean_over(value, axis):
   return value if axis is None else lax.pmean(value, axis[0], axis_index_groups=axis[1])
 
 
-def native_sums(mode: str) -> bool:
-  """Whether float32 training BatchNorm lowered for the CPU sums with ``channel_sums.cc`` under
-  ``cpu_batch_norm=mode``: 'auto' on a CPU backend where it builds (else one log line saying why),
-  'native' always (a ``UserError`` saying what is missing where it cannot build), 'xla' never."""
-  if mode not in CPU_MODES:
-    raise UserError(f'--config.cpu_batch_norm={mode!r}: must be one of {", ".join(CPU_MODES)}.')
-  if mode == 'xla' or (mode == 'auto' and jax.default_backend() != 'cpu'):
-    return False
-  if reason := native.unavailable_reason(LIBRARY):
-    if mode == 'native':
-      raise UserError(
-        f"--config.cpu_batch_norm='native' but its kernels do not build ({reason}): {INSTALL_HINT}."
-      )
-    _note_fallback(reason)
-    return False
-  return True
-
-
-@functools.cache
-def _note_fallback(reason: str):
-  log.info("BatchNorm's CPU kernels unavailable (%s); using XLA's sums: %s", reason, INSTALL_HINT)
-
-
 def _native_sums(target, *operands):
-  """[2, C] sums of ``channel_sums.cc``'s ``target`` over all but the operands' last axis. Under
-  jax.vmap (per-example gradients) one call per example."""
-  if reason := native.unavailable_reason(LIBRARY):  # registers the targets (once per process)
-    raise UserError(f"BatchNorm's CPU kernels do not build ({reason}): {INSTALL_HINT}.")
-  channels = operands[0].shape[-1]
-  out = jax.ShapeDtypeStruct((2, channels), jnp.float32)
-  return jax.ffi.ffi_call(target, out, vmap_method='sequential')(*operands)
-
-
-def _on_cpu(use_native: bool, native_fn, xla_fn):
-  """``native_fn()`` where the program is lowered for the CPU and ``use_native`` allows it, else
-  ``xla_fn()``."""
-  if not use_native:
-    return xla_fn()
-  return lax.platform_dependent(cpu=native_fn, default=xla_fn)
+  """[2, C] sums of ``channel_sums.cc``'s ``target`` over all but the operands' last axis."""
+  result = jax.ShapeDtypeStruct((2, operands[0].shape[-1]), jnp.float32)
+  return native.call(target, result, *operands)
 
 
 def _statistics(x, axis, use_native: bool = False):
@@ -172,9 +124,9 @@ def _statistics(x, axis, use_native: bool = False):
     return jnp.stack([jnp.mean(centred, reduce_axes), jnp.mean(centred**2, reduce_axes)])
 
   def native_means():
-    return _native_sums(LIBRARY.targets[0], x32, shift) / np.float32(count)
+    return _native_sums(MOMENTS, x32, shift) / np.float32(count)
 
-  sums = _mean_over(_on_cpu(use_native, native_means, xla_means), axis)
+  sums = _mean_over(native.on_cpu(use_native, native_means, xla_means), axis)
   mean_centred, mean_square = sums[0], sums[1]
   return shift + mean_centred, jnp.maximum(mean_square - jnp.square(mean_centred), 0.0)
 
@@ -188,7 +140,7 @@ def train_batch_norm(x, scale, bias, epsilon, dtype, axis, use_native=False):
   ``x - mean`` of every activation, twice the bytes, and the step is memory bound on GPUs
   (PERFORMANCE.md). Mean and variance leave only to the running statistics; no gradient flows
   back through them. ``use_native``: float32 ``x``'s per-channel sums by ``channel_sums.cc``
-  where the program is lowered for the CPU (``native_sums``).
+  where the program is lowered for the CPU (``native.kernels_enabled``).
   """
   return train_batch_norm_forward(x, scale, bias, epsilon, dtype, axis, use_native)[0]
 
@@ -211,10 +163,10 @@ def train_batch_norm_backward(epsilon, dtype, axis, use_native, residuals, cotan
     return jnp.sum(dy, reduce_axes), jnp.sum(dy * xhat, reduce_axes)
 
   def native_gradient_sums():  # sum(dy * x_hat) = rstd * sum(dy * (x - mean)): x_hat not written
-    sums = _native_sums(LIBRARY.targets[1], dy, x.astype(jnp.float32), mean)
+    sums = _native_sums(GRADIENT_SUMS, dy, x.astype(jnp.float32), mean)
     return sums[0], sums[1] * rstd
 
-  dbias, dscale = _on_cpu(use_native, native_gradient_sums, xla_gradient_sums)
+  dbias, dscale = native.on_cpu(use_native, native_gradient_sums, xla_gradient_sums)
   count = math.prod(x.shape[:-1]) * _group_size(axis)
   # The statistics covered every device of the group, so x's gradient uses the group's sums; the
   # parameters' gradients stay per device (the train step averages them like all others).

@@ -139,7 +139,7 @@ RULES: dict[str, Rule] = {
   'zero_init_residual': boolean,
   'scan_blocks': boolean,
   'cpu_convolution': one_of('auto', 'onednn', 'xla'),
-  'cpu_batch_norm': one_of('auto', 'native', 'xla'),
+  'cpu_kernels': one_of('auto', 'native', 'xla'),
   'bn_momentum': number(0.0, 1.0),
   'bn_epsilon': number(0.0, open_lo=True),
   'bn_group_size': NONNEG_INT,
@@ -242,10 +242,10 @@ def _check_combinations(c, num_devices: int, num_processes: int):
     from resnet_jax import onednn  # imports JAX: only for the one value that needs it
 
     onednn.enabled(c.cpu_convolution)  # builds it once, or says what is missing
-  if c.cpu_batch_norm == 'native':
-    from resnet_jax import batch_norm
+  if c.cpu_kernels == 'native':
+    from resnet_jax import native
 
-    batch_norm.native_sums(c.cpu_batch_norm)
+    native.kernels_enabled(c.cpu_kernels)
   if c.lock_heartbeat_seconds >= c.lock_stale_seconds:
     raise ConfigError(
       f'--config.lock_heartbeat_seconds={c.lock_heartbeat_seconds} must be shorter than '

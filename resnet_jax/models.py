@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import conv as conv_lowering
-from resnet_jax import stem
+from resnet_jax import native, stem
 from resnet_jax.batch_norm import BatchNorm
 from resnet_jax.block_layout import SCAN_SUFFIX
 
@@ -207,9 +207,10 @@ class ResNet(nn.Module):
     cpu_convolution: 'auto', 'onednn' or 'xla': who runs the gradients of the float32
       convolutions lowered for the CPU (``resnet_jax.onednn``). The same forward values; gradients
       equal to float32 rounding.
-    cpu_batch_norm: 'auto', 'native' or 'xla': who computes the per-channel sums of float32
-      training BatchNorm lowered for the CPU (``batch_norm.native_sums``). Statistics and
-      gradients equal to float32 rounding.
+    cpu_kernels: 'auto', 'native' or 'xla': whether float32 training BatchNorm's per-channel
+      sums and the stem's max pool, lowered for the CPU, are the project's C++ kernels
+      (``native.kernels_enabled``). Pool values equal; statistics and gradients equal to float32
+      rounding.
     dtype: compute dtype; parameters, BN statistics and logits stay float32.
   """
 
@@ -228,7 +229,7 @@ class ResNet(nn.Module):
   bn_axis_index_groups: Any = None
   scan_blocks: bool = False
   cpu_convolution: str = 'auto'
-  cpu_batch_norm: str = 'auto'
+  cpu_kernels: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -252,13 +253,14 @@ class ResNet(nn.Module):
       axis_name=self.bn_axis_name,
       axis_index_groups=self.bn_axis_index_groups,
       dtype=self.dtype,
-      cpu_batch_norm=self.cpu_batch_norm,
+      cpu_kernels=self.cpu_kernels,
     )
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':
       x = conv(self.widths[0], (7, 7), (2, 2), name='conv1', lowering=stem.stem_conv)(x)
       x = nn.relu(norm(name='bn1')(x, train=train))
-      x = stem.max_pool_3x3(x)
+      use_native = x.dtype == jnp.float32 and native.kernels_enabled(self.cpu_kernels)
+      x = stem.max_pool_3x3(x, use_native)
     elif self.stem == 'cifar':
       x = conv(self.widths[0], (3, 3), name='conv1')(x)
       x = nn.relu(norm(name='bn1')(x, train=train))

@@ -1,12 +1,18 @@
 """The project's C++ kernels for XLA:CPU (XLA FFI custom calls): compiled on first use, cached.
 
-Each ``Library`` is one C++ source in this package, compiled with the C++ compiler (``$CXX``, else
+Each ``Library`` is C++ sources of this package, compiled with the C++ compiler (``$CXX``, else
 ``c++``) and JAX's FFI headers into ``$RESNET_JAX_CACHE`` (default ``~/.cache/resnet_jax``) under a
-name that hashes the source, the command and the JAX version, so an edit or an upgrade rebuilds
+name that hashes the sources, the command and the JAX version, so an edit or an upgrade rebuilds
 and concurrent first uses do not clash (each writes a temporary file and renames it into place).
 ``unavailable_reason`` builds (once per machine), loads and registers the library's targets (once
 per process) and says why not where that fails; the modules that use a library fall back to XLA's
-own lowering then (``onednn``: convolution gradients; ``batch_norm``: per-channel sums).
+own lowering then.
+
+Two libraries: ``onednn``'s convolution gradients (they need oneDNN), and ``KERNELS``, the
+project's own kernels, which need only a compiler with OpenMP: BatchNorm's per-channel sums
+(``channel_sums.cc``, used by ``batch_norm``) and the ImageNet stem's max pool (``max_pool.cc``,
+used by ``stem``). ``kernels_enabled`` decides, from the ``cpu_kernels`` config field, whether
+float32 programs lowered for the CPU call the latter.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import ctypes
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
 import pathlib
 import shutil
@@ -22,6 +29,11 @@ import subprocess
 import tempfile
 
 import jax
+from jax import lax
+
+from resnet_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,32 +42,34 @@ class Library:
 
   Attributes:
     name: the cached file's stem.
-    source: the C++ file, in this package.
-    targets: the FFI handler symbols it exports, registered under the same names.
+    sources: the C++ files, in this package.
+    targets: the FFI handler symbols they export, registered under the same names.
     flags: extra compiler and linker arguments (include and library paths, ``-l...``).
   """
 
   name: str
-  source: str
+  sources: tuple[str, ...]
   targets: tuple[str, ...]
   flags: tuple[str, ...] = ()
 
   @property
-  def source_path(self) -> pathlib.Path:
-    return pathlib.Path(__file__).with_name(self.source)
+  def source_paths(self) -> list[pathlib.Path]:
+    return [pathlib.Path(__file__).with_name(source) for source in self.sources]
 
 
 def compile_command(library: Library, output: pathlib.Path) -> list[str]:
   # -O3: GCC vectorises the channel loops at -O3 only; -w: JAX's FFI headers warn under GCC.
   command = [os.environ.get('CXX', 'c++'), '-O3', '-std=c++17', '-shared', '-fPIC', '-w']
-  command += ['-I', jax.ffi.include_dir(), str(library.source_path), '-o', str(output)]
+  command += ['-I', jax.ffi.include_dir(), *map(str, library.source_paths), '-o', str(output)]
   return command + list(library.flags)
 
 
 def library_path(library: Library) -> pathlib.Path:
-  """Where the compiled library is (or will be) kept for this source, command and JAX."""
+  """Where the compiled library is (or will be) kept for these sources, command and JAX."""
   cache = pathlib.Path(os.environ.get('RESNET_JAX_CACHE', '~/.cache/resnet_jax')).expanduser()
-  key = hashlib.sha256(library.source_path.read_bytes())
+  key = hashlib.sha256()
+  for source in library.source_paths:
+    key.update(source.read_bytes())
   key.update(' '.join(compile_command(library, pathlib.Path('out'))).encode())
   key.update(jax.__version__.encode())
   return cache / f'{library.name}-{key.hexdigest()[:16]}.so'
@@ -74,7 +88,7 @@ def _build(library: Library, path: pathlib.Path):
     )
     if done.returncode:
       lines = [line for line in done.stderr.splitlines() if 'error' in line] or ['(no output)']
-      raise OSError(f'compiling {library.source} failed: {lines[0].strip()}')
+      raise OSError(f'compiling {" ".join(library.sources)} failed: {lines[0].strip()}')
     os.replace(partial, path)
 
 
@@ -92,3 +106,59 @@ def unavailable_reason(library: Library) -> str:
   for target in library.targets:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(loaded, target)), platform='cpu')
   return ''
+
+
+KERNELS = Library(
+  'cpu_kernels',
+  ('channel_sums.cc', 'max_pool.cc'),
+  (
+    'ResnetJaxChannelMoments',
+    'ResnetJaxChannelGradientSums',
+    'ResnetJaxMaxPoolForward',
+    'ResnetJaxMaxPoolBackward',
+  ),
+  ('-fopenmp',),
+)
+MODES = ('auto', 'native', 'xla')
+INSTALL_HINT = (
+  'install a C++ compiler with OpenMP (Debian/Ubuntu: apt-get install g++), '
+  'or set --config.cpu_kernels=xla'
+)
+
+
+def kernels_enabled(mode: str) -> bool:
+  """Whether float32 programs lowered for the CPU call ``KERNELS`` under ``cpu_kernels=mode``:
+  'auto' on a CPU backend where they build (else one log line saying why), 'native' always (a
+  ``UserError`` saying what is missing where they cannot build), 'xla' never."""
+  if mode not in MODES:
+    raise UserError(f'--config.cpu_kernels={mode!r}: must be one of {", ".join(MODES)}.')
+  if mode == 'xla' or (mode == 'auto' and jax.default_backend() != 'cpu'):
+    return False
+  if reason := unavailable_reason(KERNELS):
+    if mode == 'native':
+      raise UserError(
+        f"--config.cpu_kernels='native' but they do not build ({reason}): {INSTALL_HINT}."
+      )
+    _note_fallback(reason)
+    return False
+  return True
+
+
+@functools.cache
+def _note_fallback(reason: str):
+  log.info("The CPU kernels are unavailable (%s); using XLA's lowering: %s", reason, INSTALL_HINT)
+
+
+def call(target: str, result: jax.ShapeDtypeStruct, *operands):
+  """``KERNELS``'s custom call ``target`` on ``operands``. Under jax.vmap one call per example."""
+  if reason := unavailable_reason(KERNELS):  # registers the targets (once per process)
+    raise UserError(f'the CPU kernels do not build ({reason}): {INSTALL_HINT}.')
+  return jax.ffi.ffi_call(target, result, vmap_method='sequential')(*operands)
+
+
+def on_cpu(use_native: bool, native_fn, xla_fn):
+  """``native_fn()`` where the program is lowered for the CPU and ``use_native`` allows it, else
+  ``xla_fn()``."""
+  if not use_native:
+    return xla_fn()
+  return lax.platform_dependent(cpu=native_fn, default=xla_fn)

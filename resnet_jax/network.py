@@ -24,7 +24,7 @@ def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
     bn_momentum=config.bn_momentum,
     bn_epsilon=config.bn_epsilon,
     cpu_convolution=config.cpu_convolution,
-    cpu_batch_norm=config.cpu_batch_norm,
+    cpu_kernels=config.cpu_kernels,
   )
   if config.shortcut:
     overrides['shortcut'] = config.shortcut

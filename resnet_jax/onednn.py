@@ -60,7 +60,7 @@ def library() -> native.Library:
   if root:
     lib = os.path.join(root, 'lib')
     flags = ['-I', os.path.join(root, 'include'), '-L', lib, f'-Wl,-rpath,{lib}', *flags]
-  return native.Library('onednn_conv', 'onednn_conv.cc', tuple(_TARGETS.values()), tuple(flags))
+  return native.Library('onednn_conv', ('onednn_conv.cc',), tuple(_TARGETS.values()), tuple(flags))
 
 
 def library_path() -> pathlib.Path:

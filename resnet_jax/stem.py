@@ -16,18 +16,22 @@ autodiff of the max pool recomputes the pool in the backward pass and scatters t
   Gradients are autodiff's up to the order in which an input's share of two windows is summed.
   Forward + backward over 112 px, 64 channels: H100 batch 256 bf16 2.55 -> 1.13 ms; this 2-core
   CPU batch 8 float32 135 -> 46 ms. (Nine strided interior pads summed, the first version, took
-  1.73 ms on the H100: the fusion recomputed each window's maximum index per term.)
+  1.73 ms on the H100: the fusion recomputed each window's maximum index per term.) On the CPU,
+  float32 pools take ``max_pool.cc``'s custom calls instead (``cpu_kernels``): one pass over each
+  window, forward and backward, where XLA's passes recompute the padded input (PERFORMANCE.md).
 
 ``tests/backend_check.py`` checks both against lax on whatever backend it runs on.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnet_jax import conv
+from resnet_jax import conv, native
 
 
 def space_to_depth_conv(x, w, pad: int, precision=None):
@@ -64,19 +68,36 @@ def _pool(x):
   )
 
 
-@jax.custom_vjp
-def max_pool_3x3(x):
-  """3x3 max pool, stride 2, padding 1 (torch's ``MaxPool2d(3, 2, 1)``), NHWC."""
-  return _pool(x)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool_3x3(x, use_native: bool = False):
+  """3x3 max pool, stride 2, padding 1 (torch's ``MaxPool2d(3, 2, 1)``), NHWC. ``use_native``:
+  ``max_pool.cc``'s kernels where the program is lowered for the CPU (float32 only)."""
+  return _pool_forward(x, use_native)[0]
 
 
-def _pool_forward(x):
-  y = _pool(x)
+def _pool_forward(x, use_native):
+  n, h, w, c = x.shape
+  result = jax.ShapeDtypeStruct((n, (h - 1) // 2 + 1, (w - 1) // 2 + 1, c), x.dtype)
+  y = native.on_cpu(
+    use_native, lambda: native.call('ResnetJaxMaxPoolForward', result, x), lambda: _pool(x)
+  )
   return y, (x, y)
 
 
-def _pool_backward(residuals, dy):
+def _pool_backward(use_native, residuals, dy):
   x, y = residuals
+  result = jax.ShapeDtypeStruct(x.shape, x.dtype)
+  return (
+    native.on_cpu(
+      use_native,
+      lambda: native.call('ResnetJaxMaxPoolBackward', result, x, y, dy),
+      lambda: _gathered_gradient(x, y, dy),
+    ),
+  )
+
+
+def _gathered_gradient(x, y, dy):
+  """The pool's input gradient from its input, output and output gradient, without a scatter."""
   h, w = x.shape[1:3]
   ho, wo = y.shape[1:3]
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
@@ -118,7 +139,7 @@ def _pool_backward(residuals, dy):
   ]
   stacked = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [n, H/2, 2, W/2, 2, c]
   dxp = stacked.reshape(stacked.shape[0], 2 * rows_half, 2 * cols_half, stacked.shape[-1])
-  return (dxp[:, 1 : h + 1, 1 : w + 1, :],)
+  return dxp[:, 1 : h + 1, 1 : w + 1, :]
 
 
 max_pool_3x3.defvjp(_pool_forward, _pool_backward)

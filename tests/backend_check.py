@@ -15,8 +15,9 @@ repository, not TensorFlow or pytest) to check there what the suite checks on CP
 3. Training BatchNorm (``batch_norm.train_batch_norm``: one-pass shifted statistics, written-out
    backward pass) against JAX's autodiff of the textbook two-pass expressions, float32 and bfloat16;
    on a CPU where they build, with ``channel_sums.cc``'s sums too.
-4. The ImageNet stem (``stem.stem_conv``, space-to-depth on CUDA GPUs; ``stem.max_pool_3x3``)
-   against lax: outputs and gradients, float32 and bfloat16.
+4. The ImageNet stem (``stem.stem_conv``, space-to-depth on CUDA GPUs; ``stem.max_pool_3x3``,
+   with ``max_pool.cc``'s kernels too on a CPU where they build) against lax: outputs and
+   gradients, float32 and bfloat16.
 5. The time of a stack of 3x3 convolutions, forward and backward inside ``lax.scan``, through
    ``same_conv`` and through lax: whether the CPU's lowering would help or hurt here.
 
@@ -36,7 +37,7 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from resnet_jax import batch_norm, block_layout, conv, distributed, models, onednn, stem
+from resnet_jax import batch_norm, block_layout, conv, distributed, models, native, onednn, stem
 
 distributed.set_cpu_xla_flags()  # on CPU, check the convolutions the commands run
 
@@ -131,13 +132,13 @@ def _plain_batch_norm(x, scale, bias):
 
 def check_batch_norm() -> list[tuple[str, float, float]]:
   rows = []
-  native = batch_norm.native_sums('auto')  # a CPU where channel_sums.cc builds: its sums too
+  sums = native.kernels_enabled('auto')  # a CPU where channel_sums.cc builds: its sums too
   for dtype in ('float32', 'bfloat16'):
     x = (jax.random.normal(jax.random.key(0), (32, 14, 14, 64)) * 3 + 2).astype(dtype)
     dy = jax.random.normal(jax.random.key(1), x.shape).astype(dtype)
     scale, bias = jnp.linspace(0.5, 1.5, 64), jnp.linspace(-1.0, 1.0, 64)
     plain = jax.vjp(_plain_batch_norm, x, scale, bias)
-    for use_native in (False, True) if native and dtype == 'float32' else (False,):
+    for use_native in (False, True) if sums and dtype == 'float32' else (False,):
 
       def train(x, s, b, use_native=use_native):
         return batch_norm.train_batch_norm(x, s, b, 1e-5, x.dtype, None, use_native)[0]
@@ -154,6 +155,7 @@ def check_batch_norm() -> list[tuple[str, float, float]]:
 def check_stem() -> list[tuple[str, float, float]]:
   """The stem's convolution (space-to-depth on CUDA, lax elsewhere) and its max pool."""
   rows = []
+  native_kernels = native.kernels_enabled('auto')
   for dtype in ('float32', 'bfloat16'):
     x = jax.random.normal(jax.random.key(0), (16, 224, 224, 3), dtype)
     w = (jax.random.normal(jax.random.key(1), (7, 7, 3, 64)) / 10).astype(dtype)
@@ -177,18 +179,21 @@ def check_stem() -> list[tuple[str, float, float]]:
       for what, a, b in pairs:
         rows.append((f'{name} 7x7/2 {dtype} {what}', relative_error(a, b), TOLERANCE[dtype]))
     h = jax.nn.relu(jax.random.normal(jax.random.key(3), (16, 112, 112, 64), dtype))
-    pooled, vjp = jax.vjp(stem.max_pool_3x3, h)
     expected, vjp_ref = jax.vjp(
       lambda v: lax.reduce_window(
         v, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
       ),
       h,
     )
-    dy = jax.random.normal(jax.random.key(4), pooled.shape, dtype)
-    rows.append((f'max_pool_3x3 {dtype} out', relative_error(pooled, expected), 0.0))
-    rows.append(
-      (f'max_pool_3x3 {dtype} dx', relative_error(vjp(dy)[0], vjp_ref(dy)[0]), TOLERANCE[dtype])
-    )
+    dy = jax.random.normal(jax.random.key(4), expected.shape, dtype)
+    # On a CPU where they build, max_pool.cc's kernels too (float32 only).
+    for use_native in (False, True) if native_kernels and dtype == 'float32' else (False,):
+      pooled, vjp = jax.vjp(lambda v, n=use_native: stem.max_pool_3x3(v, n), h)
+      name = 'native max_pool_3x3' if use_native else 'max_pool_3x3'
+      rows.append((f'{name} {dtype} out', relative_error(pooled, expected), 0.0))
+      rows.append(
+        (f'{name} {dtype} dx', relative_error(vjp(dy)[0], vjp_ref(dy)[0]), TOLERANCE[dtype])
+      )
   return rows
 
 

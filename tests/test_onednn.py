@@ -1,6 +1,6 @@
 """``onednn``: lax's convolution with oneDNN's gradients on the CPU (values bitwise lax's, gradients
 to float32 rounding), wired into the networks under ``cpu_convolution``, and a clear error or
-fallback where it cannot be built (that of BatchNorm's CPU kernels, ``cpu_batch_norm``, too).
+fallback where it cannot be built (that of the project's other CPU kernels, ``cpu_kernels``, too).
 
 CI installs oneDNN (``.ci/run``) and fails if it does not build, so these tests run there; on a
 machine without it they are skipped with the build error as the reason.
@@ -86,7 +86,7 @@ def test_network_gradients_are_onednns_and_match_xlas(name, scan_blocks):
   grads, texts = {}, {}
   for mode in ('onednn', 'xla'):
     model = models.get_model(
-      name, num_classes=10, scan_blocks=scan_blocks, cpu_convolution=mode, cpu_batch_norm='xla'
+      name, num_classes=10, scan_blocks=scan_blocks, cpu_convolution=mode, cpu_kernels='xla'
     )
     grads[mode], texts[mode] = train_gradient_and_hlo(model, images)
   ours, xla = texts['onednn'], texts['xla']
@@ -144,8 +144,8 @@ def _without_onednn(code: str, tmp_path):
 
 
 def test_without_a_compiler_auto_falls_back_to_xla_and_the_others_say_what_is_missing(tmp_path):
-  """Neither library builds: 'auto' uses XLA's convolutions and BatchNorm sums (one line each
-  saying why), 'onednn' and 'native' are errors that say what to install."""
+  """Neither library builds: 'auto' uses XLA's lowerings instead of either (one line each saying
+  why), 'onednn' and 'native' are errors that say what to install."""
   code = """
 import jax
 from resnet_jax import console, models
@@ -155,7 +155,7 @@ x = jax.numpy.ones((2, 8, 8, 3))
 model = models.get_model('cifar_resnet8', num_classes=10)
 model.init(jax.random.key(0), x, train=True)
 print('auto ran')
-for field, mode in (('cpu_convolution', 'onednn'), ('cpu_batch_norm', 'native')):
+for field, mode in (('cpu_convolution', 'onednn'), ('cpu_kernels', 'native')):
   try:
     models.get_model('cifar_resnet8', num_classes=10, **{field: mode}).init(
       jax.random.key(0), x, train=True)
@@ -170,16 +170,16 @@ for field, mode in (('cpu_convolution', 'onednn'), ('cpu_batch_norm', 'native'))
   fallback = [line for line in lines if 'oneDNN convolutions unavailable' in line]
   assert len(fallback) == 1 and missing in fallback[0], lines
   assert "using XLA's" in fallback[0] and 'apt-get install libdnnl-dev' in fallback[0]
-  fallback = [line for line in lines if "BatchNorm's CPU kernels unavailable" in line]
+  fallback = [line for line in lines if 'The CPU kernels are unavailable' in line]
   assert len(fallback) == 1 and missing in fallback[0], lines
-  assert "using XLA's sums" in fallback[0] and 'apt-get install g++' in fallback[0]
+  assert "using XLA's lowering" in fallback[0] and 'apt-get install g++' in fallback[0]
   assert lines[-2:] == [
     f"error: --config.cpu_convolution='onednn' but oneDNN is unavailable {missing}: install "
     "oneDNN's headers and a C++ compiler (Debian/Ubuntu: apt-get install libdnnl-dev g++), or "
     'set --config.cpu_convolution=xla.',
-    f"error: --config.cpu_batch_norm='native' but its kernels do not build {missing}: install a "
-    'C++ compiler with OpenMP (Debian/Ubuntu: apt-get install g++), or set '
-    '--config.cpu_batch_norm=xla.',
+    f"error: --config.cpu_kernels='native' but they do not build {missing}: install a C++ "
+    'compiler with OpenMP (Debian/Ubuntu: apt-get install g++), or set '
+    '--config.cpu_kernels=xla.',
   ]
 
 
@@ -205,7 +205,7 @@ def test_the_library_is_built_once_per_source_and_reused(tmp_path):
   'flag, message',
   [
     ('--config.cpu_convolution=onednn', "--config.cpu_convolution='onednn' but oneDNN is unavail"),
-    ('--config.cpu_batch_norm=native', "--config.cpu_batch_norm='native' but its kernels do not"),
+    ('--config.cpu_kernels=native', "--config.cpu_kernels='native' but they do not build"),
   ],
 )
 def test_the_command_line_refuses_kernels_it_cannot_build_before_writing_anything(

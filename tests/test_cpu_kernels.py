@@ -1,8 +1,11 @@
-"""BatchNorm's CPU kernels (``channel_sums.cc``, ``cpu_batch_norm``): statistics and gradients as
-accurate as XLA's against float64, one call per BatchNorm in the compiled CPU program and none in
-programs for other platforms, statistics shared across devices, and sums that do not depend on
-the number of threads. (The fallback without a compiler and the command line's refusal of
-'native' are in test_onednn.py, beside the same checks for the convolutions.)
+"""The project's CPU kernels (``native.KERNELS``, ``cpu_kernels``).
+
+BatchNorm's sums (``channel_sums.cc``): statistics and gradients as accurate as XLA's against
+float64, one call per BatchNorm in the compiled CPU program and none in programs for other
+platforms, statistics shared across devices, sums that do not depend on the number of threads.
+The stem's max pool (``max_pool.cc``): values bitwise lax's, gradients those of the XLA lowering,
+one call each way in an ImageNet network. (The fallback without a compiler and the command
+line's refusal of 'native' are in test_onednn.py, beside the same checks for the convolutions.)
 """
 
 import contextlib
@@ -19,14 +22,14 @@ from helpers import train_gradient_and_hlo
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import batch_norm, models
+from resnet_jax import batch_norm, models, native, stem
 from resnet_jax.errors import UserError
 
 needs_kernels = pytest.mark.skipif(
-  bool(batch_norm.native.unavailable_reason(batch_norm.LIBRARY)),
-  reason=f'kernels unavailable: {batch_norm.native.unavailable_reason(batch_norm.LIBRARY)}',
+  bool(native.unavailable_reason(native.KERNELS)),
+  reason=f'kernels unavailable: {native.unavailable_reason(native.KERNELS)}',
 )
-MOMENTS, GRADIENT_SUMS = batch_norm.LIBRARY.targets
+MOMENTS, GRADIENT_SUMS, POOL, POOL_GRADIENT = native.KERNELS.targets
 
 
 def _reference(x, scale, bias, dy, epsilon=1e-5):
@@ -89,7 +92,7 @@ def test_the_cpu_program_calls_each_kernel_once_per_batch_norm_and_others_never(
   images = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))
   grads, counts = {}, {}
   for mode in ('auto', 'xla'):
-    model = models.get_model('cifar_resnet14', num_classes=10, cpu_batch_norm=mode)
+    model = models.get_model('cifar_resnet14', num_classes=10, cpu_kernels=mode)
     grads[mode], text = train_gradient_and_hlo(model, images)
     counts[mode] = [text.count(f'custom_call_target="{t}"') for t in (MOMENTS, GRADIENT_SUMS)]
   variables = model.init(jax.random.key(0), images, train=False)
@@ -106,7 +109,7 @@ def test_the_cpu_program_calls_each_kernel_once_per_batch_norm_and_others_never(
   assert MOMENTS in jax.jit(jax.grad(loss)).lower(x).as_text()
   for platform in ('cuda', 'tpu'):
     module = jax.export.export(jax.jit(jax.grad(loss)), platforms=[platform])(x).mlir_module()
-    assert 'ResnetJaxChannel' not in module, platform
+    assert 'ResnetJax' not in module, platform
 
 
 @needs_kernels
@@ -141,10 +144,9 @@ def test_statistics_shared_across_devices_equal_xlas():
 _SUMS = """
 import jax, numpy as np
 from resnet_jax import batch_norm
-assert not batch_norm.native.unavailable_reason(batch_norm.LIBRARY)
 x = np.random.default_rng(0).standard_normal((4, 32, 32, 32)).astype(np.float32) * 3 + 7
-moments = batch_norm._native_sums(batch_norm.LIBRARY.targets[0], x, x[0, 0, 0])
-grads = batch_norm._native_sums(batch_norm.LIBRARY.targets[1], x[::-1], x, x.mean((0, 1, 2)))
+moments = batch_norm._native_sums(batch_norm.MOMENTS, x, x[0, 0, 0])
+grads = batch_norm._native_sums(batch_norm.GRADIENT_SUMS, x[::-1], x, x.mean((0, 1, 2)))
 print(np.asarray(moments).tobytes().hex() + np.asarray(grads).tobytes().hex())
 """
 
@@ -164,7 +166,40 @@ def test_sums_are_bitwise_the_same_on_one_thread_and_on_all():
   assert done.stdout.strip().splitlines()[-1] == here.getvalue().strip()
 
 
+@needs_kernels
+@pytest.mark.parametrize('shape', [(2, 14, 14, 16), (3, 9, 12, 5), (1, 2, 3, 64)])
+def test_the_max_pool_is_laxs_and_its_gradient_the_xla_lowerings(shape):
+  """Odd and even sides, an odd channel count, a 2x3 image; integer-valued inputs, so windows
+  hold ties and the first maximum must win."""
+  x = jnp.round(jax.random.normal(jax.random.key(0), shape) * 2)
+  dy = jax.random.normal(
+    jax.random.key(1), (shape[0], *[(s - 1) // 2 + 1 for s in shape[1:3]], shape[3])
+  )
+  results = {}
+  for use_native in (False, True):
+    y, vjp = jax.jit(lambda x, n=use_native: jax.vjp(lambda x: stem.max_pool_3x3(x, n), x))(x)
+    results[use_native] = y, vjp(dy)[0]
+  np.testing.assert_array_equal(results[True][0], results[False][0])
+  reference = jax.lax.reduce_window(
+    x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+  )
+  np.testing.assert_array_equal(results[True][0], reference)
+  # The same shares of dy, summed per input pixel (at most four) in another order.
+  np.testing.assert_allclose(results[True][1], results[False][1], rtol=0, atol=1e-6)
+
+
+@needs_kernels
+def test_an_imagenet_network_pools_through_the_kernels_on_the_cpu_only():
+  model = models.get_model('resnet18', num_classes=10)
+  _, text = train_gradient_and_hlo(model, jax.random.normal(jax.random.key(0), (2, 32, 32, 3)))
+  assert [text.count(f'custom_call_target="{t}"') for t in (POOL, POOL_GRADIENT)] == [1, 1]
+  x = jnp.zeros((2, 8, 8, 4))
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(stem.max_pool_3x3(x, True) ** 2)))
+  for platform in ('cuda', 'tpu'):
+    assert 'ResnetJax' not in jax.export.export(grad, platforms=[platform])(x).mlir_module()
+
+
 def test_unknown_modes_are_refused():
-  with pytest.raises(UserError, match="cpu_batch_norm='fast': must be one of auto, native, xla"):
-    batch_norm.native_sums('fast')
-  assert batch_norm.native_sums('xla') is False
+  with pytest.raises(UserError, match="cpu_kernels='fast': must be one of auto, native, xla"):
+    native.kernels_enabled('fast')
+  assert native.kernels_enabled('xla') is False
