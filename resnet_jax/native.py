@@ -146,7 +146,12 @@ def kernels_enabled(mode: str) -> bool:
 
 @functools.cache
 def _note_fallback(reason: str):
-  log.info("The CPU kernels are unavailable (%s); using XLA's lowering: %s", reason, INSTALL_HINT)
+  log.info(
+    "resnet_jax's CPU kernels (BatchNorm's sums, the stem's max pool) unavailable (%s); using "
+    "XLA's lowering: %s",
+    reason,
+    INSTALL_HINT,
+  )
 
 
 def call(target: str, result: jax.ShapeDtypeStruct, *operands):
