@@ -92,8 +92,8 @@ def get_config():
   # C++ compiler with OpenMP): training BatchNorm's per-channel sums in one read of the
   # activations, and the ImageNet stem's max pool. 'auto' = those kernels where they build, else
   # XLA's lowering; 'native' = those kernels or an error; 'xla' = XLA's (what jax.export of a CPU
-  # program needs). Equal to float32 rounding (pool values exactly); 1.05-1.27x faster CPU train
-  # steps (PERFORMANCE.md).
+  # program needs). Equal to float32 rounding (pool values exactly); CPU train steps 1.1-1.3x
+  # faster (PERFORMANCE.md).
   c.cpu_kernels = 'auto'
   # XLA's persistent compilation cache (a local or gs:// directory): a run restarted after
   # preemption, or evaluated again, loads its compiled steps instead of compiling them. '' = off.
