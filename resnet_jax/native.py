@@ -119,45 +119,46 @@ KERNELS = Library(
   ),
   ('-fopenmp',),
 )
-MODES = ('auto', 'native', 'xla')
+KERNELS_NAME = "resnet_jax's CPU kernels (BatchNorm's sums, the stem's max pool)"
 INSTALL_HINT = (
   'install a C++ compiler with OpenMP (Debian/Ubuntu: apt-get install g++), '
   'or set --config.cpu_kernels=xla'
 )
 
 
-def kernels_enabled(mode: str) -> bool:
-  """Whether float32 programs lowered for the CPU call ``KERNELS`` under ``cpu_kernels=mode``:
-  'auto' on a CPU backend where they build (else one log line saying why), 'native' always (a
-  ``UserError`` saying what is missing where they cannot build), 'xla' never."""
-  if mode not in MODES:
-    raise UserError(f'--config.cpu_kernels={mode!r}: must be one of {", ".join(MODES)}.')
+def enabled(library: Library, name: str, field: str, mode: str, required: str, hint: str) -> bool:
+  """Whether programs lowered for the CPU call ``library`` (``name``, for messages) under
+  ``--config.{field}=mode``: 'auto' on a CPU backend where it builds (else one log line saying
+  why and ``hint``), ``required`` always (a ``UserError`` saying what is missing where it cannot
+  build), 'xla' never."""
+  modes = ('auto', required, 'xla')
+  if mode not in modes:
+    raise UserError(f'--config.{field}={mode!r}: must be one of {", ".join(modes)}.')
   if mode == 'xla' or (mode == 'auto' and jax.default_backend() != 'cpu'):
     return False
-  if reason := unavailable_reason(KERNELS):
-    if mode == 'native':
-      raise UserError(
-        f"--config.cpu_kernels='native' but they do not build ({reason}): {INSTALL_HINT}."
-      )
-    _note_fallback(reason)
+  if reason := unavailable_reason(library):
+    if mode == required:
+      raise UserError(f'--config.{field}={mode!r} but {name} are unavailable ({reason}): {hint}.')
+    _note_fallback(name, reason, hint)
     return False
   return True
 
 
 @functools.cache
-def _note_fallback(reason: str):
-  log.info(
-    "resnet_jax's CPU kernels (BatchNorm's sums, the stem's max pool) unavailable (%s); using "
-    "XLA's lowering: %s",
-    reason,
-    INSTALL_HINT,
-  )
+def _note_fallback(name: str, reason: str, hint: str):
+  log.info("%s unavailable (%s); using XLA's lowering: %s", name, reason, hint)
+
+
+def kernels_enabled(mode: str) -> bool:
+  """Whether float32 programs lowered for the CPU call ``KERNELS`` under ``cpu_kernels=mode``
+  ('auto', 'native' or 'xla'; ``enabled``)."""
+  return enabled(KERNELS, KERNELS_NAME, 'cpu_kernels', mode, 'native', INSTALL_HINT)
 
 
 def call(target: str, result: jax.ShapeDtypeStruct, *operands):
   """``KERNELS``'s custom call ``target`` on ``operands``. Under jax.vmap one call per example."""
   if reason := unavailable_reason(KERNELS):  # registers the targets (once per process)
-    raise UserError(f'the CPU kernels do not build ({reason}): {INSTALL_HINT}.')
+    raise UserError(f'{KERNELS_NAME} are unavailable ({reason}): {INSTALL_HINT}.')
   return jax.ffi.ffi_call(target, result, vmap_method='sequential')(*operands)
 
 

@@ -29,7 +29,6 @@ saying what is missing); 'xla' never uses it.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import pathlib
 
@@ -38,15 +37,11 @@ import numpy as np
 from jax import lax
 
 from resnet_jax import native
-from resnet_jax.errors import UserError
-
-log = logging.getLogger(__name__)
 
 _TARGETS = {
   'input_gradient': 'ResnetJaxOnednnConvInputGradient',
   'kernel_gradient': 'ResnetJaxOnednnConvKernelGradient',
 }
-MODES = ('auto', 'onednn', 'xla')
 INSTALL_HINT = (
   "install oneDNN's headers and a C++ compiler (Debian/Ubuntu: apt-get install libdnnl-dev g++), "
   'or set --config.cpu_convolution=xla'
@@ -76,29 +71,8 @@ def unavailable_reason() -> str:
 
 def enabled(mode: str) -> bool:
   """Whether convolutions lowered for the CPU use oneDNN under ``cpu_convolution=mode``."""
-  if mode not in MODES:
-    raise UserError(f'--config.cpu_convolution={mode!r}: must be one of {", ".join(MODES)}.')
-  if mode == 'xla':
-    return False
-  if mode == 'onednn':
-    if reason := unavailable_reason():
-      raise UserError(
-        f"--config.cpu_convolution='onednn' but oneDNN is unavailable ({reason}): {INSTALL_HINT}."
-      )
-    return True
-  if jax.default_backend() != 'cpu':
-    return False
-  if reason := unavailable_reason():
-    _note_fallback(reason)
-    return False
-  return True
-
-
-@functools.cache
-def _note_fallback(reason: str):
-  log.info(
-    "oneDNN convolutions unavailable (%s); using XLA's, slower on CPUs: %s", reason, INSTALL_HINT
-  )
+  name = 'oneDNN convolutions'
+  return native.enabled(library(), name, 'cpu_convolution', mode, 'onednn', INSTALL_HINT)
 
 
 def _call(target: str, shape, a, b, strides, padding):
