@@ -48,6 +48,12 @@ def get_config():
   c.pad = 4
   c.random_flip = True
   c.lighting_std = 0.1  # AlexNet PCA colour noise std; 0 disables.
+  # Where the training images' per-pixel operations run: PCA lighting, normalization, pad_crop's
+  # padding and offset, the flip. 'device': tf.data sends each resized crop rounded to uint8 (a
+  # quarter of float32's bytes) with what the example drew, and the train step applies them (XLA
+  # fuses them into one pass; device_pixels.py). 'host': tf.data applies them and sends float32
+  # (the same images but for that rounding: at most 0.5 of 255 before normalisation).
+  c.pixel_ops = 'device'
   # 'pixel_mean': subtract the per-pixel mean image of the training split (the paper).
   # 'channel_mean_std': (x - channel_mean) / channel_std (torchvision's pretrained weights).
   c.normalization = 'pixel_mean'

@@ -10,7 +10,10 @@
   apart, each timing ended with ``block_until_ready``.
 - ``input`` / ``input_baseline``: the paper's augmentation on real JPEGs (random crops of
   scikit-learn's two sample photos, 300-427 x 375-640 pixels, quality 90) with tf.data limited to
-  ``--cores`` threads, or a plain decode + resize + crop + flip baseline.
+  ``--cores`` threads, or a plain decode + resize + crop + flip baseline. Under the default
+  ``pixel_ops='device'`` the pipeline ends at uint8 crops and the lighting, normalisation and
+  flip run in the train step (and in ``train``'s timing); ``--config.pixel_ops=host`` times them
+  on the host.
 
 A table goes to stderr; the last line printed is one JSON object.
 
@@ -22,6 +25,7 @@ A table goes to stderr; the last line printed is one JSON object.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 import resource
@@ -36,7 +40,7 @@ from ml_collections import config_flags
 
 # Only JAX-side modules here: the device-step modes run on an accelerator image without
 # TensorFlow. The modes that read data import the pipeline where they need it.
-from resnet_jax import network, optim, parallel, steps
+from resnet_jax import device_pixels, network, optim, parallel, steps
 from resnet_jax.errors import UserError
 
 FLAGS = flags.FLAGS  # absl's registry; the flags themselves: define_flags()
@@ -55,7 +59,17 @@ def _device_batch(data_parallel, config, num_classes, mode):
   }
   if mode == 'eval':
     batch['mask'] = np.ones(local, bool)
+  elif config.pixel_ops == 'device':  # the train step finishes uint8 crops itself
+    batch.update(device_pixels.example_batch(config, local, rng))
   return data_parallel.put_batch(batch)
+
+
+def _timing_pixel_ops(config):
+  """The step's device_pixels.PixelOps, with a stand-in mean image (its values cost nothing)."""
+  if config.pixel_ops != 'device':
+    return None
+  mean = np.full((config.image_size, config.image_size, 3), 120.0, np.float32)
+  return device_pixels.PixelOps(config, mean)
 
 
 def time_device_step(config, mode: str, num_steps: int) -> dict:
@@ -78,6 +92,7 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
         config=config,
         base_schedule=schedule,
         num_classes=num_classes,
+        pixel_ops=_timing_pixel_ops(config),
       )
     )
     step = lambda s: fn(s, batch)[0]  # noqa: E731
@@ -241,7 +256,7 @@ def write_benchmark_jpegs(directory: str, count: int, seed: int = 0) -> str:
   return directory
 
 
-def _baseline_dataset(source, config):
+def _baseline_dataset(directory, config):
   """Plain tf.data: decode the whole JPEG, resize shorter side to 256, random crop, flip."""
   import tensorflow as tf
 
@@ -253,8 +268,9 @@ def _baseline_dataset(source, config):
     image = tf.image.random_crop(image, [config.image_size, config.image_size, 3])
     return {'image': tf.image.random_flip_left_right(image), 'label': label}
 
-  data, labels = source.fetch(np.arange(source.num_examples))
-  ds = tf.data.Dataset.from_tensor_slices((list(data), labels)).repeat()
+  paths = sorted(glob.glob(os.path.join(directory, 'train', '*', '*.jpg')))
+  labels = np.zeros(len(paths), np.int32)
+  ds = tf.data.Dataset.from_tensor_slices((paths, labels)).repeat()
   return ds.map(plain, num_parallel_calls=tf.data.AUTOTUNE).batch(config.batch_size)
 
 
@@ -271,7 +287,7 @@ def time_input(config, cores: int, num_batches: int, baseline: bool) -> dict:
     config.mean_image_path = os.path.join(tmp, 'mean.npy')  # computed before timing starts
     source = sources.get_source(config, 'train')
     if baseline:
-      ds = _baseline_dataset(source, config)
+      ds = _baseline_dataset(tmp, config)
     else:
       ds = input_pipeline.train_dataset(
         config, source, input_pipeline.Layout(config.batch_size, 0, 1)
@@ -290,6 +306,7 @@ def time_input(config, cores: int, num_batches: int, baseline: bool) -> dict:
   return {
     'mode': 'input_baseline' if baseline else 'input',
     'augment': 'decode+resize256+crop+flip' if baseline else config.train_augment,
+    'pixel_ops': 'host' if baseline else config.pixel_ops,  # 'device': uint8 out, finished later
     'cores': cores,
     'images_per_sec': rate,
     'images_per_sec_per_core': rate / cores,

@@ -121,6 +121,7 @@ RULES: dict[str, Rule] = {
   'pad': NONNEG_INT,
   'random_flip': boolean,
   'lighting_std': number(0.0),
+  'pixel_ops': one_of('device', 'host'),
   'normalization': one_of('pixel_mean', 'channel_mean_std', 'none'),
   'channel_mean': numbers(3, PIXEL),
   'channel_std': numbers(3, number(0.0, 255.0, open_lo=True)),

@@ -17,6 +17,7 @@ from flax import traverse_util
 from resnet_jax import (
   block_layout,
   checkpoint,
+  device_pixels,
   input_pipeline,
   mean_image,
   network,
@@ -52,16 +53,6 @@ class Experiment:
     self.model = network.build_model(config, self.num_classes)
     eval_model = network.build_model(config, self.num_classes, train_bn_axis=False)
     self.tx = optim.create_optimizer(config, self.base_schedule)
-    self.train_fn = self.data_parallel.wrap(
-      functools.partial(
-        steps.train_step,
-        model=self.model,
-        tx=self.tx,
-        config=config,
-        base_schedule=self.base_schedule,
-        num_classes=self.num_classes,
-      )
-    )
     self.eval_fn = self.data_parallel.wrap(
       functools.partial(scoring.eval_step, model=eval_model, config=config), donate_state=False
     )
@@ -73,6 +64,25 @@ class Experiment:
       reader=reader,
     )
     self.meta = {'model': config.model, 'num_classes': self.num_classes}
+
+  @functools.cached_property
+  def train_fn(self):
+    """The wrapped train step: (state, device batch) -> (state, metrics). Built on first use,
+    since with pixel_ops='device' it holds the mean image."""
+    pixel_ops = None
+    if self.config.pixel_ops == 'device':
+      pixel_ops = device_pixels.PixelOps(self.config, self.pixel_mean())
+    return self.data_parallel.wrap(
+      functools.partial(
+        steps.train_step,
+        model=self.model,
+        tx=self.tx,
+        config=self.config,
+        base_schedule=self.base_schedule,
+        num_classes=self.num_classes,
+        pixel_ops=pixel_ops,
+      )
+    )
 
   def initial_state(self, step: int | None = None) -> steps.TrainState:
     """The latest checkpoint of the workdir (or ``step``), else init_from weights, else a fresh

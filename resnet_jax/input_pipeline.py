@@ -1,11 +1,13 @@
 """Source -> this process's slice of each global batch -> augment -> global device arrays.
 
 Order is global: global batch ``b`` of epoch ``e`` holds the examples ``perm(seed, e)[b*G:(b+1)*G]``
-and process ``p`` of ``P`` reads only rows ``[p*G/P, (p+1)*G/P)`` of it, with per-example random
-seeds from the example's global position. So the sequence of global batches depends on the seed
-and the global batch size alone: 1 host and 64 hosts train on the same batches, and a resumed run
-continues the stream exactly. Evaluation pads the last batch and carries a mask, so every example
-of the split is counted exactly once.
+and process ``p`` of ``P`` reads only rows ``[p*G/P, (p+1)*G/P)`` of it; each example's random
+draws are a function of the run seed and its global position (``draws``). So the sequence of
+global batches depends on the seed and the global batch size alone: 1 host and 64 hosts train on
+the same batches, and a resumed run continues the stream exactly. Training batches are uint8 crops
+with their pixel draws (``pixel_ops='device'``, finished by ``device_pixels`` in the train step)
+or finished float32 images (``'host'``). Evaluation pads the last batch and carries a mask, so
+every example of the split is counted exactly once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax import augment, multiscale
+from resnet_jax import augment, device_pixels, draws, multiscale
 from resnet_jax.sources import FETCH_CHUNK, Source
 
 # Stream-only sources: process p seeds its examples' augmentation from p * this, so processes
@@ -77,38 +79,37 @@ def eval_index_batches(num_examples: int, layout: Layout):
 
 
 class Normalizer:
-  """The paper's per-pixel mean subtraction, or per-channel mean/std.
+  """The paper's per-pixel mean subtraction, or per-channel mean/std, in tf.data.
 
-  Constants are kept at the full image_size x image_size x 3 shape: tf's broadcast of a
+  The constants are ``device_pixels.normalization``'s, so both places normalise alike.
+
+  Channel constants are kept at the full image_size x image_size x 3 shape: tf's broadcast of a
   3-vector over an image is ~10x slower than a same-shape elementwise op, enough to halve the
   pipeline's throughput. Other shapes (multi-scale views) take the broadcasting path.
   """
 
   def __init__(self, config, mean: np.ndarray | None = None):
-    self.mode = config.normalization
+    subtract, multiply = device_pixels.normalization(config, mean)
     full = (config.image_size, config.image_size, 3)
-    if self.mode == 'pixel_mean':
-      if mean is None:
-        raise ValueError("normalization='pixel_mean' needs the training split's mean image.")
-      self.mean, self.inv_std = tf.constant(mean, tf.float32), None
-    elif self.mode == 'channel_mean_std':
-      channel_mean = np.asarray(config.channel_mean, np.float32)
-      inv_std = 1.0 / np.asarray(config.channel_std, np.float32)
-      self.mean = tf.constant(np.broadcast_to(channel_mean, full))
-      self.inv_std = tf.constant(np.broadcast_to(inv_std, full))
-    elif self.mode != 'none':
-      raise ValueError("normalization must be 'pixel_mean', 'channel_mean_std' or 'none'.")
+    self.mean = self.inv_std = None
+    if subtract is not None:
+      self.mean = tf.constant(np.broadcast_to(subtract, full) if subtract.ndim == 1 else subtract)
+    if multiply is not None:
+      self.inv_std = tf.constant(np.broadcast_to(multiply, full))
 
   def __call__(self, image):
-    if self.mode == 'none':
+    if self.mean is None:
       return image
-    if self.mode == 'pixel_mean':
-      if image.shape[:2] == self.mean.shape[:2]:
-        return image - self.mean
-      return image - tf.image.resize(self.mean, tf.shape(image)[:2])
-    if image.shape[:2] == self.mean.shape[:2]:
-      return (image - self.mean) * self.inv_std
-    return (image - self.mean[0, 0]) * self.inv_std[0, 0]
+    full = image.shape[:2] == self.mean.shape[:2]
+    if full:
+      image = image - self.mean
+    elif self.inv_std is None:  # a mean image, at another size
+      image = image - tf.image.resize(self.mean, tf.shape(image)[:2])
+    else:
+      image = image - self.mean[0, 0]
+    if self.inv_std is not None:
+      image = image * (self.inv_std if full else self.inv_std[0, 0])
+    return image
 
 
 def center_view(data, encoded, config):
@@ -116,18 +117,21 @@ def center_view(data, encoded, config):
   return augment.center_view(data, encoded, resize=config.eval_resize, crop=config.image_size)
 
 
-def train_example(data, label, counter, *, config, encoded, normalize):
-  """One augmented training example, seeded by its global position."""
-  seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(counter, tf.int64)])
-  seeds = tf.random.experimental.stateless_split(seed, 4)
+def train_example(data, label, drawn, *, config, encoded, normalize):
+  """One augmented training example from what it drew (``draws.for_examples``).
+
+  With pixel_ops='device' the crop goes out as uint8 with the draws the train step applies
+  (device_pixels.PixelOps); otherwise lit, normalised, padded and flipped here, as float32.
+  """
   size, kind = config.image_size, config.train_augment
   if kind == 'scale':
-    image = augment.scale_crop(data, encoded, seeds[0], crop=size, scale_range=config.scale_range)
+    bits = drawn['crop']
+    image = augment.scale_crop(data, encoded, bits, crop=size, scale_range=config.scale_range)
   elif kind == 'inception':
     image = augment.inception_crop(
       data,
       encoded,
-      seeds[0],
+      drawn['crop'][:2],
       crop=size,
       area_range=config.area_range,
       aspect_range=config.aspect_range,
@@ -136,13 +140,16 @@ def train_example(data, label, counter, *, config, encoded, normalize):
     image = center_view(data, encoded, config)
   else:
     raise ValueError("train_augment must be 'scale', 'inception', 'pad_crop' or 'none'.")
+  if config.pixel_ops == 'device':
+    pixel_draws = {name: drawn[name] for name in device_pixels.DRAWS}
+    return {'image': augment.to_uint8(image), 'label': label, **pixel_draws}
   if config.lighting_std > 0 and kind != 'none':
-    image = augment.lighting(image, seeds[1], std=config.lighting_std)
+    image = augment.add_per_channel(image, drawn['lighting'])
   image = normalize(image)
   if kind == 'pad_crop':  # Padding is zeros of the normalised image, as in the paper's CIFAR.
-    image = augment.pad_crop(image, seeds[2], crop=size, pad=config.pad)
+    image = augment.pad_crop(image, drawn['shift'], crop=size, pad=config.pad)
   if config.random_flip and kind != 'none':
-    image = augment.random_flip(image, seeds[3])
+    image = augment.flip_if(image, drawn['flip'])
   return {'image': image, 'label': label}
 
 
@@ -160,16 +167,35 @@ def eval_example(data, label, mask, *, config, encoded, normalize):
   return out
 
 
-def _fetch_and_map(index_batches, extra_dtype, source: Source, layout: Layout, example_fn, config):
-  """Index batches -> fetched data (parallel chunks) -> per-example map -> local batches."""
+def _draw_specs(rows: int | None) -> dict[str, tf.TensorSpec]:
+  return {
+    name: tf.TensorSpec([rows, *shape], tf.as_dtype(dtype))
+    for name, (dtype, shape) in draws.FIELDS.items()
+  }
+
+
+def _draws_tf(config, counters):
+  """``draws.for_examples`` as a tf op on a 1-D batch of counters."""
+  specs = _draw_specs(None)
+  values = tf.numpy_function(
+    lambda c: list(draws.for_examples(config, c).values()),
+    [counters],
+    [spec.dtype for spec in specs.values()],
+    stateful=False,
+  )
+  return {
+    name: tf.ensure_shape(value, spec.shape)
+    for (name, spec), value in zip(specs.items(), values, strict=True)
+  }
+
+
+def _fetch_and_map(index_batches, extra_spec, source: Source, layout: Layout, example_fn, config):
+  """Index batches (with per-row extras) -> fetched data (parallel chunks) -> per-example map ->
+  local batches."""
   parallel = config.num_parallel_calls if config.num_parallel_calls > 0 else tf.data.AUTOTUNE
   lb = layout.local_batch
   ds = tf.data.Dataset.from_generator(
-    index_batches,
-    output_signature=(
-      tf.TensorSpec([lb], tf.int64),
-      tf.TensorSpec([lb], extra_dtype),
-    ),
+    index_batches, output_signature=(tf.TensorSpec([lb], tf.int64), extra_spec)
   )
 
   ds = ds.unbatch().batch(min(FETCH_CHUNK, lb))
@@ -190,16 +216,24 @@ def train_dataset(
     train_example, config=config, encoded=source.encoded, normalize=normalize
   )
   if source.fetch is not None:
-    batches = lambda: train_index_batches(  # noqa: E731
-      source.num_examples, layout, config.seed, start_step
-    )
-    return _fetch_and_map(batches, tf.int64, source, layout, example_fn, config)
 
+    def batches():
+      for indices, counters in train_index_batches(
+        source.num_examples, layout, config.seed, start_step
+      ):
+        yield indices, draws.for_examples(config, counters)
+
+    specs = _draw_specs(layout.local_batch)
+    return _fetch_and_map(batches, specs, source, layout, example_fn, config)
+
+  first = start_step * layout.local_batch
   ds = source.stream(layout.process_index, layout.process_count, train=True).dataset
   ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True).repeat()
-  ds = ds.skip(start_step * layout.local_batch).enumerate(start_step * layout.local_batch)
   offset = layout.process_index * PROCESS_SEED_STRIDE
-  ds = ds.map(lambda i, x: example_fn(x[0], x[1], i + offset), num_parallel_calls=tf.data.AUTOTUNE)
+  counters = tf.data.Dataset.range(first + offset, offset + PROCESS_SEED_STRIDE)
+  drawn = counters.batch(FETCH_CHUNK).map(lambda c: _draws_tf(config, c)).unbatch()
+  ds = tf.data.Dataset.zip((ds.skip(first), drawn))
+  ds = ds.map(lambda x, d: example_fn(x[0], x[1], d), num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(layout.local_batch, drop_remainder=True).prefetch(config.prefetch_batches)
 
 
@@ -223,7 +257,8 @@ def eval_dataset(
   if source.fetch is not None:
     steps = math.ceil(source.num_examples / layout.global_batch)
     batches = lambda: eval_index_batches(source.num_examples, layout)  # noqa: E731
-    return _fetch_and_map(batches, tf.bool, source, layout, example_fn, config), steps
+    specs = tf.TensorSpec([layout.local_batch], tf.bool)
+    return _fetch_and_map(batches, specs, source, layout, example_fn, config), steps
 
   share = source.stream(layout.process_index, layout.process_count, train=False)
   ds, max_count = share.dataset, share.max_count

@@ -163,7 +163,8 @@ def _sample_photos() -> list[np.ndarray]:
 def folder(data_dir: str, split: str, *, skip_bad_images: bool = False) -> Source:
   """``data_dir/<split>/<class>/*.jpg|png``; classes are the sorted subfolders of ``train``.
 
-  ``data_dir`` may be local or cloud storage (files are read by tf.io.read_file, i.e. gfile).
+  ``data_dir`` may be local (files read in Python by ``fetch``) or cloud storage (file paths,
+  read by tf.io.read_file, i.e. gfile).
   Checked here, before any work: every class of ``split`` is a training class (else its images
   would be dropped or mislabelled) and no training class is empty. ``skip_bad_images`` decodes
   every file now and leaves out (and counts) those that do not decode; otherwise an undecodable
@@ -206,8 +207,14 @@ def folder(data_dir: str, split: str, *, skip_bad_images: bool = False) -> Sourc
   paths_array = np.array(paths, dtype=object)
   labels_array = np.array(labels, dtype=np.int32)
 
+  # Python reads a local file ~4x faster than tf.io.read_file (12 vs 52 us for a 40 KB JPEG,
+  # 2026-11-30): a tenth of the one-core pipeline's time per image. Cloud paths go through gfile.
+  cloud = storage.is_cloud(data_dir)
+
   def fetch(indices):
-    return paths_array[indices], labels_array[indices]
+    if cloud:
+      return paths_array[indices], labels_array[indices]
+    return np.array([_read_bytes(p) for p in paths_array[indices]], object), labels_array[indices]
 
   def diagnose() -> str:
     bad = [p for p in paths if _unreadable(p)]
@@ -225,12 +232,17 @@ def folder(data_dir: str, split: str, *, skip_bad_images: bool = False) -> Sourc
     len(classes),
     True,
     fetch,
-    tf.io.read_file,
+    tf.io.read_file if cloud else lambda data: data,
     None,
     tf.string,
     fingerprint=_files_fingerprint(paths),
     diagnose=diagnose,
   )
+
+
+def _read_bytes(path: str) -> bytes:
+  with open(path, 'rb') as f:
+    return f.read()
 
 
 def _images_in(directory) -> list[str]:

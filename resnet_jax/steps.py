@@ -71,13 +71,20 @@ def topk_errors(scores, labels, mask=None):
   return top1_err, top5_err
 
 
-def train_step(state: TrainState, batch, *, model, tx, config, base_schedule, num_classes):
-  """One SGD step on this device's rows; gradients and BN running averages averaged over AXIS."""
+def train_step(
+  state: TrainState, batch, *, model, tx, config, base_schedule, num_classes, pixel_ops=None
+):
+  """One SGD step on this device's rows; gradients and BN running averages averaged over AXIS.
+
+  ``pixel_ops`` (device_pixels.PixelOps) finishes batches sent as uint8 crops with their draws
+  (pixel_ops='device'); without it ``batch['image']`` is the finished float32 images.
+  """
   scale = state.loss_scale.get('scale', 1.0)
+  images = batch['image'] if pixel_ops is None else pixel_ops(batch)
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
-    logits, updates = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
+    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
     loss = cross_entropy(logits, batch['label'], num_classes, config.label_smoothing).mean()
     return loss * scale, (updates['batch_stats'], logits, loss)
 

@@ -78,6 +78,7 @@ def test_device_step_and_input_modes_print_their_fields():
   for mode in ('input', 'input_baseline'):
     result, _ = benchmark(*TINY_FAKE, f'--mode={mode}', '--steps=2', '--cores=1')
     assert result['mode'] == mode and result['images_per_sec'] > 0
+    assert result['pixel_ops'] == ('device' if mode == 'input' else 'host')
     assert result['images_per_sec'] == pytest.approx(16 / result['step_time_s'])
 
 

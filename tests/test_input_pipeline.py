@@ -1,11 +1,13 @@
 """Input pipeline: shapes, augmentation semantics, test views, exact counts, global order."""
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import digits_config, folder_config, mean_of, sample_photos, write_image_folder
 
-from resnet_jax import augment, input_pipeline, mean_image, parallel, sources
+from configs import photos
+from resnet_jax import augment, device_pixels, draws, input_pipeline, mean_image, parallel, sources
 from resnet_jax.input_pipeline import Layout
 
 
@@ -13,13 +15,33 @@ def first_batch(ds):
   return next(ds.as_numpy_iterator())
 
 
-def test_digits_train_and_eval_shapes(tmp_path):
-  c = digits_config(tmp_path)
+def photos_config(**overrides):
+  c = photos.get_config()
+  c.photos_num_examples = (64, 16)
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+@pytest.mark.parametrize('pixel_ops', ['device', 'host'])
+def test_digits_train_and_eval_shapes(tmp_path, pixel_ops):
+  c = digits_config(tmp_path, pixel_ops=pixel_ops)
   src = sources.get_source(c, 'train')
   assert (src.num_examples, src.num_classes) == (1437, 10)
   batch = first_batch(input_pipeline.train_dataset(c, src, Layout(64, 0, 1), mean=mean_of(c)))
-  assert batch['image'].shape == (64, 16, 16, 3) and batch['image'].dtype == np.float32
   assert batch['label'].dtype == np.int32 and set(batch['label']) <= set(range(10))
+  if pixel_ops == 'host':
+    assert set(batch) == {'image', 'label'}
+    assert batch['image'].shape == (64, 16, 16, 3) and batch['image'].dtype == np.float32
+    return
+  kinds = {k: (v.dtype, v.shape) for k, v in batch.items()}
+  assert kinds == {
+    'image': (np.uint8, (64, 16, 16, 3)),
+    'label': (np.int32, (64,)),
+    'lighting': (np.float32, (64, 3)),
+    'shift': (np.int32, (64, 2)),
+    'flip': (bool, (64,)),
+  }
 
 
 @pytest.mark.parametrize('batch', [64, 100, 360, 512])
@@ -49,9 +71,10 @@ def test_two_processes_read_disjoint_halves_of_the_same_global_batch(tmp_path):
     halves[1].take(3).as_numpy_iterator(),
     strict=True,
   ):
-    # Same images (augmentation included) and labels, in the same rows.
-    np.testing.assert_array_equal(np.concatenate([a['image'], b['image']]), ours['image'])
-    np.testing.assert_array_equal(np.concatenate([a['label'], b['label']]), ours['label'])
+    # Same images, draws and labels, in the same rows.
+    assert set(ours) == {'image', 'label', *device_pixels.DRAWS}
+    for key, value in ours.items():
+      np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), value, err_msg=key)
   # Index level: disjoint, complete, one permutation per epoch.
   layouts = [Layout(64, p, 2) for p in (0, 1)]
   gens = [input_pipeline.train_index_batches(1437, lay, seed=0) for lay in layouts]
@@ -75,7 +98,8 @@ def test_resumed_stream_continues_exactly(tmp_path):
   )
   resumed = input_pipeline.train_dataset(c, src, Layout(64, 0, 1), start_step=25, mean=mean_of(c))
   for a, b in zip(full[25:], resumed.take(5).as_numpy_iterator(), strict=True):
-    np.testing.assert_array_equal(a['image'], b['image'])
+    for key in ('image', 'label', *device_pixels.DRAWS):
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
   # A new epoch is a new order.
   assert not np.array_equal(full[0]['label'], full[22]['label'])
 
@@ -97,23 +121,89 @@ def test_mean_image_is_the_mean(tmp_path):
   np.testing.assert_allclose(batch['image'], raw - mean, atol=1e-3)
 
 
-def test_scale_augmentation_short_side_range_on_real_photos():
+def test_scale_augmentation_short_side_range_on_real_photos(tmp_path):
   photo = tf.io.encode_jpeg(sample_photos()[0], quality=90)  # 427 x 640
-  sides = []
-  for i in range(300):
-    seeds = tf.random.experimental.stateless_split(tf.constant([0, i], tf.int64), 3)
-    s = int(tf.random.stateless_uniform([], seeds[0], 256, 481, dtype=tf.int32))
-    sides.append(s)
-    out = augment.scale_crop(
-      photo, True, tf.constant([0, i], tf.int64), crop=224, scale_range=(256, 480)
-    )
-    assert out.shape == (224, 224, 3)
+  c = digits_config(tmp_path, train_augment='scale', scale_range=(256, 480))
+  crop_bits = draws.for_examples(c, np.arange(300))['crop']
+  sides = 256 + draws.below(crop_bits[:, 0], 225)
   assert min(sides) < 270 and max(sides) > 465 and min(sides) >= 256 and max(sides) <= 480
+  for bits in crop_bits[:20]:
+    out = augment.scale_crop(photo, True, tf.constant(bits), crop=224, scale_range=(256, 480))
+    assert out.shape == (224, 224, 3)
   # The crop window covers 224/S of the shorter side: check it on the window function.
-  h, w = tf.constant(427), tf.constant(640)
+  hw = tf.constant([427, 640])
   for s in (256, 480):
-    _, _, size_y, size_x = augment._window_of_resized(h, w, s, 0, 0, 224)
-    assert int(size_y) == round(224 * 427 / s) and int(size_x) == int(size_y)
+    _, _, size_y, size_x = augment.window_of_resized(hw, s, tf.constant([0, 0]), 224).numpy()
+    assert size_y == round(224 * 427 / s) and size_x == size_y
+    assert list(augment.resized_size(hw, s).numpy()) == [s, round(640 * s / 427)]
+  # Integers from random words: the ends are reachable and nothing falls outside.
+  assert int(augment.below(tf.constant(2**32 - 1, tf.int64), 225)) == 224
+  assert int(augment.below(tf.constant(0, tf.int64), 225)) == 0
+
+
+def test_draws_are_a_function_of_seed_and_position_alone(tmp_path):
+  c = digits_config(tmp_path, lighting_std=0.1, random_flip=True, train_augment='pad_crop', pad=4)
+  whole = draws.for_examples(c, np.arange(1000, 1256))
+  parts = [draws.for_examples(c, np.arange(a, a + 64)) for a in range(1000, 1256, 64)]
+  for key, value in whole.items():
+    assert value.dtype == draws.FIELDS[key][0] and value.shape[1:] == draws.FIELDS[key][1]
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), value, err_msg=key)
+  c.seed = 1
+  other = draws.for_examples(c, np.arange(1000, 1256))
+  assert (other['crop'] != whole['crop']).mean() > 0.99
+  # Distributions: offsets cover [0, 2 * pad]; half the images flip; the lighting offset has the
+  # covariance of AlexNet's PCA noise, eigvec diag((std * eigval)^2) eigvec^T.
+  many = draws.for_examples(c, np.arange(200_000))
+  assert set(np.unique(many['shift'])) == set(range(9))
+  assert abs(many['flip'].mean() - 0.5) < 0.005
+  eigvec = np.array(augment.IMAGENET_EIGVEC)
+  expected = eigvec @ np.diag((0.1 * np.array(augment.IMAGENET_EIGVAL)) ** 2) @ eigvec.T
+  np.testing.assert_allclose(np.cov(many['lighting'].T), expected, rtol=0.02, atol=0.01)
+  np.testing.assert_allclose(many['lighting'].mean(0), 0, atol=0.03)
+  # Disabled parts draw nothing.
+  c.lighting_std, c.random_flip = 0.0, False
+  quiet = draws.for_examples(c, np.arange(64))
+  assert not quiet['lighting'].any() and not quiet['flip'].any()
+
+
+@pytest.mark.parametrize(
+  'normalization, lighting_std', [('channel_mean_std', 0.1), ('pixel_mean', 0.0)]
+)
+def test_device_pixel_ops_finish_bitwise_as_host_pipeline(tmp_path, normalization, lighting_std):
+  """At 8 px digits the crop is not resized, so uint8 loses nothing: the train step's finish
+  (lighting, normalisation, pad-crop, flip) must give the host pipeline's floats bitwise."""
+  common = dict(
+    image_size=8,
+    eval_resize=8,
+    train_augment='pad_crop',
+    pad=2,
+    random_flip=True,
+    normalization=normalization,
+    lighting_std=lighting_std,
+  )
+  host_config = digits_config(tmp_path, pixel_ops='host', **common)
+  device_config = digits_config(tmp_path, pixel_ops='device', **common)
+  src = sources.get_source(host_config, 'train')
+  mean = mean_of(host_config)
+  host = first_batch(input_pipeline.train_dataset(host_config, src, Layout(256, 0, 1), mean=mean))
+  sent = first_batch(input_pipeline.train_dataset(device_config, src, Layout(256, 0, 1), mean=mean))
+  assert sent['flip'].any() and not sent['flip'].all() and len(np.unique(sent['shift'])) == 5
+  finished = jax.jit(device_pixels.PixelOps(device_config, mean))(sent)
+  np.testing.assert_array_equal(np.asarray(finished), host['image'])
+
+
+def test_device_pixel_ops_differ_from_host_only_by_rounding_the_resized_crop():
+  """Real JPEG photos, the paper's scale augmentation, lighting and a mean image: the devices'
+  images equal the host's within the uint8 rounding of the resized crop (0.5)."""
+  c = photos_config(pixel_ops='host')
+  src = sources.get_source(c, 'train')
+  mean = np.random.default_rng(0).uniform(0, 255, (c.image_size, c.image_size, 3))
+  host = first_batch(input_pipeline.train_dataset(c, src, Layout(16, 0, 1), mean=mean))
+  c.pixel_ops = 'device'
+  sent = first_batch(input_pipeline.train_dataset(c, src, Layout(16, 0, 1), mean=mean))
+  finished = np.asarray(jax.jit(device_pixels.PixelOps(c, mean))(sent))
+  error = np.abs(finished - host['image'])
+  assert error.max() <= 0.5 + 1e-4 and error.mean() > 0.1  # rounded, and nothing more
 
 
 def test_decoding_the_window_equals_resize_then_crop():
@@ -124,20 +214,14 @@ def test_decoding_the_window_equals_resize_then_crop():
   np.testing.assert_allclose(view, photo[y : y + 400, x : x + 400], atol=1e-3)
 
 
-def test_flip_and_lighting_change_only_what_they_should():
-  image = tf.constant(sample_photos()[0][:64, :64].astype(np.float32))
-  seed = tf.constant([1, 2], tf.int64)
-  flipped = [augment.random_flip(image, tf.constant([s, 0], tf.int64)).numpy() for s in range(20)]
-  kinds = {('same' if np.array_equal(f, image) else 'mirror') for f in flipped}
-  assert kinds == {'same', 'mirror'}
-  for f in flipped:
-    assert np.array_equal(f, image) or np.array_equal(f, image.numpy()[:, ::-1])
-  lit = augment.lighting(image, seed, std=0.1).numpy()
-  delta = lit - image.numpy()
-  np.testing.assert_allclose(delta, np.broadcast_to(delta[0, 0], delta.shape), atol=1e-3)
-  alpha = tf.random.stateless_normal([3], seed, stddev=0.1).numpy()
-  expected = np.array(augment.IMAGENET_EIGVEC) @ (alpha * np.array(augment.IMAGENET_EIGVAL))
-  np.testing.assert_allclose(delta[0, 0], expected, rtol=1e-4)
+def test_flip_and_pad_crop_on_the_host():
+  image = tf.constant(sample_photos()[0][:16, :20].astype(np.float32))
+  np.testing.assert_array_equal(augment.flip_if(image, tf.constant(False)), image)
+  np.testing.assert_array_equal(augment.flip_if(image, tf.constant(True)), image.numpy()[:, ::-1])
+  padded = np.pad(image.numpy()[:, :16], ((4, 4), (4, 4), (0, 0)))
+  for shift in [(0, 0), (8, 3), (2, 8)]:
+    out = augment.pad_crop(image[:16, :16], tf.constant(shift, tf.int32), crop=16, pad=4)
+    np.testing.assert_array_equal(out, padded[shift[0] : shift[0] + 16, shift[1] : shift[1] + 16])
 
 
 def test_add_per_channel_is_broadcasting_addition_bitwise_and_keeps_the_static_shape():

@@ -65,11 +65,15 @@ def test_sources_by_file_format(prepared, tmp_path):
   train = sources.get_source(c, 'train')
   assert (train.num_examples, train.num_classes, train.encoded) == (23, 4, True)
   assert (train.fetch is not None) == (file_format == 'array_record')
-  batch = next(
-    input_pipeline.train_dataset(c, train, Layout(8, 0, 1), mean=mean_of(c)).as_numpy_iterator()
-  )
+  batches = input_pipeline.train_dataset(c, train, Layout(8, 0, 1), mean=mean_of(c))
+  batch, second = batches.take(2).as_numpy_iterator()
   assert batch['image'].shape == (8, 24, 24, 3)
   assert set(batch['label']) <= {0, 1, 2, 3}
+  # A run resumed at step 1 sees the same second batch: examples and their draws line up.
+  resumed = input_pipeline.train_dataset(c, train, Layout(8, 0, 1), start_step=1, mean=mean_of(c))
+  for key, value in next(resumed.as_numpy_iterator()).items():
+    np.testing.assert_array_equal(value, second[key], err_msg=key)
+  assert second['flip'].any() and not second['flip'].all()
 
 
 @pytest.mark.parametrize('processes', [1, 2])

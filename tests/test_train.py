@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 from helpers import REPO, final_params, run_main, tiny, tiny_flags
 
-from resnet_jax import checkpoint, experiment, metrics, network, optim, train
+from resnet_jax import (
+  checkpoint,
+  device_pixels,
+  experiment,
+  input_pipeline,
+  metrics,
+  network,
+  optim,
+  train,
+)
 
 
 @pytest.mark.slow
@@ -112,6 +121,25 @@ def test_step_schedule_warmup_and_warmup_until_error():
   assert float(ramp(975)) == pytest.approx(0.5) and float(ramp(1950)) == pytest.approx(1.0)
 
 
+def test_a_step_on_uint8_crops_equals_a_step_on_the_host_pipelines_images(tmp_path):
+  """pixel_ops='device' moves the pixel ops, nothing else: at 8 px (no resize, so uint8 loses
+  nothing) a train step from the batch tf.data sends equals, bitwise, one from the host
+  pipeline's float images, with lighting, a mean image, pad-crop and flips all drawn."""
+  params = {}
+  for where in ('host', 'device'):
+    config = tiny(tmp_path, pixel_ops=where, pad=2, random_flip=True, lighting_std=0.1)
+    run = experiment.Experiment(config, str(tmp_path / where))
+    state = run.initial_state()
+    local = input_pipeline.train_dataset(config, run.train_source, run.layout, 0, run.pixel_mean())
+    batch = next(local.as_numpy_iterator())
+    assert batch['image'].dtype == (np.uint8 if where == 'device' else np.float32)
+    state, _ = run.train_fn(state, run.data_parallel.put_batch(batch))
+    params[where] = experiment.flat_params(state)
+    run.checkpointer.close()
+  for name, value in params['host'].items():
+    np.testing.assert_array_equal(params['device'][name], value, err_msg=name)
+
+
 def test_a_checkpoint_of_the_older_layout_is_converted_on_restore(tmp_path):
   """Before the learning-rate state moved into the optimiser, TrainState had a 'schedule' dict
   beside an opt_state of (weight decay, momentum); such a checkpoint resumes with its values."""
@@ -151,8 +179,8 @@ def test_a_checkpoint_of_the_older_layout_is_converted_on_restore(tmp_path):
   assert (int(schedule.bad_evals), int(schedule.cooldown), int(schedule.warmup_done)) == (1, 2, 1)
   assert int(schedule.warmup_window_steps) == 0
   assert run.learning_rate(state) == pytest.approx(0.1 * optim.peak_learning_rate(config))
-  images = rng.standard_normal((config.batch_size, 8, 8, 3), np.float32)
-  batch = {'image': images, 'label': np.zeros(config.batch_size, np.int32)}
+  batch = device_pixels.example_batch(config, config.batch_size, rng)  # as pixel_ops='device'
+  batch['label'] = np.zeros(config.batch_size, np.int32)
   state, metrics = run.train_fn(state, run.data_parallel.put_batch(batch))  # and it trains on
   assert int(jax.device_get(state.step)) == 8
   lr = float(run.data_parallel.host(metrics)['learning_rate'])
