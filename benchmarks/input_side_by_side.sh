@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The training input pipeline beside the plain tf.data baseline (whole decode, resize, crop, flip)
+# on the same JPEGs and cores, alternated in one run; prints a markdown table of img/s and ratios.
+#   bash benchmarks/input_side_by_side.sh [ROUNDS]
+# Each round times resnet_jax's pipeline as configured (pixel_ops=device: it ends at uint8 crops),
+# the same with --config.pixel_ops=host (lighting, normalisation and flip on the host too), and the
+# baseline. CORES=N gives tf.data N threads (default 1, pinned to the first N cores with taskset);
+# STEPS=N batches of 128 per timing (default 16). On a shared VM a timing moves 5-10% between
+# runs: compare the ratios of one round, not img/s across runs or machines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+cores=${CORES:-1}
+steps=${STEPS:-16}
+rate() {
+  taskset -c "0-$((cores - 1))" python3 -m resnet_jax.benchmark --config=configs/fake.py \
+    --cores="$cores" --steps="$steps" --config.batch_size=128 "$@" 2>/dev/null \
+    | python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['images_per_sec'])"
+}
+echo "| round | device img/s | host img/s | baseline img/s | device / baseline | host / baseline |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for ((r = 1; r <= rounds; r++)); do
+  device=$(rate --mode=input)
+  host=$(rate --mode=input --config.pixel_ops=host)
+  base=$(rate --mode=input_baseline)
+  python3 -c "print(f'| $r | {$device:,.0f} | {$host:,.0f} | {$base:,.0f} | {$device/$base:.2f} | {$host/$base:.2f} |')"
+done
