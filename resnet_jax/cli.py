@@ -5,6 +5,7 @@ with the closest real field, and a value of the wrong type is named with its fie
 ``UserError`` (bad config, missing data, refused checkpoint, locked workdir) ends the command
 with one line, ``error: <what is wrong — what to do>``, and exit code 2; anything else is a bug
 and keeps its traceback. ``RESNET_JAX_TRACEBACK=1`` shows the traceback of user errors too.
+absl's log (orbax, JAX) stays at WARNING unless ``--verbosity`` is given.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from resnet_jax.errors import UserError
 
@@ -74,6 +76,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def _reporting_user_errors(main: Callable) -> Callable:
   def wrapped(argv):
+    if not flags.FLAGS['verbosity'].present:  # orbax and JAX log every save and restore at INFO
+      absl_logging.set_verbosity(absl_logging.WARNING)
     try:
       return main(argv)
     except UserError as e:

@@ -2,9 +2,9 @@
 
 Modules log to ``logging.getLogger(__name__)``: ``info`` for progress and status, ``warning`` for
 what the user should look at. ``setup`` gives the ``resnet_jax`` logger one handler on stdout,
-apart from absl's verbosity, which stays at WARNING so that the INFO logs orbax and JAX write at
-every save stay quiet. Errors that end a command are the single ``error:`` line of ``cli`` on
-stderr; a command's result (a JSON line, a table) is printed by the command itself.
+apart from absl's log, which ``cli`` keeps at WARNING so that the INFO lines orbax and JAX write
+at every save and restore stay quiet. Errors that end a command are the single ``error:`` line
+of ``cli`` on stderr; a command's result (a JSON line, a table) is printed by the command itself.
 """
 
 from __future__ import annotations

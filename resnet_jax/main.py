@@ -13,7 +13,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from resnet_jax import cli, config_check, console, distributed
@@ -30,8 +29,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments {argv[1:]}: every option is a flag, --name=value.')
-  if not FLAGS['verbosity'].present:  # orbax and jax log every save at INFO
-    absl_logging.set_verbosity(absl_logging.WARNING)
   console.setup()
   distributed.initialize()
   # Before the heavy imports (TensorFlow, orbax): a bad value is reported in a second.

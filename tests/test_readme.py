@@ -20,6 +20,8 @@ from helpers import REPO, write_image_folder
 pytestmark = pytest.mark.slow
 
 README = os.path.join(REPO, 'README.md')
+# A Python absl INFO line (orbax's, JAX's), not the C++ ones TensorFlow prints at import.
+ABSL_INFO = re.compile(r'^I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \w+\.py:\d+\]', re.M)
 SHORT_DIGITS = [
   '--config.num_train_steps=8',
   '--config.eval_every=8',
@@ -161,6 +163,7 @@ def test_readme_commands_run_as_written(tmp_path):
     print(f'{time.perf_counter() - start:6.1f} s  {command}')
     assert result.returncode == 0, f'{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}'
     assert 'Traceback' not in result.stderr, line
+    assert not ABSL_INFO.search(result.stderr), f'{line}: absl INFO lines on stderr'
     (dry if kind == 'dry' else ran).append((line, result))
   print('\n'.join(f'skipped: {c} ({why})' for c, why in skipped))
   assert len(ran) >= 8 and len(dry) >= 4
