@@ -13,14 +13,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# AlexNet's PCA of ImageNet RGB pixels (0..255 scale), as used by fb.resnet.torch.
-IMAGENET_EIGVAL = (55.46, 4.794, 1.148)
-IMAGENET_EIGVEC = (
-  (-0.5675, 0.7192, 0.4009),
-  (-0.5808, -0.0045, -0.8140),
-  (-0.5836, -0.6948, 0.4203),
-)
-
 
 def image_hw(data, encoded: bool):
   """(height, width) as int32, reading only the JPEG header when possible."""

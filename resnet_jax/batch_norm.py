@@ -70,7 +70,7 @@ class BatchNorm(nn.Module):
       return ((x.astype(jnp.float32) - ra_mean.value) * inv + bias).astype(self.dtype)
     sync = self.axis_name is not None and not self.is_initializing()
     axis = (self.axis_name, _hashable(self.axis_index_groups)) if sync else None
-    use_native = x.dtype == jnp.float32 and native.kernels_enabled(self.cpu_kernels)
+    use_native = native.kernels_for(x, self.cpu_kernels)
     y, mean, var = train_batch_norm(x, scale, bias, self.epsilon, self.dtype, axis, use_native)
     if not self.is_initializing():
       count = math.prod(x.shape[:-1]) * _group_size(axis)

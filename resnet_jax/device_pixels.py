@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from resnet_jax import draws
+
 # What a batch carries beside its uint8 'image' and 'label' (draws.for_examples's fields).
 DRAWS = ('lighting', 'shift', 'flip')
 
@@ -49,26 +51,23 @@ class PixelOps:
 
   def __init__(self, config, mean: np.ndarray | None = None):
     self.subtract, self.multiply = normalization(config, mean)
-    augmented = config.train_augment != 'none'
-    self.lighting = config.lighting_std > 0 and augmented
-    self.pad = config.pad if config.train_augment == 'pad_crop' else 0
-    self.flip = config.random_flip and augmented
+    self.used = draws.pixel_draws(config)
 
   def __call__(self, batch) -> jax.Array:
     """float32 [N, H, W, 3] images from batch's 'image' (uint8) 'lighting', 'shift', 'flip'."""
     x = batch['image'].astype(jnp.float32)
-    if self.lighting:
+    if self.used.lighting:
       x = x + batch['lighting'][:, None, None, :]
     if self.subtract is not None:
       x = x - self.subtract
     if self.multiply is not None:
       x = x * self.multiply
-    if self.pad:  # zeros of the normalised image, as the host pipeline pads
+    if pad := self.used.pad:  # zeros of the normalised image, as the host pipeline pads
       size = x.shape[1:]
-      padded = jnp.pad(x, ((0, 0), (self.pad, self.pad), (self.pad, self.pad), (0, 0)))
+      padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
       crop = lambda image, s: lax.dynamic_slice(image, (s[0], s[1], 0), size)  # noqa: E731
       x = jax.vmap(crop)(padded, batch['shift'])
-    if self.flip:
+    if self.used.flip:
       x = jnp.where(batch['flip'][:, None, None, None], x[:, :, ::-1], x)
     return x
 

@@ -10,10 +10,17 @@ examples costs a few vectorised numpy passes instead of ~10 small TF ops per exa
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from resnet_jax import augment
-
+# AlexNet's PCA of ImageNet RGB pixels (0..255 scale), as used by fb.resnet.torch.
+IMAGENET_EIGVAL = (55.46, 4.794, 1.148)
+IMAGENET_EIGVEC = (
+  (-0.5675, 0.7192, 0.4009),
+  (-0.5808, -0.0045, -0.8140),
+  (-0.5836, -0.6948, 0.4203),
+)
 # Draw columns of one example: 0-2 the crop (scale: shorter side, y, x; inception: its op's seed),
 # 3-4 CIFAR's pad-crop offset, 5 the flip, 6-11 three Box-Muller pairs for PCA lighting.
 STREAMS = 12
@@ -25,6 +32,24 @@ FIELDS = {
   'lighting': (np.float32, (3,)),
 }
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+class PixelDraws(NamedTuple):
+  """Which per-pixel draws a config's augmentation applies (the host pipeline, the train step's
+  ``device_pixels.PixelOps`` and ``for_examples`` all decide by this)."""
+
+  lighting: bool
+  pad: int  # CIFAR's pad-crop padding; 0: no pad-crop
+  flip: bool
+
+
+def pixel_draws(config) -> PixelDraws:
+  augmented = config.train_augment != 'none'
+  return PixelDraws(
+    lighting=config.lighting_std > 0 and augmented,
+    pad=config.pad if config.train_augment == 'pad_crop' else 0,
+    flip=config.random_flip and augmented,
+  )
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -58,19 +83,18 @@ def for_examples(config, counters: np.ndarray) -> dict[str, np.ndarray]:
     'lighting': float32 [n, 3] the RGB offset of AlexNet's PCA lighting (zeros when disabled).
   """
   bits = random_bits(config.seed, counters)
-  n, kind = len(bits), config.train_augment
+  n, used = len(bits), pixel_draws(config)
   shift = np.zeros((n, 2), np.int32)
-  if kind == 'pad_crop':
-    shift = below(bits[:, 3:5], 2 * config.pad + 1).astype(np.int32)
+  if used.pad:
+    shift = below(bits[:, 3:5], 2 * used.pad + 1).astype(np.int32)
   flip = np.zeros(n, bool)
-  if config.random_flip and kind != 'none':
+  if used.flip:
     flip = bits[:, 5] >= 1 << 31
   lighting = np.zeros((n, 3), np.float32)
-  if config.lighting_std > 0 and kind != 'none':
+  if used.lighting:
     u1 = (bits[:, 6::2] + 1) / 2.0**32  # (0, 1]: the logarithm stays finite
     u2 = bits[:, 7::2] / 2.0**32
     alpha = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2) * config.lighting_std
-    eigval = np.asarray(augment.IMAGENET_EIGVAL)
-    lighting = (alpha * eigval) @ np.asarray(augment.IMAGENET_EIGVEC).T
+    lighting = (alpha * np.asarray(IMAGENET_EIGVAL)) @ np.asarray(IMAGENET_EIGVEC).T
     lighting = lighting.astype(np.float32)
   return {'crop': bits[:, :3], 'shift': shift, 'flip': flip, 'lighting': lighting}

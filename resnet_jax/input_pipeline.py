@@ -143,12 +143,13 @@ def train_example(data, label, drawn, *, config, encoded, normalize):
   if config.pixel_ops == 'device':
     pixel_draws = {name: drawn[name] for name in device_pixels.DRAWS}
     return {'image': augment.to_uint8(image), 'label': label, **pixel_draws}
-  if config.lighting_std > 0 and kind != 'none':
+  used = draws.pixel_draws(config)
+  if used.lighting:
     image = augment.add_per_channel(image, drawn['lighting'])
   image = normalize(image)
-  if kind == 'pad_crop':  # Padding is zeros of the normalised image, as in the paper's CIFAR.
-    image = augment.pad_crop(image, drawn['shift'], crop=size, pad=config.pad)
-  if config.random_flip and kind != 'none':
+  if used.pad:  # Padding is zeros of the normalised image, as in the paper's CIFAR.
+    image = augment.pad_crop(image, drawn['shift'], crop=size, pad=used.pad)
+  if used.flip:
     image = augment.flip_if(image, drawn['flip'])
   return {'image': image, 'label': label}
 

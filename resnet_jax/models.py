@@ -259,7 +259,7 @@ class ResNet(nn.Module):
     if self.stem == 'imagenet':
       x = conv(self.widths[0], (7, 7), (2, 2), name='conv1', lowering=stem.stem_conv)(x)
       x = nn.relu(norm(name='bn1')(x, train=train))
-      use_native = x.dtype == jnp.float32 and native.kernels_enabled(self.cpu_kernels)
+      use_native = native.kernels_for(x, self.cpu_kernels)
       x = stem.max_pool_3x3(x, use_native)
     elif self.stem == 'cifar':
       x = conv(self.widths[0], (3, 3), name='conv1')(x)

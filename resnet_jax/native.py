@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from resnet_jax.errors import UserError
@@ -153,6 +154,11 @@ def kernels_enabled(mode: str) -> bool:
   """Whether float32 programs lowered for the CPU call ``KERNELS`` under ``cpu_kernels=mode``
   ('auto', 'native' or 'xla'; ``enabled``)."""
   return enabled(KERNELS, KERNELS_NAME, 'cpu_kernels', mode, 'native', INSTALL_HINT)
+
+
+def kernels_for(x, mode: str) -> bool:
+  """Whether ``x``'s layer calls ``KERNELS`` (float32 only) under ``cpu_kernels=mode``."""
+  return x.dtype == jnp.float32 and kernels_enabled(mode)
 
 
 def call(target: str, result: jax.ShapeDtypeStruct, *operands):

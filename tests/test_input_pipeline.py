@@ -156,8 +156,8 @@ def test_draws_are_a_function_of_seed_and_position_alone(tmp_path):
   many = draws.for_examples(c, np.arange(200_000))
   assert set(np.unique(many['shift'])) == set(range(9))
   assert abs(many['flip'].mean() - 0.5) < 0.005
-  eigvec = np.array(augment.IMAGENET_EIGVEC)
-  expected = eigvec @ np.diag((0.1 * np.array(augment.IMAGENET_EIGVAL)) ** 2) @ eigvec.T
+  eigvec = np.array(draws.IMAGENET_EIGVEC)
+  expected = eigvec @ np.diag((0.1 * np.array(draws.IMAGENET_EIGVAL)) ** 2) @ eigvec.T
   np.testing.assert_allclose(np.cov(many['lighting'].T), expected, rtol=0.02, atol=0.01)
   np.testing.assert_allclose(many['lighting'].mean(0), 0, atol=0.03)
   # Disabled parts draw nothing.
