@@ -24,6 +24,8 @@ def get_config(depth: str = '20'):
   c.model = f'cifar_resnet{depth}'
   c.image_size = 32
   c.eval_resize = 32
+  # The paper's multi-scale sizes (224, 256, 384, 480, 640 at a 224 crop) scaled to this crop.
+  c.multiscale_sizes = (32, 37, 55, 69, 91)
   c.train_augment = 'pad_crop'
   c.pad = 4
   c.lighting_std = 0.0

@@ -160,6 +160,13 @@ def get_config():
   c.keep_checkpoints = 3  # Latest checkpoints kept...
   c.keep_best = 1  # ...plus this many best by eval top-1 error.
   c.async_checkpoints = True
+  # A step whose loss (or, but under float16 loss scaling, gradients) is not finite is never
+  # applied, so no checkpoint holds NaNs. 'stop': the first one ends the run with one line (step,
+  # learning rate, the last checkpoint), exit code 3, and nothing after the last finite step is
+  # saved. 'skip': its batch is consumed without an update and the run goes on, until
+  # nonfinite_skip_limit such steps in a row stop it as 'stop' does.
+  c.on_nonfinite = 'stop'
+  c.nonfinite_skip_limit = 10
   # Steps the host may dispatch ahead of the devices (JAX is asynchronous). Bounds the batches
   # held on the devices and the delay between SIGTERM and its checkpoint; 2 keeps them busy.
   c.steps_in_flight = 2

@@ -16,6 +16,8 @@ def get_config():
   c.model = 'cifar_resnet20'
   c.image_size = 16
   c.eval_resize = 16
+  # The paper's multi-scale sizes (224, 256, 384, 480, 640 at a 224 crop) scaled to this crop.
+  c.multiscale_sizes = (16, 18, 27, 34, 46)
   c.train_augment = 'pad_crop'
   c.pad = 2
   c.random_flip = False  # Digits are not mirror-symmetric.

@@ -14,9 +14,11 @@ the resumed run saves next).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
@@ -27,6 +29,7 @@ from resnet_jax.errors import UserError
 LOG = logging.getLogger(__name__)
 
 DAMAGED_DIR = 'checkpoints_damaged'
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'  # where orbax writes a step until it is complete
 
 
 class CheckpointError(UserError):
@@ -39,6 +42,23 @@ class DamagedCheckpointError(CheckpointError):
   def __init__(self, path, reason: str):
     super().__init__(f'Checkpoint {path} cannot be restored: {reason}')
     self.reason = reason
+
+
+def _ranking_error(metrics: dict) -> float:
+  """The error that ranks checkpoints for keep_best (a NaN ranks last)."""
+  error = float(metrics['top1_err'])
+  return error if math.isfinite(error) else math.inf
+
+
+class _WithoutMetricWarning(logging.Filter):
+  """orbax warns at every save without an evaluation when best_fn is set; most saves have none
+  (eval_every and checkpoint_every rarely meet), and such steps are simply not ranked."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'did not provide metrics' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_WithoutMetricWarning())
 
 
 def _first_line(error: Exception) -> str:
@@ -65,7 +85,7 @@ class Checkpointer:
     if keep_best > 0:
       preservation.append(
         policies.preservation_policy.BestN(
-          get_metric_fn=lambda m: m['top1_err'],
+          get_metric_fn=_ranking_error,
           reverse=True,  # descending, keep the tail: the lowest errors
           n=keep_best,
           keep_checkpoints_without_metrics=False,
@@ -74,6 +94,11 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=async_save,
       preservation_policy=policies.preservation_policy.AnyPreservationPolicy(preservation),
+      # orbax writes a step's metrics (WORKDIR/checkpoints/<step>/metrics) only when best_fn is
+      # set, and reads them back on start-up: without it a resumed run forgets which step was
+      # best and deletes it. The preservation policy above decides what is kept.
+      best_fn=_ranking_error if keep_best > 0 else None,
+      best_mode='min',
       # A reader (evaluate beside a training run) must not delete the trainer's save in progress.
       cleanup_tmp_directories=not reader,
       create=False,  # created by the first save: a run refused at start-up leaves no trace
@@ -82,10 +107,31 @@ class Checkpointer:
       self.directory, options=options, item_names=('state', 'meta')
     )
 
+  def check_space(self, state, what: str):
+    """Raises CheckpointError, before anything is written, when the local disk cannot hold one
+    more checkpoint of ``state`` (global arrays; a save that runs out of room half-way fails in
+    orbax's background threads). Process 0 decides for all, so every process stops alike."""
+    if storage.is_cloud(self.directory):
+      return
+    needed = int(sum(x.nbytes for x in jax.tree.leaves(state)) * 1.1) + (256 << 10)
+    self.manager.wait_until_finished()  # a save still being written has not taken its room yet
+    free = storage.free_bytes(self.directory)
+    if jax.process_count() > 1:
+      free = int(multihost_utils.broadcast_one_to_all(np.int64(free)))
+    if free < needed:
+      latest = self.manager.latest_step()
+      raise CheckpointError(
+        f'No room for {what} in {self.directory}: it needs about {needed / 2**20:.1f} MB and '
+        f'{free / 2**20:.1f} MB are free. Nothing was written; the last checkpoint is '
+        f'{"none" if latest is None else f"step {latest}"}. Free some space, or move the workdir '
+        f'to a larger disk, then run the same command to resume.'
+      )
+
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, meta: dict[str, Any], metrics: dict | None = None):
+    self.check_space(state, f'checkpoint step {step}')
     self.manager.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -191,6 +237,18 @@ class Checkpointer:
     if state is not None:
       LOG.warning('Checkpoint step %d was saved in another layout; converted on restore', step)
     return state
+
+  def remove_partial_saves(self):
+    """Deletes the temporary directories of saves that did not complete (orbax would on the next
+    start, but a run that stopped on an error should not leave them behind)."""
+    if jax.process_index() != 0 or not self.directory.exists():
+      return
+    for partial in self.directory.glob(f'*{_TMP_SUFFIX}*'):
+      try:
+        partial.rmtree()
+        LOG.info('Removed the incomplete save %s', partial)
+      except OSError as e:
+        LOG.warning('Could not remove the incomplete save %s: %s', partial, storage.describe(e))
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -3,14 +3,17 @@
 Flags are checked before any work: a ``--config.FIELD`` that the config does not have is named
 with the closest real field, and a value of the wrong type is named with its field. A
 ``UserError`` (bad config, missing data, refused checkpoint, locked workdir) ends the command
-with one line, ``error: <what is wrong — what to do>``, and exit code 2; anything else is a bug
-and keeps its traceback. ``RESNET_JAX_TRACEBACK=1`` shows the traceback of user errors too.
+with one line, ``error: <what is wrong — what to do>``, and exit code 2 (3 for a diverged run);
+a full, read-only or forbidden disk and a device out of memory are such errors too, wherever they
+are met. Ctrl-C outside the training loop ends it with one line and exit code 130; anything else
+is a bug and keeps its traceback. ``RESNET_JAX_TRACEBACK=1`` shows the traceback of user errors too.
 absl's log (orbax, JAX) stays at WARNING unless ``--verbosity`` is given.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib.util
 import os
 import re
@@ -20,18 +23,20 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
+from resnet_jax import console, storage
 from resnet_jax.errors import UserError
 
 TRACEBACK_ENV = 'RESNET_JAX_TRACEBACK'
 USAGE_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
-def fail(message: str):
-  """Ends the program with one line on stderr and exit code 2, running no exit hooks (an
-  async checkpoint writer must not touch the workdir after the error)."""
-  print(f'error: {" ".join(message.split())}', file=sys.stderr, flush=True)
+def fail(message: str, code: int = USAGE_EXIT_CODE, prefix: str = 'error'):
+  """Ends the program with one line on stderr and exit code ``code`` (2 by default), running no
+  exit hooks (an async checkpoint writer must not touch the workdir after the error)."""
+  print(f'{prefix}: {" ".join(message.split())}', file=sys.stderr, flush=True)
   sys.stdout.flush()
-  os._exit(USAGE_EXIT_CODE)
+  os._exit(code)
 
 
 def _load_config(spec: str):
@@ -74,6 +79,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     fail(f'{e} (see --helpfull)')
 
 
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(error: BaseException) -> OSError | None:
+  """The full-disk / read-only / permission error in ``error``'s chain of causes, if any."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def _reporting_user_errors(main: Callable) -> Callable:
   def wrapped(argv):
     if not flags.FLAGS['verbosity'].present:  # orbax and JAX log every save and restore at INFO
@@ -83,11 +100,28 @@ def _reporting_user_errors(main: Callable) -> Callable:
     except UserError as e:
       if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
         raise
-      fail(str(e))
+      fail(str(e), getattr(e, 'exit_code', USAGE_EXIT_CODE))
+    except Exception as e:  # a full, read-only or forbidden disk; a device out of memory
+      if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
+        raise
+      cause = storage_error(e)
+      if cause is not None:
+        fail(f'{storage.describe(cause)}. {storage.advice(cause, cause.filename or "")}')
+      # jax.errors.JaxRuntimeError on any device; MemoryError for host (numpy) arrays.
+      if isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e):
+        fail(
+          f'out of memory ({str(e).strip().splitlines()[0][:200]}): lower --config.batch_size '
+          f'(training) or --config.eval_batch_size (evaluation; multiscale feeds whole images, '
+          f'up to the largest of multiscale_sizes).'
+        )
+      raise
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop, which saves a checkpoint first
+      fail('Ctrl-C: stopped; nothing was saved.', INTERRUPTED_EXIT_CODE, 'interrupted')
 
   return wrapped
 
 
 def run(main: Callable):
-  """``app.run`` with the checks and the one-line reporting above."""
+  """``app.run`` with the checks and the one-line reporting above, without TensorFlow's banner."""
+  console.hold_back_tensorflow_banner()
   app.run(_reporting_user_errors(main), flags_parser=_parse_flags)

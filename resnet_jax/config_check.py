@@ -183,6 +183,8 @@ RULES: dict[str, Rule] = {
   'keep_checkpoints': POSITIVE_INT,
   'keep_best': NONNEG_INT,
   'async_checkpoints': boolean,
+  'on_nonfinite': one_of('stop', 'skip'),
+  'nonfinite_skip_limit': POSITIVE_INT,
   'steps_in_flight': POSITIVE_INT,
   'lock_stale_seconds': number(0.0, open_lo=True),
   'lock_heartbeat_seconds': number(0.0, open_lo=True),

@@ -132,13 +132,18 @@ def from_torchvision(
 
 def main(argv):
   del argv
-  import torch  # Only the CLI needs torch: `pip install resnet_jax[convert]`.
-
   from resnet_jax import checkpoint, storage
 
   weights = storage.path(FLAGS.torchvision)  # local or cloud
   if not weights.is_file():
     raise UserError(f'--torchvision={FLAGS.torchvision}: no such file.')
+  try:
+    import torch  # only this command needs torch: an optional dependency
+  except ImportError:
+    raise UserError(
+      'convert reads torch files and needs torch: pip install torch==2.13.0 (the small CPU '
+      'build), or pip install -e ".[convert]".'
+    ) from None
   try:
     state_dict = torch.load(io.BytesIO(weights.read_bytes()), map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises many types; its advice to unpickle unsafely is not ours

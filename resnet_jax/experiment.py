@@ -100,6 +100,11 @@ class Experiment:
     """Checkpoints ``state`` (asynchronously if configured); ``metric`` ranks the best ones."""
     self.checkpointer.save(step, self.data_parallel.as_global(state), self.meta, metric)
 
+  def check_checkpoint_space(self, state):
+    """Stops a run at start-up whose disk cannot take its next checkpoint (rather than after
+    training up to it)."""
+    self.checkpointer.check_space(self.data_parallel.as_global(state), 'the next checkpoint')
+
   def after_evaluation(self, state, record: dict):
     """``state`` with its reduce-on-plateau state updated by an evaluation's result."""
     schedule = self.data_parallel.host(optim.schedule_state(state.opt_state))

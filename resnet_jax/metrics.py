@@ -9,10 +9,13 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import logging
 import sys
 import time
 
 from resnet_jax import storage
+
+LOG = logging.getLogger(__name__)
 
 
 def _import_tensorboardx():
@@ -72,25 +75,37 @@ SPLITS = ('train', 'eval')
 
 
 class MetricWriter:
-  """Appends records to ``workdir/metrics.jsonl`` and TensorBoard event files."""
+  """Appends records to ``workdir/metrics.jsonl`` and TensorBoard event files.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  ``resume_step``: the step a run restarts from. Records beyond it (written after that
+  checkpoint by the run that stopped) are dropped first, since they will be written again, so
+  the file holds one record per step and split; TensorBoard is told to purge its events likewise.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     if not enabled:
       return
 
     root = storage.path(workdir)
+    _drop_records_beyond(root / 'metrics.jsonl', resume_step)
     self._jsonl = storage.AppendOnlyText(root / 'metrics.jsonl')
     self._tb = {
-      split: tensorboardx.SummaryWriter(str(root / 'tensorboard' / split)) for split in SPLITS
+      split: tensorboardx.SummaryWriter(
+        str(root / 'tensorboard' / split), purge_step=resume_step + 1 if resume_step else None
+      )
+      for split in SPLITS
     }
 
   def write(self, record: dict):
-    """``record`` has 'step' and 'split' ('train' | 'eval'); other numbers become scalars."""
+    """``record`` has 'step' and 'split' ('train' | 'eval' become TensorBoard scalars too; other
+    splits, such as 'nonfinite' events, are in metrics.jsonl only)."""
     if not self.enabled:
       return
     self._jsonl.append(json.dumps({**record, 'time': time.time()}) + '\n')
-    tb = self._tb[record['split']]
+    tb = self._tb.get(record['split'])
+    if tb is None:
+      return
     for key, value in record.items():
       if key not in ('step', 'split', 'time') and isinstance(value, int | float):
         tb.add_scalar(key, value, global_step=record['step'])
@@ -100,6 +115,30 @@ class MetricWriter:
     if self.enabled:
       for tb in self._tb.values():
         tb.close()
+
+
+def _drop_records_beyond(target, step: int):
+  """Rewrites ``target`` without the records past ``step`` (and without a line cut short by a
+  killed writer); leaves it untouched when there are none."""
+  if not target.exists():
+    return
+  kept, dropped = [], 0
+  for line in target.read_text().splitlines():
+    if not line.strip():
+      continue
+    try:
+      beyond = json.loads(line)['step'] > step
+    except (ValueError, KeyError, TypeError):
+      beyond = True
+    if beyond:
+      dropped += 1
+    else:
+      kept.append(line + '\n')
+  if dropped:
+    storage.write_text_atomic(target, ''.join(kept))
+    LOG.info(
+      '%s: dropped %d record(s) past step %d, the step this run resumes from', target, dropped, step
+    )
 
 
 def read(workdir: str) -> list[dict]:

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only; no display needed
 import matplotlib.pyplot as plt
 
-from resnet_jax import metrics, storage
+from resnet_jax import cli, metrics, storage
 
 
 def curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -73,6 +73,11 @@ def main(argv=None):
   parser.add_argument('--labels', nargs='*')
   parser.add_argument('--title')
   args = parser.parse_args(argv)
+  for workdir in args.workdirs:
+    if not (storage.path(workdir) / 'metrics.jsonl').exists():
+      cli.fail(f'{workdir}: no metrics.jsonl (not a resnet_jax workdir, or not started).')
+  if args.labels and len(args.labels) != len(args.workdirs):
+    cli.fail(f'--labels: {len(args.labels)} labels for {len(args.workdirs)} workdirs.')
   print(plot(args.workdirs, args.out, args.labels, args.title))
 
 

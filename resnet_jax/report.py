@@ -16,7 +16,7 @@ import json
 from collections import defaultdict
 
 from configs.experiments.paper import PAPER
-from resnet_jax import cli, metrics, storage
+from resnet_jax import cli, divergence, metrics, storage
 
 COLUMNS = (
   'run',
@@ -56,6 +56,16 @@ def _hours(records: list[dict]) -> str:
   return f'{(max(times) - min(times)) / 3600:.2f} h'
 
 
+def _nonfinite_note(records: list[dict]) -> str:
+  """' (diverged at step S)' for a run stopped by a non-finite step, and the skipped steps."""
+  events = [r for r in records if r['split'] == divergence.SPLIT]
+  stopped = [r['step'] for r in events if r.get('action') == 'stopped']
+  skipped = sum(r.get('action') == 'skipped' for r in events)
+  notes = [f'diverged at step {stopped[-1]}'] if stopped else []
+  notes += [f'{skipped} non-finite steps skipped'] if skipped else []
+  return f' ({"; ".join(notes)})' if notes else ''
+
+
 def run_rows(workdir: str) -> list[dict]:
   """The rows of one workdir: its training evaluation and each recorded evaluate protocol."""
   root = storage.path(workdir)
@@ -73,13 +83,16 @@ def run_rows(workdir: str) -> list[dict]:
       lines = [json.loads(x) for x in extra.read_text().splitlines() if x.strip()]
       results.append((protocol, lines[-1]))
   hardware = f'{env.get("devices", "?")} x {env.get("device_kind", "?")}' if env else '-'
+  name = root.name + _nonfinite_note(records)
+  if not results and name != root.name:  # diverged before its first evaluation: still a row
+    results = [('-', {'top1_err': float('nan'), 'top5_err': float('nan'), 'step': '-'})]
   rows = []
   for protocol, result in results:
     paper = PAPER.get(paper_key(config, protocol), {})
     top1 = 100 * result['top1_err']
     rows.append(
       {
-        'run': root.name,
+        'run': name,
         'model': config.get('model', '?'),
         'protocol': protocol,
         'train err': f'{100 * train[-1]["top1_err"]:.2f}' if train else '-',

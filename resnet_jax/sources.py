@@ -9,6 +9,7 @@ that each process reads its own equal share of.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import hashlib
@@ -29,7 +30,8 @@ from resnet_jax.errors import UserError
 
 LOG = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+# What tf.io.decode_image reads; other files in class folders are counted in a start-up line.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 FETCH_CHUNK = 64  # Examples fetched per call into a random-access source (read in parallel).
 
 
@@ -181,20 +183,29 @@ def folder(data_dir: str, split: str, *, skip_bad_images: bool = False) -> Sourc
       f'No image folder {split_dir}: expected {root}/train/<class>/*.jpg and '
       f'{root}/test/<class>/*.jpg (TFDS ImageFolder layout; split names are folder names).'
     )
-  classes = sorted(d.name for d in class_root.iterdir() if d.is_dir())
-  unknown = sorted(set(d.name for d in split_dir.iterdir() if d.is_dir()) - set(classes))
+  classes = _class_folders(class_root)
+  unknown = sorted(set(_class_folders(split_dir)) - set(classes))
   if unknown:
     raise DatasetError(
       f'{split_dir} has classes that {class_root} lacks: {unknown}. Labels are the train/ '
       f'folder names: add those classes to train/ or remove them from {split}/.'
     )
-  paths, labels, empty = [], [], []
+  paths, labels, empty, left_out = [], [], [], collections.Counter()
   for label, cls in enumerate(classes):
-    files = _images_in(split_dir / cls)
+    files, others = _images_in(split_dir / cls)
     if not files and split == 'train':
       empty.append(cls)
     paths += files
     labels += [label] * len(files)
+    left_out.update(others)
+  if left_out:
+    LOG.warning(
+      '%s: left out %d file(s) whose extension is not an image format read here (%s); read: %s.',
+      split_dir,
+      left_out.total(),
+      ', '.join(f'{ext or "no extension"}: {n}' for ext, n in sorted(left_out.items())),
+      ' '.join(IMAGE_EXTENSIONS),
+    )
   if empty:
     raise DatasetError(
       f'Training classes with no images ({", ".join(IMAGE_EXTENSIONS)}) under {class_root}: '
@@ -245,11 +256,28 @@ def _read_bytes(path: str) -> bytes:
     return f.read()
 
 
-def _images_in(directory) -> list[str]:
+def _visible(directory) -> list:
+  """The entries of ``directory`` by name, without hidden ones (``.ipynb_checkpoints``,
+  ``.DS_Store``, macOS's ``._*`` twins), which are never classes or images."""
+  visible = (f for f in directory.iterdir() if not f.name.startswith('.'))
+  return sorted(visible, key=lambda f: f.name)
+
+
+def _class_folders(directory) -> list[str]:
+  return [d.name for d in _visible(directory) if d.is_dir()]
+
+
+def _images_in(directory) -> tuple[list[str], collections.Counter]:
+  """The image files of a class folder, and the other files' extensions counted."""
   if not directory.is_dir():
-    return []
-  files = sorted(directory.iterdir(), key=lambda f: f.name)
-  return [str(f) for f in files if f.name.lower().endswith(IMAGE_EXTENSIONS)]
+    return [], collections.Counter()
+  images, others = [], collections.Counter()
+  for f in _visible(directory):
+    if f.name.lower().endswith(IMAGE_EXTENSIONS):
+      images.append(str(f))
+    elif not f.is_dir():
+      others[os.path.splitext(f.name)[1].lower()] += 1
+  return images, others
 
 
 def _unreadable(path: str) -> bool:

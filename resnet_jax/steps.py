@@ -15,6 +15,7 @@ import optax
 from jax import lax
 
 from resnet_jax import block_layout, optim
+from resnet_jax.divergence import NONFINITE_GRADIENTS, NONFINITE_LOSS
 from resnet_jax.parallel import AXIS
 
 
@@ -109,29 +110,45 @@ def train_step(
     batch_stats=batch_stats,
     opt_state=opt_state,
   )
+  # A step whose loss or gradients are not finite is never applied: the state stays the last
+  # finite one (only the step count, i.e. the batch consumed, advances), so no checkpoint can
+  # hold NaNs. Gradients and loss are averaged over AXIS, so every device decides alike. Under
+  # float16 loss scaling an overflowing gradient is routine (the scale halves); only a non-finite
+  # loss counts as a divergence there.
+  grads_finite = _all_finite(grads)
+  loss_finite = jnp.isfinite(metrics['loss'])
+  new_state = _keep_old_unless(grads_finite & loss_finite, state, new_state)
+  bad_gradients = jnp.where(grads_finite, 0.0, NONFINITE_GRADIENTS)
   if state.loss_scale:
-    new_state = _dynamic_loss_scale(state, new_state, grads)
+    new_state = new_state.replace(loss_scale=_next_loss_scale(state.loss_scale, grads_finite))
+    bad_gradients = 0.0
+  metrics['nonfinite'] = jnp.where(loss_finite, bad_gradients, NONFINITE_LOSS)
   return new_state, metrics
 
 
-def _dynamic_loss_scale(old: TrainState, new: TrainState, grads) -> TrainState:
-  """float16: skip the step and halve the scale on overflow; double it after a calm period.
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
-  A skipped step keeps the old optimiser state, so it does not advance the learning rate.
+
+def _keep_old_unless(apply, old: TrainState, new: TrainState) -> TrainState:
+  """``new`` where ``apply``, else ``old`` but for the step count (the batch is consumed).
+
+  A step left out keeps the old optimiser state, so it does not advance the learning rate.
   """
-  finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-  good = jnp.where(finite, old.loss_scale['good_steps'] + 1, 0)
-  scale = jnp.where(finite, old.loss_scale['scale'], old.loss_scale['scale'] / 2)
-  grow = good >= LOSS_SCALE_PERIOD
-  scale = jnp.where(grow, scale * 2, scale)
-  good = jnp.where(grow, 0, good)
-  keep = lambda n, o: jnp.where(finite, n, o)  # noqa: E731
+  keep = lambda n, o: jnp.where(apply, n, o)  # noqa: E731
   return new.replace(
     params=jax.tree.map(keep, new.params, old.params),
     opt_state=jax.tree.map(keep, new.opt_state, old.opt_state),
     batch_stats=jax.tree.map(keep, new.batch_stats, old.batch_stats),
-    loss_scale={'scale': scale, 'good_steps': good},
   )
+
+
+def _next_loss_scale(loss_scale: dict, grads_finite) -> dict:
+  """float16 dynamic loss scaling: halve the scale on overflow; double it after a calm period."""
+  good = jnp.where(grads_finite, loss_scale['good_steps'] + 1, 0)
+  scale = jnp.where(grads_finite, loss_scale['scale'], loss_scale['scale'] / 2)
+  grow = good >= LOSS_SCALE_PERIOD
+  return {'scale': jnp.where(grow, scale * 2, scale), 'good_steps': jnp.where(grow, 0, good)}
 
 
 def upgrade_saved_state(saved: dict, current: TrainState) -> TrainState | None:

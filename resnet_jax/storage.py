@@ -9,10 +9,14 @@ the tests point it at a local GCS emulator; gfile's endpoints are compiled in).
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import uuid
 
 from etils import epath
+
+from resnet_jax.errors import UserError
 
 CLOUD_SCHEMES = ('gs://', 's3://', 'az://')
 
@@ -27,6 +31,66 @@ def path(location) -> epath.Path:
   if is_cloud(text):
     return epath.Path(text)
   return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def check_writable_dir(location, what: str = '--workdir'):
+  """Proves ``location`` a directory this process can write (by writing and removing a file;
+  folders made for that are removed again), or raises one UserError line that says why not: a
+  file in the way, a read-only or full disk, no permission, an unreachable or forbidden bucket,
+  missing credentials."""
+  target = path(location)
+  created = None  # the outermost local folder made here, removed again after the probe
+  if not is_cloud(target):
+    missing = target
+    while not missing.parent.exists():
+      missing = missing.parent
+    created = None if target.exists() else missing
+  probe = target / f'.write_check.{uuid.uuid4().hex}'
+  try:
+    if target.exists() and not target.is_dir():
+      raise UserError(f'{what}={location} is a file, not a directory: give a directory.')
+    target.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except UserError:
+    raise
+  except Exception as e:  # OSError locally; gcsfs and gfile raise their own kinds
+    why = f'{describe(e)}). {advice(e, location)}'
+    raise UserError(f'{what}={location}: cannot write there ({why}') from e
+  finally:
+    if created is not None and created.exists():
+      created.rmtree()
+
+
+def describe(error: BaseException) -> str:
+  """An exception as one short line (the first line of its message, with its kind)."""
+  if isinstance(error, OSError) and error.strerror:
+    return f'{error.strerror}: {error.filename}' if error.filename else error.strerror
+  lines = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {lines[0][:200] if lines else ""}'
+
+
+def advice(error: BaseException, location) -> str:
+  """What to do about a failed write to ``location``."""
+  if getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT):
+    return 'Free some space, or use a directory on a larger disk.'
+  if not is_cloud(location):
+    return 'Choose a directory you can write to.'
+  return (
+    'For a bucket, check its name, the network and your credentials (gcloud auth '
+    'application-default login, or GOOGLE_APPLICATION_CREDENTIALS).'
+  )
+
+
+def free_bytes(location) -> int | None:
+  """Free bytes on the local disk holding ``location`` (or its nearest existing parent); None
+  for cloud storage, which has no such limit to check."""
+  if is_cloud(location):
+    return None
+  directory = os.path.abspath(os.fspath(location))
+  while not os.path.exists(directory):
+    directory = os.path.dirname(directory)
+  return shutil.disk_usage(directory).free
 
 
 def write_text_atomic(target: epath.Path, text: str):

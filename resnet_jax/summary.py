@@ -102,6 +102,13 @@ def main(argv=None):
   parser.add_argument('--batch-size', type=int, default=1)
   parser.add_argument('--num-classes', type=int, default=None, help='1000 ImageNet, 10 CIFAR')
   args = parser.parse_args(argv)
+  for name, value, least in (
+    ('--image-size', args.image_size, 8),
+    ('--batch-size', args.batch_size, 1),
+    ('--num-classes', args.num_classes, 1),
+  ):
+    if value is not None and value < least:
+      cli.fail(f'{name} {value}: must be an integer >= {least}.')
   cifar = args.model.startswith('cifar')
   size = args.image_size or (32 if cifar else 224)
   num_classes = args.num_classes or (10 if cifar else 1000)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import signal
 import socket
 import time
 
@@ -15,6 +14,7 @@ import numpy as np
 from resnet_jax import (
   config_check,
   console,
+  divergence,
   input_pipeline,
   metrics,
   sources,
@@ -22,44 +22,9 @@ from resnet_jax import (
   workdir_lock,
 )
 from resnet_jax.experiment import Experiment
+from resnet_jax.stop_signals import INTERRUPTED_EXIT_CODE, StopSignals
 
 LOG = logging.getLogger(__name__)
-
-
-class Preemption:
-  """SIGTERM (preemption, SLURM's time limit) -> save a checkpoint and exit at the next step.
-
-  One process: a Python handler sets a flag. Several processes: all must stop at the same step or
-  the save deadlocks, so JAX's preemption sync point decides (its service catches the signal).
-  """
-
-  def __init__(self):
-    self.requested = False
-    self.loop_step = self.finished_step = 0  # dispatched / known finished on the devices
-    self.multi = jax.process_count() > 1
-    if not self.multi:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    LOG.info(
-      'SIGTERM at step %d (devices finished step %d): saving a checkpoint and exiting.',
-      self.loop_step,
-      self.finished_step,
-    )
-    self.requested = True
-
-  def reached(self, step: int) -> bool:
-    self.loop_step = step
-    if self.multi:
-      from jax.experimental import multihost_utils
-
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def restore(self):
-    if not self.multi:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _write_config(config, workdir: str, start_step: int):
@@ -125,6 +90,7 @@ def _train(config, workdir: str) -> dict:
   experiment.pixel_mean()  # reads every training image it averages: bad data shows before any write
   state = experiment.initial_state()
   start_step = int(experiment.data_parallel.host(state.step))
+  experiment.check_checkpoint_space(state)
   # Deliberate (more epochs, another batch size) or not, a resumed run that changed its config
   # continues its step count under the new values: say so before config.json is replaced.
   if (
@@ -140,20 +106,7 @@ def _train(config, workdir: str) -> dict:
       '; '.join(changes),
     )
   _write_config(config, workdir, start_step)
-  writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
-  eval_every = config.eval_every if config.eval_every > 0 else experiment.steps_per_epoch
-  log_every = max(1, config.log_every)
-  local = input_pipeline.train_dataset(
-    config, experiment.train_source, experiment.layout, start_step, experiment.pixel_mean()
-  )
-  batches = experiment.data_parallel.batches(sources.numpy_batches(local, experiment.train_source))
-  progress = metrics.Progress(experiment.total_steps, config.batch_size, start_step)
-  preemption = Preemption()
-  preemption.finished_step = start_step
-  # JAX dispatches asynchronously: without a bound the loop runs ahead of the devices by up to
-  # log_every steps (holding that many batches on them) and acts on SIGTERM that late.
-  in_flight = collections.deque()
-  pending, last_eval = [], {}
+  writer = metrics.MetricWriter(workdir, jax.process_index() == 0, resume_step=start_step)
   LOG.info(
     '%s on %s: %d steps (%d per epoch), %d devices in %d processes, from step %d',
     config.model,
@@ -171,46 +124,108 @@ def _train(config, workdir: str) -> dict:
       workdir,
       start_step,
     )
+  stop, ended_by = StopSignals(), None
   try:
-    for step in range(start_step + 1, experiment.total_steps + 1):
-      state, step_metrics = experiment.train_fn(state, next(batches))
-      pending.append(step_metrics)
-      in_flight.append((step, step_metrics['loss']))
-      while len(in_flight) > config.steps_in_flight:
-        done_step, done = in_flight.popleft()
-        jax.block_until_ready(done)
-        preemption.finished_step = done_step
-      if step % log_every == 0 or step == experiment.total_steps:
-        _log_train(experiment, writer, progress, pending, step)
-        pending = []
-      if step % eval_every == 0 or step == experiment.total_steps:
-        last_eval = _evaluate(experiment, writer, state, step)
-        if step % eval_every == 0:  # a run's extra final eval must not move the schedule
-          state = experiment.after_evaluation(state, last_eval)
-      preempted = preemption.reached(step)
-      if step % config.checkpoint_every == 0 or step == experiment.total_steps or preempted:
-        metric = {'top1_err': last_eval['top1_err']} if last_eval.get('step') == step else None
-        experiment.save(step, state, metric)
-      if preempted:
-        LOG.info('Saved step %d after SIGTERM; exiting.', step)
-        break
+    return _steps(experiment, writer, stop, state, start_step)
+  except BaseException as e:
+    ended_by = e
+    raise
   finally:
-    experiment.checkpointer.wait()
-    experiment.checkpointer.close()
-    writer.close()
-    preemption.restore()
+    stop.restore()
+    _close(experiment, writer, ended_by)
+    if ended_by is None and stop.received == 'SIGINT':
+      raise SystemExit(INTERRUPTED_EXIT_CODE)  # after the save; the lock is released next
+
+
+def _steps(experiment, writer, stop, state, start_step: int) -> dict:
+  """Trains from ``start_step`` to the end (or a stop signal); returns the last eval record.
+
+  Raises:
+    divergence.TrainingDiverged: at a non-finite step (``on_nonfinite``).
+  """
+  config = experiment.config
+  eval_every = config.eval_every if config.eval_every > 0 else experiment.steps_per_epoch
+  log_every = max(1, config.log_every)
+  local = input_pipeline.train_dataset(
+    config, experiment.train_source, experiment.layout, start_step, experiment.pixel_mean()
+  )
+  batches = experiment.data_parallel.batches(sources.numpy_batches(local, experiment.train_source))
+  progress = metrics.Progress(experiment.total_steps, config.batch_size, start_step)
+  stop.finished_step = start_step
+  watch = divergence.NonFiniteWatch(
+    config,
+    writer,
+    experiment.steps_per_epoch,
+    experiment.checkpointer.latest_step,
+    experiment.checkpointer.directory,
+  )
+  # JAX dispatches asynchronously: without a bound the loop runs ahead of the devices by up to
+  # log_every steps (holding that many batches on them) and acts on a signal that late.
+  in_flight = collections.deque()
+
+  def settle(limit: int):
+    """Waits for dispatched steps until at most ``limit`` remain, checking each for NaNs."""
+    while len(in_flight) > limit:
+      done_step, done = in_flight.popleft()
+      flag = experiment.data_parallel.host(done['nonfinite'])  # waits for the step
+      watch.check(done_step, flag, lambda done=done: experiment.data_parallel.host(done))
+      stop.finished_step = done_step
+
+  pending, last_eval = [], {}
+  for step in range(start_step + 1, experiment.total_steps + 1):
+    state, step_metrics = experiment.train_fn(state, next(batches))
+    pending.append(step_metrics)
+    in_flight.append((step, step_metrics))
+    settle(config.steps_in_flight)
+    if step % log_every == 0 or step == experiment.total_steps:
+      _log_train(experiment, writer, progress, pending, step)
+      pending = []
+    if step % eval_every == 0 or step == experiment.total_steps:
+      settle(0)  # an evaluation (and a save) only of a state all of whose steps were checked
+      last_eval = _evaluate(experiment, writer, state, step)
+      if step % eval_every == 0:  # a run's extra final eval must not move the schedule
+        state = experiment.after_evaluation(state, last_eval)
+    stopping = stop.reached(step)
+    if step % config.checkpoint_every == 0 or step == experiment.total_steps or stopping:
+      settle(0)
+      metric = {'top1_err': last_eval['top1_err']} if last_eval.get('step') == step else None
+      experiment.save(step, state, metric)
+    if stopping:
+      LOG.info('Saved step %d after %s; exiting.', step, stop.received or 'SIGTERM')
+      break
   return last_eval
 
 
+def _close(experiment, writer, ended_by: BaseException | None):
+  """Finishes the pending save and closes the run's files. When an error already ends the run
+  (a full disk, say), a failure here is one more log line, not a second traceback over it, and a
+  half-written checkpoint is removed; otherwise it is raised: the last save did not complete."""
+  for action in (experiment.checkpointer.wait, experiment.checkpointer.close, writer.close):
+    try:
+      action()
+    except Exception as e:
+      if ended_by is None:
+        raise
+      LOG.warning('While stopping: %s', storage.describe(e))
+  if ended_by is not None:
+    experiment.checkpointer.remove_partial_saves()
+
+
 def _log_train(experiment, writer, progress, pending, step):
-  """Writes the mean of the window's train metrics and prints the progress line."""
+  """Writes the mean of the window's train metrics and prints the progress line.
+
+  Steps whose update was skipped for a non-finite loss are left out of the means and counted.
+  """
   window = experiment.data_parallel.host(pending)
-  record = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+  finite = [m for m in window if not m['nonfinite']] or window
+  record = {k: float(np.mean([m[k] for m in finite])) for k in finite[0] if k != 'nonfinite'}
   record['learning_rate'] = float(window[-1]['learning_rate'])
   images_per_sec, seconds_per_step = progress.rate(step)
   record.update(
     step=step, epoch=step / experiment.steps_per_epoch, split='train', images_per_sec=images_per_sec
   )
+  if len(finite) < len(window):
+    record['nonfinite_steps'] = len(window) - len(finite)
   writer.write(record)
   if jax.process_index() == 0:
     LOG.info(progress.line(record, seconds_per_step))

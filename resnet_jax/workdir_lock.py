@@ -163,7 +163,8 @@ def acquire_everywhere(workdir, *, stale_seconds: float, heartbeat_seconds: floa
     The held lock on process 0, None on the other processes.
 
   Raises:
-    WorkdirLockedError: on every process, when the workdir belongs to another live run.
+    WorkdirLockedError: on every process, when the workdir belongs to another live run or
+      cannot be written (a file, read-only, full, unreachable).
   """
   import jax
   import numpy as np
@@ -173,13 +174,14 @@ def acquire_everywhere(workdir, *, stale_seconds: float, heartbeat_seconds: floa
   if jax.process_index() == 0:
     lock = WorkdirLock(workdir, stale_seconds=stale_seconds, heartbeat_seconds=heartbeat_seconds)
     try:
+      storage.check_writable_dir(workdir)
       lock.acquire()
-    except WorkdirLockedError as e:
+    except UserError as e:  # locked, or not a writable directory
       lock, refusal = None, str(e)
   if jax.process_count() > 1:
     held = multihost_utils.broadcast_one_to_all(np.int32(not refusal))
     if not held and not refusal:
-      refusal = f'{workdir} is in use by another run (process 0 could not lock it).'
+      refusal = f'{workdir}: process 0 could not lock it (its log says why).'
   if refusal:
     raise WorkdirLockedError(refusal)
   return lock

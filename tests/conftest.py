@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 LONGEST_FIRST = (
   'test_readme.py',
   'test_train.py',
+  'test_faults.py',
   'test_recipe.py',
   'test_multiprocess.py',
   'test_study_report.py',

@@ -105,6 +105,22 @@ CASES = [
     'damaged.pth is not a readable',
   ),
   ('summary of no model', ['-m', 'resnet_jax.summary', 'resnet19'], 'resnet19'),
+  ('summary at size 0', ['-m', 'resnet_jax.summary', 'resnet18', '--image-size=0'], 'size 0'),
+  ('summary at size -5', ['-m', 'resnet_jax.summary', 'resnet18', '--image-size=-5'], 'size -5'),
+  (
+    'convert without torch',  # torch made unimportable, as on a machine that lacks it
+    [
+      '-c',
+      'import runpy, sys; sys.modules["torch"] = None; '
+      'runpy.run_module("resnet_jax.convert", run_name="__main__")',
+      '--torchvision={damaged_pth}',
+      '--model=resnet18',
+      '--out={work}',
+    ],
+    'pip install torch==2.13.0',
+  ),
+  ('workdir is a file', [*DIGITS[:-1], '--workdir={a_file}'], 'a_file is a file'),
+  ('plot a folder without metrics', ['-m', 'resnet_jax.plot', '{root}'], 'no metrics.jsonl'),
   (
     'mean_image bad size',
     ['-m', 'resnet_jax.mean_image', '--config=configs/digits.py', '--config.image_size=-3'],
@@ -119,6 +135,21 @@ CASES = [
     'multi-scale buckets without squares',
     [*DIGITS, '--config.eval_mode=multiscale', '--config.multiscale_aspects=(1.25, 1.5)'],
     'must be increasing from 1.0',
+  ),
+  (
+    'out of memory',  # 768 GiB of input images: more than any machine that runs this
+    [
+      '-m',
+      'resnet_jax.benchmark',
+      '--config=configs/fake.py',
+      '--mode=eval',
+      '--config.model=cifar_resnet8',
+      '--config.batch_size=65536',
+      '--config.image_size=1024',
+      '--config.eval_resize=1024',
+      '--config.scale_range=(1024, 1100)',
+    ],
+    'out of memory (Unable to allocate',
   ),
   (
     'benchmark zero batch',
@@ -140,6 +171,7 @@ def inputs(tmp_path_factory):
   bad = os.path.join(corrupt, 'train', 'class_1', '1.jpg')
   with open(bad, 'r+b') as f:
     f.truncate(200)
+  (root / 'a_file').write_text('not a workdir')
   damaged = root / 'damaged.pth'
   damaged.write_bytes(b'PK\x03\x04 not really a zip')
   weights = str(root / 'resnet8')
@@ -154,6 +186,7 @@ def inputs(tmp_path_factory):
     damaged_pth=str(damaged),
     resnet8_weights=weights,
     root=str(root),
+    a_file=str(root / 'a_file'),
   )
 
 

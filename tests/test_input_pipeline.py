@@ -1,10 +1,14 @@
 """Input pipeline: shapes, augmentation semantics, test views, exact counts, global order."""
 
+import logging
+import os
+
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import digits_config, folder_config, mean_of, sample_photos, write_image_folder
+from PIL import Image
 
 from configs import photos
 from resnet_jax import augment, device_pixels, draws, input_pipeline, mean_image, parallel, sources
@@ -265,6 +269,28 @@ def test_folder_source_views_and_counts(tmp_path):
     assert sum(b['mask'].sum() for b in batches) == 9
   # multiscale: a 40x56 image at shorter side 32 is 32x45, cropped to its 4:3 bucket, unpadded
   assert sorted(batches[0]) == ['image_24', 'image_32', 'label', 'mask']
+
+
+def test_folder_hidden_entries_are_never_data_and_other_files_are_counted(tmp_path, caplog):
+  root = write_image_folder(tmp_path / 'imgs', classes=3, train_per_class=2, test_per_class=1)
+  train_dir = os.path.join(root, 'train')
+  os.makedirs(os.path.join(train_dir, '.ipynb_checkpoints'))  # what Jupyter leaves
+  photo = sample_photos()[0][:20, :30]
+  Image.fromarray(photo).save(os.path.join(train_dir, '.ipynb_checkpoints', 'x.jpg'))
+  Image.fromarray(photo).save(os.path.join(train_dir, 'class_0', '._0.jpg'))  # macOS's twin
+  Image.fromarray(photo).save(os.path.join(train_dir, 'class_1', 'lossless.webp'), lossless=True)
+  Image.fromarray(photo).save(os.path.join(train_dir, 'class_1', 'scan.tif'))
+  with open(os.path.join(train_dir, 'class_2', 'notes.txt'), 'w') as f:
+    f.write('not an image')
+  with caplog.at_level(logging.WARNING, logger='resnet_jax'):
+    train = sources.get_source(folder_config(tmp_path, root), 'train')
+  assert (train.num_classes, train.num_examples) == (3, 7)  # 3 x 2 images + the WebP
+  assert '.tif: 1, .txt: 1' in caplog.text and 'left out 2 file(s)' in caplog.text
+  # The WebP is read (class_1's third file, by name) and decodes in the pipeline as PIL reads it.
+  data, labels = train.fetch(np.arange(7))
+  with open(os.path.join(train_dir, 'class_1', 'lossless.webp'), 'rb') as f:
+    assert data[4] == f.read() and labels[4] == 1
+  np.testing.assert_array_equal(augment.decode(tf.constant(data[4]), True).numpy(), photo)
 
 
 def test_missing_datasets_say_what_to_do(tmp_path):
