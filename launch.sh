@@ -11,7 +11,9 @@
 # image, default tpu-ubuntu2204-base), REPO_URL / REPO_REF (TPU workers clone this instead of
 # receiving this checkout's HEAD),
 # SLURM_PARTITION, SLURM_TIME, SLURM_ACCOUNT, PORT (coordinator port, default 12355),
-# DEVICES_PER_PROCESS (local mode: simulated CPU devices per process, default 4).
+# DEVICES_PER_PROCESS (local mode: simulated CPU devices per process, default 4),
+# STOP_GRACE_SECONDS (local mode: after one process fails, how long the others get to end by
+# themselves before they are killed, default 10).
 set -euo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -88,7 +90,7 @@ SBATCH
 
 local_run() {
   local n=$1; shift; split_args "$@"
-  local port=${PORT:-12355} per=${DEVICES_PER_PROCESS:-4} pids=() status=0
+  local port=${PORT:-12355} per=${DEVICES_PER_PROCESS:-4} grace=${STOP_GRACE_SECONDS:-10}
   if [[ "${DRY_RUN:-0}" == 1 ]]; then
     for ((i = 0; i < n; i++)); do
       echo "JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i" \
@@ -96,23 +98,70 @@ local_run() {
     done
     return 0
   fi
+  local -A index=()  # pid -> process id
+  local pids=() i
   for ((i = 0; i < n; i++)); do
     JAX_PLATFORMS=cpu JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i \
       XLA_FLAGS="--xla_force_host_platform_device_count=$per ${XLA_FLAGS:-}" \
       python3 -m resnet_jax.main "${MAIN_ARGS[@]}" &
     pids+=($!)
+    index[$!]=$i
   done
-  # If one process dies, stop the rest instead of leaving them waiting on a collective.
-  trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
-  # wait -n returns as soon as any process ends; the first failure stops the others.
-  for ((i = 0; i < n; i++)); do
-    if ! wait -n "${pids[@]}"; then
-      echo "launch.sh: a process failed; stopping the other $((n - 1))" >&2
-      status=1
-      kill "${pids[@]}" 2>/dev/null || true
+  # SIGTERM / Ctrl-C: every process saves at the same step and exits; wait for them all.
+  local stopping=0
+  trap 'stopping=1; kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
+  local status=0 left=("${pids[@]}") done_pid code deadline failed=''
+  while ((${#left[@]})); do
+    done_pid=''
+    # (stderr: bash's own "Killed" report of a job; the line below says it better)
+    wait -n -p done_pid "${left[@]}" 2>/dev/null && code=0 || code=$?
+    if [[ -z "${done_pid:-}" ]]; then  # a trapped signal interrupted the wait, or bash had
+      local alive=() p                  # already reaped the process: keep those still running
+      for p in "${left[@]}"; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
+      left=("${alive[@]}")
+      continue
+    fi
+    local still=() p
+    for p in "${left[@]}"; do [[ "$p" != "$done_pid" ]] && still+=("$p"); done
+    left=("${still[@]}")
+    if ((code != 0 && status == 0)); then
+      status=$code
+      failed="process ${index[$done_pid]} (pid $done_pid) $(describe_exit "$code")"
+      ((stopping)) && continue
+      # A process that died takes the job with it: the others cannot finish a collective (or a
+      # checkpoint) without it. Give them a moment to end on their own, then stop them.
+      deadline=$((SECONDS + grace))
+      while ((SECONDS < deadline)) && kill -0 "${left[@]}" 2>/dev/null; do sleep 0.2; done
+      kill -KILL "${left[@]}" 2>/dev/null || true
     fi
   done
-  return $status
+  release_lock "${pids[@]}"
+  if ((status != 0 && !stopping)); then  # last, after whatever the other processes printed
+    echo "launch.sh: the job stopped: $failed. Its last checkpoint is kept: run the same" \
+      "command to resume." >&2
+  fi
+  return "$status"
+}
+
+describe_exit() {  # an exit status as words
+  if (($1 > 128)); then echo "was killed by SIG$(kill -l $(($1 - 128)))"; else echo "exited with code $1"; fi
+}
+
+release_lock() {  # removes WORKDIR/run.lock when one of these (now ended) pids on this host held it
+  local workdir='' a
+  for a in "${MAIN_ARGS[@]}"; do [[ "$a" == --workdir=* ]] && workdir=${a#--workdir=}; done
+  [[ -n "$workdir" && -f "$workdir/run.lock" ]] || return 0
+  python3 - "$workdir/run.lock" "$(hostname)" "$@" <<'PY'
+import json, os, sys
+path, host, pids = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+try:
+  holder = json.load(open(path))
+except (OSError, ValueError):
+  sys.exit()
+if holder.get('host') == host and str(holder.get('pid')) in pids:
+  os.remove(path)
+  print(f'launch.sh: released {path} (held by ended pid {holder["pid"]})', file=sys.stderr)
+PY
 }
 
 case "${1:-}" in

@@ -174,4 +174,9 @@ def get_config():
   # abandoned once its heartbeat is older than lock_stale_seconds.
   c.lock_stale_seconds = 120.0
   c.lock_heartbeat_seconds = 30.0
+  # Multi-process jobs (jax.distributed): a process silent this long counts as dead and the others
+  # fail rather than wait forever (on the CPU's gloo collectives a dead peer is seen at once);
+  # how long processes wait for each other when the job ends.
+  c.distributed_heartbeat_seconds = 60
+  c.distributed_shutdown_seconds = 120
   return c

@@ -188,6 +188,8 @@ RULES: dict[str, Rule] = {
   'steps_in_flight': POSITIVE_INT,
   'lock_stale_seconds': number(0.0, open_lo=True),
   'lock_heartbeat_seconds': number(0.0, open_lo=True),
+  'distributed_heartbeat_seconds': number(1, 3600, integer=True),
+  'distributed_shutdown_seconds': number(1, 3600, integer=True),
 }
 
 

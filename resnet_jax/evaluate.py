@@ -50,7 +50,7 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
 def main(argv):
   del argv
   console.setup()
-  distributed.initialize()
+  distributed.initialize(FLAGS.config)
   distributed.hide_accelerators_from_tensorflow()
   config = FLAGS.config
   distributed.use_compilation_cache(config.compilation_cache_dir)

@@ -30,7 +30,7 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments {argv[1:]}: every option is a flag, --name=value.')
   console.setup()
-  distributed.initialize()
+  distributed.initialize(FLAGS.config)
   # Before the heavy imports (TensorFlow, orbax): a bad value is reported in a second.
   config_check.check(
     FLAGS.config, num_devices=jax.device_count(), num_processes=jax.process_count()

@@ -14,6 +14,7 @@ import numpy as np
 from resnet_jax import (
   config_check,
   console,
+  distributed,
   divergence,
   input_pipeline,
   metrics,
@@ -129,10 +130,18 @@ def _train(config, workdir: str) -> dict:
     return _steps(experiment, writer, stop, state, start_step)
   except BaseException as e:
     ended_by = e
+    if distributed.lost_peer(e):
+      latest = experiment.checkpointer.latest_step()
+      raise distributed.PeerLostError(
+        f'another process of this job is gone ({storage.describe(e)}), and this one cannot go '
+        f'on alone. The last checkpoint is {"none" if latest is None else f"step {latest}"} in '
+        f'{experiment.checkpointer.directory}: run the same command to resume from it.'
+      ) from e
     raise
   finally:
     stop.restore()
-    _close(experiment, writer, ended_by)
+    if not distributed.lost_peer(ended_by):  # closing waits for the others: not for a dead one
+      _close(experiment, writer, ended_by)
     if ended_by is None and stop.received == 'SIGINT':
       raise SystemExit(INTERRUPTED_EXIT_CODE)  # after the save; the lock is released next
 

@@ -1,8 +1,10 @@
 """Shared test helpers: small configs and runs, image folders, real photos, torch weights."""
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -170,3 +172,39 @@ def train_gradient_and_hlo(model, images):
 
   grad = jax.jit(jax.grad(loss))
   return grad(variables['params']), grad.lower(variables['params']).compile().as_text()
+
+
+# ImageNet's archives in miniature: the first three of its 1000 synsets, a few images each.
+SYNSETS = ('n01440764', 'n01443537', 'n01484850')
+PER_SYNSET, VALIDATION = 4, 8
+
+
+def _photo_jpeg(rng) -> bytes:
+  photo = sample_photos()[int(rng.integers(0, 2))]
+  y, x = rng.integers(0, 150), rng.integers(0, 250)
+  encoded = io.BytesIO()
+  Image.fromarray(photo[y : y + 120, x : x + 160]).save(encoded, format='JPEG')
+  return encoded.getvalue()
+
+
+def add_to_tar(tar, name: str, data: bytes):
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def write_imagenet_archives(manual_dir):
+  """ILSVRC2012's layout: the training tar holds one tar per synset (of <synset>_<n>.JPEG), the
+  validation tar is flat, its sorted names taking TFDS's bundled labels in order."""
+  os.makedirs(manual_dir, exist_ok=True)
+  rng = np.random.default_rng(0)
+  with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_train.tar'), 'w') as outer:
+    for synset in SYNSETS:
+      inner = io.BytesIO()
+      with tarfile.open(fileobj=inner, mode='w') as tar:
+        for k in range(PER_SYNSET):
+          add_to_tar(tar, f'{synset}_{k}.JPEG', _photo_jpeg(rng))
+      add_to_tar(outer, f'{synset}.tar', inner.getvalue())
+  with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_val.tar'), 'w') as tar:
+    for k in range(1, VALIDATION + 1):
+      add_to_tar(tar, f'ILSVRC2012_val_{k:08d}.JPEG', _photo_jpeg(rng))

@@ -1,52 +1,15 @@
 """ImageNet preparation from archives in ImageNet's own layout, through the commands a user runs:
 `resnet_jax.prepare`, then `resnet_jax.main --config=configs/r50.py` (shortened)."""
 
-import io
 import os
 import subprocess
 import sys
 import tarfile
 
-import numpy as np
 import pytest
-from helpers import REPO, sample_photos
-from PIL import Image
+from helpers import REPO, SYNSETS, VALIDATION, add_to_tar, write_imagenet_archives
 
 from resnet_jax import metrics, prepare
-
-SYNSETS = ('n01440764', 'n01443537', 'n01484850')  # the first three of ImageNet's 1000 labels
-PER_SYNSET, VALIDATION = 4, 8
-
-
-def _jpeg(rng) -> bytes:
-  photo = sample_photos()[int(rng.integers(0, 2))]
-  y, x = rng.integers(0, 150), rng.integers(0, 250)
-  encoded = io.BytesIO()
-  Image.fromarray(photo[y : y + 120, x : x + 160]).save(encoded, format='JPEG')
-  return encoded.getvalue()
-
-
-def _add(tar, name: str, data: bytes):
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  tar.addfile(info, io.BytesIO(data))
-
-
-def write_imagenet_archives(manual_dir):
-  """ILSVRC2012's layout: the training tar holds one tar per synset (of <synset>_<n>.JPEG), the
-  validation tar is flat, its sorted names taking TFDS's bundled labels in order."""
-  os.makedirs(manual_dir, exist_ok=True)
-  rng = np.random.default_rng(0)
-  with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_train.tar'), 'w') as outer:
-    for synset in SYNSETS:
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode='w') as tar:
-        for k in range(PER_SYNSET):
-          _add(tar, f'{synset}_{k}.JPEG', _jpeg(rng))
-      _add(outer, f'{synset}.tar', inner.getvalue())
-  with tarfile.open(os.path.join(manual_dir, 'ILSVRC2012_img_val.tar'), 'w') as tar:
-    for k in range(1, VALIDATION + 1):
-      _add(tar, f'ILSVRC2012_val_{k:08d}.JPEG', _jpeg(rng))
 
 
 def _run(*argv):
@@ -61,7 +24,7 @@ def test_missing_or_wrong_archives_are_named_in_one_line(tmp_path):
   write_imagenet_archives(str(manual))
   os.remove(manual / 'ILSVRC2012_img_val.tar')
   with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as tar:  # flat: not per synset
-    _add(tar, 'n01440764_0.JPEG', b'x')
+    add_to_tar(tar, 'n01440764_0.JPEG', b'x')
   with pytest.raises(prepare.UserError) as error:
     prepare.check_imagenet_archives(str(manual))
   message = str(error.value)

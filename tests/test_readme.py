@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import REPO, write_image_folder
+from helpers import REPO, write_image_folder, write_imagenet_archives
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,8 @@ TINY_IMAGENET = [  # a 3-class JPEG folder at 32 px stands in for ImageNet
 RULES = [
   (r'^pip install', 'skip: installs this package; CI installs it this way before the tests'),
   (r'^python -m pytest', 'skip: the test suite itself'),
-  (r'^tfds build imagenet2012', 'skip: needs the ImageNet tars, which cannot be downloaded'),
+  # ImageNet's own archives in miniature (helpers.write_imagenet_archives) stand in for the real.
+  (r'^python -m resnet_jax\.prepare --dataset=imagenet2012', ('run', [])),
   (r'^gsutil ', 'skip: needs a real cloud bucket and credentials'),
   (
     r'^python -m resnet_jax\.(study --study=configs/experiments/digits_degradation|report /tmp/degr'
@@ -128,6 +129,7 @@ def test_every_readme_command_has_a_rule():
 
 def test_readme_commands_run_as_written(tmp_path):
   data = write_image_folder(tmp_path / 'images', size=(48, 64))
+  write_imagenet_archives(str(tmp_path / 'data_dir' / 'downloads' / 'manual'))
   try:  # the README's convert reads a torchvision .pth, which takes torch to write
     import torch
     from torch_resnet import build
@@ -178,6 +180,7 @@ def test_readme_commands_run_as_written(tmp_path):
     assert os.path.isdir(tmp_path / 'r50_tv')
     assert os.path.isdir(tmp_path / 'dir' / 'checkpoints' / '2')  # the init_from fine-tune ran
   assert os.path.isdir(tmp_path / 'digits_2proc' / 'checkpoints' / '8')  # two processes
+  assert 'train 12, validation 8 examples' in by_tool['resnet_jax.prepare'].stdout
   for line, result in dry:  # the user's training flags reach the command a cluster would run
     if '--config=' in line:
       assert '--config=configs/r50.py' in result.stdout + result.stderr, line
