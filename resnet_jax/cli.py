@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import errno
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -95,6 +96,8 @@ def _reporting_user_errors(main: Callable) -> Callable:
   def wrapped(argv):
     if not flags.FLAGS['verbosity'].present:  # orbax and JAX log every save and restore at INFO
       absl_logging.set_verbosity(absl_logging.WARNING)
+      # gcsfs logs each retry of an unreachable bucket with its traceback; the error line says why.
+      logging.getLogger('gcsfs').setLevel(logging.CRITICAL)
     try:
       return main(argv)
     except UserError as e:

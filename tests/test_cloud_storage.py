@@ -185,3 +185,14 @@ def test_init_from_gs_weights(emulator, tmp_path):
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'fresh initialisation kept' not in second.stdout  # every tensor fitted
   shutil.rmtree(local)
+
+
+def test_a_bucket_that_does_not_exist_is_one_line(emulator, tmp_path):
+  result = run_module(
+    'resnet_jax.main', emulator, ['--workdir=gs://no-such-bucket/run', *tiny_flags(tmp_path)]
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  line = result.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: --workdir=gs://no-such-bucket/run: cannot write there ('), line
+  assert 'check its name, the network and your credentials' in line
+  assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
