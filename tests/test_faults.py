@@ -146,13 +146,30 @@ def _wait_for(condition, proc, seconds=300):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_and_a_killed_run_leaves_one_record_per_step(tmp_path):
+def test_a_killed_run_resumes_with_one_record_per_step_and_ctrl_c_saves(tmp_path):
   workdir = str(tmp_path / 'run')
   long_run = dict(
     num_train_steps=100000, checkpoint_every=20, eval_every=100000, log_every=2, keep_checkpoints=9
   )
+
+  def logged(step):
+    return lambda: (
+      os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+      and any(r['step'] >= step for r in train_eval_records(workdir))
+    )
+
+  # Killed (-9) after it logged past its last checkpoint (20): those records are written again
+  # by the resumed run, which drops them first, so every (step, split) is recorded once.
   proc = _start(workdir, tmp_path, **long_run)
-  _wait_for(lambda: os.path.isdir(os.path.join(workdir, 'checkpoints', '20')), proc)
+  _wait_for(logged(30), proc)
+  proc.kill()
+  proc.wait()
+  assert steps_on_disk(workdir)[-1] < max(r['step'] for r in train_eval_records(workdir))
+
+  # Resumed, then Ctrl-C: a checkpoint at the next step, one line, exit code 130, lock released.
+  proc = _start(workdir, tmp_path, **long_run)
+  restored = steps_on_disk(workdir)[-1]
+  _wait_for(lambda: steps_on_disk(workdir)[-1] > restored, proc)
   proc.send_signal(signal.SIGINT)
   out = proc.communicate(timeout=120)[0].decode()
   assert proc.returncode == 130, out
@@ -160,27 +177,11 @@ def test_ctrl_c_saves_and_a_killed_run_leaves_one_record_per_step(tmp_path):
   saved = steps_on_disk(workdir)[-1]
   assert last_line(out).endswith(f'Saved step {saved} after SIGINT; exiting.'), out
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))
-
-  # Resumed, then killed (-9) after it logged past its last checkpoint: the next resume drops
-  # those records, so every (step, split) is recorded once and the history before is kept.
-  proc = _start(workdir, tmp_path, **long_run)
-  target = saved + 30
-
-  def logged_past_a_checkpoint():
-    records = train_eval_records(workdir) if os.path.exists(workdir) else []
-    return any(r['step'] >= target for r in records)
-
-  _wait_for(logged_past_a_checkpoint, proc)
-  proc.kill()
-  proc.wait()
-  restored = steps_on_disk(workdir)[-1]
-  assert max(r['step'] for r in train_eval_records(workdir)) > restored
-  finish, out = _run(workdir, tmp_path, num_train_steps=restored + 4, log_every=2)
-  assert finish.returncode == 0, out
   records = train_eval_records(workdir)
   pairs = collections.Counter((r['step'], r['split']) for r in records)
   assert max(pairs.values()) == 1, [p for p, n in pairs.items() if n > 1]
   assert min(r['step'] for r in records) == 2  # the first run's history is still there
+  assert f'Resuming from step {restored}' in out
 
 
 def test_a_second_ctrl_c_quits_at_once():
