@@ -134,8 +134,21 @@ def test_skip_mode_skips_then_stops_after_the_limit(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # nothing after a NaN is saved
 
 
-def _start(workdir, tmp_path, **flags):
-  return run_main(workdir, *tiny_flags(tmp_path, **flags), devices=2, wait=False)
+@pytest.fixture
+def started():
+  """Starts runs in the background; whatever is still running at the end is killed (a failed
+  assertion must not leave a 100,000-step run behind)."""
+  procs = []
+
+  def start(workdir, tmp_path, **flags):
+    procs.append(run_main(workdir, *tiny_flags(tmp_path, **flags), devices=2, wait=False))
+    return procs[-1]
+
+  yield start
+  for proc in procs:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
 
 
 def _wait_for(condition, proc, seconds=300):
@@ -146,7 +159,7 @@ def _wait_for(condition, proc, seconds=300):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_with_one_record_per_step_and_ctrl_c_saves(tmp_path):
+def test_a_killed_run_resumes_with_one_record_per_step_and_ctrl_c_saves(tmp_path, started):
   workdir = str(tmp_path / 'run')
   long_run = dict(
     num_train_steps=100000, checkpoint_every=20, eval_every=100000, log_every=2, keep_checkpoints=9
@@ -160,14 +173,14 @@ def test_a_killed_run_resumes_with_one_record_per_step_and_ctrl_c_saves(tmp_path
 
   # Killed (-9) after it logged past its last checkpoint (20): those records are written again
   # by the resumed run, which drops them first, so every (step, split) is recorded once.
-  proc = _start(workdir, tmp_path, **long_run)
+  proc = started(workdir, tmp_path, **long_run)
   _wait_for(logged(30), proc)
   proc.kill()
   proc.wait()
   assert steps_on_disk(workdir)[-1] < max(r['step'] for r in train_eval_records(workdir))
 
   # Resumed, then Ctrl-C: a checkpoint at the next step, one line, exit code 130, lock released.
-  proc = _start(workdir, tmp_path, **long_run)
+  proc = started(workdir, tmp_path, **long_run)
   restored = steps_on_disk(workdir)[-1]
   _wait_for(lambda: steps_on_disk(workdir)[-1] > restored, proc)
   proc.send_signal(signal.SIGINT)

@@ -94,14 +94,18 @@ def test_a_killed_process_ends_the_job_in_seconds_with_one_line(tmp_path):
     tmp_path, num_train_steps=100000, eval_every=100000, checkpoint_every=10, log_every=1
   )
   launcher = launch_local(tmp_path, workdir, flags, port=12431, wait=False)
-  deadline = time.time() + 300
-  while not os.path.isdir(os.path.join(workdir, 'checkpoints', '10')) and time.time() < deadline:
-    time.sleep(0.2)
-  workers = _process_ids(f'workdir={workdir}', launcher.pid)
-  assert sorted(workers) == [0, 1]
-  os.kill(workers[killed], signal.SIGKILL)
-  start = time.time()
-  out = launcher.communicate(timeout=180)[0].decode()
+  try:
+    deadline = time.time() + 300
+    while not os.path.isdir(os.path.join(workdir, 'checkpoints', '10')) and time.time() < deadline:
+      time.sleep(0.2)
+    workers = _process_ids(f'workdir={workdir}', launcher.pid)
+    assert sorted(workers) == [0, 1]
+    os.kill(workers[killed], signal.SIGKILL)
+    start = time.time()
+    out = launcher.communicate(timeout=180)[0].decode()
+  finally:  # a failed assertion must not leave a 100,000-step job behind
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, signal.SIGKILL)
   assert time.time() - start < 20, out[-3000:]
   assert launcher.returncode == 128 + signal.SIGKILL, out[-3000:]
   # The last line names the process that died. The survivor cannot go on alone: it ends by
