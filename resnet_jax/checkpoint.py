@@ -116,8 +116,9 @@ class Checkpointer:
     needed = int(sum(x.nbytes for x in jax.tree.leaves(state)) * 1.1) + (256 << 10)
     self.manager.wait_until_finished()  # a save still being written has not taken its room yet
     free = storage.free_bytes(self.directory)
-    if jax.process_count() > 1:
-      free = int(multihost_utils.broadcast_one_to_all(np.int64(free)))
+    if jax.process_count() > 1:  # in MiB: JAX's arrays are 32-bit unless x64 is on
+      free_mib = np.int32(min(free >> 20, np.iinfo(np.int32).max))
+      free = int(multihost_utils.broadcast_one_to_all(free_mib)) << 20
     if free < needed:
       latest = self.manager.latest_step()
       raise CheckpointError(

@@ -85,9 +85,11 @@ STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 
 def storage_error(error: BaseException) -> OSError | None:
   """The full-disk / read-only / permission error in ``error``'s chain of causes, if any."""
-  while error is not None:
+  seen = set()
+  while error is not None and id(error) not in seen:
     if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
       return error
+    seen.add(id(error))
     error = error.__cause__ or error.__context__
   return None
 
