@@ -141,6 +141,14 @@ def _drop_records_beyond(target, step: int):
     )
 
 
+def require(workdir: str):
+  """Ends a command that reads a run's records with one line when ``workdir`` has none."""
+  if not (storage.path(workdir) / 'metrics.jsonl').exists():
+    from resnet_jax import cli
+
+    cli.fail(f'{workdir}: no metrics.jsonl (not a resnet_jax workdir, or not started).')
+
+
 def read(workdir: str) -> list[dict]:
   """All records of a run (for plots and tests)."""
   text = (storage.path(workdir) / 'metrics.jsonl').read_text()

@@ -74,8 +74,7 @@ def main(argv=None):
   parser.add_argument('--title')
   args = parser.parse_args(argv)
   for workdir in args.workdirs:
-    if not (storage.path(workdir) / 'metrics.jsonl').exists():
-      cli.fail(f'{workdir}: no metrics.jsonl (not a resnet_jax workdir, or not started).')
+    metrics.require(workdir)
   if args.labels and len(args.labels) != len(args.workdirs):
     cli.fail(f'--labels: {len(args.labels)} labels for {len(args.workdirs)} workdirs.')
   print(plot(args.workdirs, args.out, args.labels, args.title))

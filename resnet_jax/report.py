@@ -16,7 +16,7 @@ import json
 from collections import defaultdict
 
 from configs.experiments.paper import PAPER
-from resnet_jax import cli, divergence, metrics, storage
+from resnet_jax import divergence, metrics, storage
 
 COLUMNS = (
   'run',
@@ -69,8 +69,7 @@ def _nonfinite_note(records: list[dict]) -> str:
 def run_rows(workdir: str) -> list[dict]:
   """The rows of one workdir: its training evaluation and each recorded evaluate protocol."""
   root = storage.path(workdir)
-  if not (root / 'metrics.jsonl').exists():
-    cli.fail(f'{workdir}: no metrics.jsonl (not a resnet_jax workdir, or not started).')
+  metrics.require(workdir)
   config = json.loads((root / 'config.json').read_text())
   env = _latest_json(root, 'environment')
   records = metrics.read(workdir)
