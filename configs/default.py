@@ -11,7 +11,7 @@ def get_config():
   """The defaults: the paper's ImageNet ResNet-50 recipe (section 3.4)."""
   c = ml_collections.ConfigDict()
 
-  # --- Data -------------------------------------------------------------------------------------
+  # --- Data ---------------------------------------------------------------------------------------
   # A TFDS name ('imagenet2012', 'cifar10', 'imagenette', ...), 'folder' (data_dir/train/<class>/*
   # and data_dir/test/<class>/*), 'digits' (scikit-learn's bundled 8x8 digits, offline), 'photos'
   # (JPEG crops of scikit-learn's two bundled photos, 8 classes, offline: an ImageNet-style smoke
@@ -35,7 +35,7 @@ def get_config():
   # left out at start-up and counted in the log.
   c.skip_bad_images = False
 
-  # --- Augmentation (augment.py) ----------------------------------------------------------------
+  # --- Augmentation (data/augment.py) -------------------------------------------------------------
   c.image_size = 224  # Side of the training crop / centre test crop.
   # 'scale': the paper's shorter side in scale_range, random image_size crop (ImageNet, 3.4).
   # 'inception': random-resized crop (area_range, aspect_range), modern recipes.
@@ -51,7 +51,7 @@ def get_config():
   # Where the training images' per-pixel operations run: PCA lighting, normalization, pad_crop's
   # padding and offset, the flip. 'device': tf.data sends each resized crop rounded to uint8 (a
   # quarter of float32's bytes) with what the example drew, and the train step applies them (XLA
-  # fuses them into one pass; device_pixels.py). 'host': tf.data applies them and sends float32
+  # fuses them into one pass; data/device_pixels.py). 'host': tf.data applies them and sends float32
   # (the same images but for that rounding: at most 0.5 of 255 before normalisation).
   c.pixel_ops = 'device'
   # 'pixel_mean': subtract the per-pixel mean image of the training split (the paper).
@@ -64,10 +64,10 @@ def get_config():
   c.mean_image_path = ''
   c.mean_image_examples = 50_000  # Training images averaged for the mean image; 0 = all.
 
-  # --- Evaluation views -------------------------------------------------------------------------
+  # --- Evaluation views ---------------------------------------------------------------------------
   # 'center': shorter side eval_resize, central image_size crop. '10crop': 4 corners + centre and
   # their flips, softmax averaged. 'multiscale': the whole image at each of multiscale_sizes
-  # (shorter side) and its flip, fully-convolutional scores averaged (multiscale.py).
+  # (shorter side) and its flip, fully-convolutional scores averaged (data/multiscale.py).
   c.eval_mode = 'center'
   c.eval_resize = 256
   c.multiscale_sizes = (224, 256, 384, 480, 640)
@@ -78,7 +78,7 @@ def get_config():
   c.multiscale_aspects = (1.0, 1.125, 1.25, 4 / 3, 1.5)
   c.eval_batch_size = 0  # 0: batch_size. Lower it for multiscale (large whole images).
 
-  # --- Model (models.py) ------------------------------------------------------------------------
+  # --- Model (models/resnet.py) -------------------------------------------------------------------
   c.model = 'resnet50'
   c.shortcut = ''  # '' = the model's default (B for ImageNet nets, A for CIFAR); or 'A', 'B', 'C'.
   c.stride_in_1x1 = False  # True: the paper's original bottleneck (stride on the first 1x1).
@@ -89,13 +89,13 @@ def get_config():
   # on an H100, PERFORMANCE.md); on the CPU the step is as fast or faster.
   c.scan_blocks = False
   # Who runs float32 convolutions' gradients on a CPU: 'auto' = oneDNN's direct kernels
-  # (onednn.py, built on first use; needs libdnnl-dev and a C++ compiler) where they build, else
+  # (cpu/onednn.py, built on first use; needs libdnnl-dev and a C++ compiler) where they build, else
   # XLA's; 'onednn' = oneDNN or an error; 'xla' = XLA's (what jax.jvp and jax.export of a CPU
   # program need). Forward values are XLA's either way, gradients equal to float32 rounding; up
   # to 1.23x faster CPU train steps (PERFORMANCE.md).
   c.cpu_convolution = 'auto'
-  # The project's own C++ kernels for float32 steps on a CPU (native.py, built on first use; need a
-  # C++ compiler with OpenMP): training BatchNorm's per-channel sums in one read of the
+  # The project's own C++ kernels for float32 steps on a CPU (cpu/native.py, built on first use;
+  # need a C++ compiler with OpenMP): training BatchNorm's per-channel sums in one read of the
   # activations, and the ImageNet stem's max pool. 'auto' = those kernels where they build, else
   # XLA's lowering; 'native' = those kernels or an error; 'xla' = XLA's (what jax.export of a CPU
   # program needs). Equal to float32 rounding (pool values exactly); CPU train steps 1.1-1.3x
@@ -117,7 +117,7 @@ def get_config():
   # when its class count differs.
   c.init_from_skip = ''
 
-  # --- Optimisation (optim.py) ------------------------------------------------------------------
+  # --- Optimisation (train/optim.py) --------------------------------------------------------------
   c.batch_size = 256  # Global, over all devices of all processes.
   c.num_epochs = 120.0
   c.num_train_steps = -1  # > 0 wins over num_epochs.
@@ -149,10 +149,10 @@ def get_config():
   c.warmup_lr_factor = 0.1
   c.warmup_error_window = 20
 
-  # --- Parallelism (parallel.py) ----------------------------------------------------------------
+  # --- Parallelism (train/parallel.py) ------------------------------------------------------------
   c.parallelism = 'shard_map'  # 'shard_map' (jit over a global mesh) or 'pmap'.
 
-  # --- Loop, logging, checkpoints ---------------------------------------------------------------
+  # --- Loop, logging, checkpoints -----------------------------------------------------------------
   c.seed = 0
   c.log_every = 100  # Steps between progress lines / metrics records.
   c.eval_every = -1  # Steps between evaluations; -1 = once per epoch.
@@ -170,8 +170,8 @@ def get_config():
   # Steps the host may dispatch ahead of the devices (JAX is asynchronous). Bounds the batches
   # held on the devices and the delay between SIGTERM and its checkpoint; 2 keeps them busy.
   c.steps_in_flight = 2
-  # One run per workdir (WORKDIR/run.lock, workdir_lock.py): a lock from another host counts as
-  # abandoned once its heartbeat is older than lock_stale_seconds.
+  # One run per workdir (WORKDIR/run.lock, train/workdir_lock.py): a lock from another host
+  # counts as abandoned once its heartbeat is older than lock_stale_seconds.
   c.lock_stale_seconds = 120.0
   c.lock_heartbeat_seconds = 30.0
   # Multi-process jobs (jax.distributed): a process silent this long counts as dead and the others

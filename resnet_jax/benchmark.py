@@ -40,8 +40,9 @@ from ml_collections import config_flags
 
 # Only JAX-side modules here: the device-step modes run on an accelerator image without
 # TensorFlow. The modes that read data import the pipeline where they need it.
-from resnet_jax import device_pixels, network, optim, parallel, steps
+from resnet_jax.data import device_pixels
 from resnet_jax.errors import UserError
+from resnet_jax.train import network, optim, parallel, steps
 
 FLAGS = flags.FLAGS  # absl's registry; the flags themselves: define_flags()
 
@@ -97,7 +98,7 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
     )
     step = lambda s: fn(s, batch)[0]  # noqa: E731
   else:
-    from resnet_jax import scoring
+    from resnet_jax.train import scoring
 
     config.eval_mode = 'center'
     eval_model = network.build_model(config, num_classes, train_bn_axis=False)
@@ -149,16 +150,17 @@ def matmul_peak_flops(dtype_name: str, size: int = 0, repeats: int = 10) -> floa
 
 def train_flops_per_image(config, num_classes: int) -> float:
   """Forward FLOPs (2 per multiply-add) x 3: the backward pass costs about twice the forward."""
-  from resnet_jax import models, summary
+  from resnet_jax import summary
+  from resnet_jax.models import resnet
 
-  model = models.get_model(config.model, num_classes=num_classes)
+  model = resnet.get_model(config.model, num_classes=num_classes)
   rows = summary.layer_rows(model, (1, config.image_size, config.image_size, 3))
   return 3 * 2 * float(sum(r.mult_adds for r in rows))
 
 
 def time_end_to_end(config, num_steps: int, data: str) -> dict:
   """The training loop of ``main``, timed from its metrics records, beside the device step."""
-  from resnet_jax import metrics, train
+  from resnet_jax.train import loop, metrics
 
   if num_steps < 4:
     raise UserError(f'--steps={num_steps}: end_to_end needs at least 4 (one window is compile).')
@@ -175,7 +177,7 @@ def time_end_to_end(config, num_steps: int, data: str) -> dict:
     config.checkpoint_every = max(1, num_steps // 2)  # one asynchronous save inside the timing
     workdir = os.path.join(tmp, 'run')
     start = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     wall = time.perf_counter() - start
     logged = [r for r in metrics.read(workdir) if r['split'] == 'train']
   first, last = logged[0], logged[-1]  # the first window holds the compile
@@ -278,7 +280,7 @@ def time_input(config, cores: int, num_batches: int, baseline: bool) -> dict:
   """Images/s of the training input pipeline with tf.data confined to ``cores`` threads."""
   import tensorflow as tf
 
-  from resnet_jax import input_pipeline, sources
+  from resnet_jax.data import input_pipeline, sources
 
   with tempfile.TemporaryDirectory() as tmp:
     write_benchmark_jpegs(tmp, count=max(256, config.batch_size * 2))

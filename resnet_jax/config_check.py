@@ -83,10 +83,10 @@ def numbers(length: int | None, element: Rule, *, increasing=False, nonempty=Tru
 
 
 def model_name(name, value):
-  from resnet_jax import models
+  from resnet_jax.models import resnet
 
   try:
-    models.model_config(value)
+    resnet.model_config(value)
   except (ValueError, TypeError) as e:
     raise ConfigError(f'--config.{name}={value!r}: {e}') from None
 
@@ -244,11 +244,11 @@ def _check_combinations(c, num_devices: int, num_processes: int):
   if c.init_from_skip and not c.init_from:
     raise ConfigError('--config.init_from_skip is set but --config.init_from is empty.')
   if c.cpu_convolution == 'onednn':
-    from resnet_jax import onednn  # imports JAX: only for the one value that needs it
+    from resnet_jax.cpu import onednn
 
     onednn.enabled(c.cpu_convolution)  # builds it once, or says what is missing
   if c.cpu_kernels == 'native':
-    from resnet_jax import native
+    from resnet_jax.cpu import native
 
     native.kernels_enabled(c.cpu_kernels)
   if c.lock_heartbeat_seconds >= c.lock_stale_seconds:

@@ -11,8 +11,9 @@ import jax
 from resnet_jax.errors import UserError
 
 # XLA:CPU gives convolutions to YNNPACK by default since jax 0.10; its own (Eigen) convolutions
-# train ResNets faster on x86 (PERFORMANCE.md, "XLA:CPU's convolution library"). Only convolutions
-# leave YNNPACK: its reductions are kept, as BatchNorm's statistics need their accuracy.
+# train ResNets faster on x86 (docs/performance_log.md, "XLA:CPU's convolution library"). Only
+# convolutions leave YNNPACK: its reductions are kept, as BatchNorm's statistics need their
+# accuracy.
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',)
 
 
@@ -44,7 +45,7 @@ def initialize(config=None):
   env = os.environ
   timeouts = {}
   if config is not None:
-    from resnet_jax import config_check  # the two fields are used before the whole config's check
+    from resnet_jax import config_check
 
     for name in ('distributed_heartbeat_seconds', 'distributed_shutdown_seconds'):
       config_check.RULES[name](name, config[name])

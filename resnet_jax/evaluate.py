@@ -26,8 +26,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
   """Restores a run (latest or ``step``) and scores the eval split with ``config.eval_mode``."""
-  from resnet_jax import checkpoint  # TensorFlow and orbax: after the config check
-  from resnet_jax.experiment import Experiment
+  from resnet_jax.train import checkpoint
+  from resnet_jax.train.experiment import Experiment
 
   config_check.check(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   checkpoints = storage.path(workdir) / 'checkpoints'

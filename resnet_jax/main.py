@@ -35,7 +35,7 @@ def main(argv):
   config_check.check(
     FLAGS.config, num_devices=jax.device_count(), num_processes=jax.process_count()
   )
-  from resnet_jax import train
+  from resnet_jax.train import loop
 
   distributed.use_compilation_cache(FLAGS.config.compilation_cache_dir)
   distributed.hide_accelerators_from_tensorflow()
@@ -47,7 +47,7 @@ def main(argv):
     jax.device_count(),
     jax.default_backend(),
   )
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,8 @@ import matplotlib
 matplotlib.use('Agg')  # files only; no display needed
 import matplotlib.pyplot as plt
 
-from resnet_jax import cli, metrics, storage
+from resnet_jax import cli, storage
+from resnet_jax.train import metrics
 
 
 def curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:

@@ -16,7 +16,8 @@ import json
 from collections import defaultdict
 
 from configs.experiments.paper import PAPER
-from resnet_jax import divergence, metrics, storage
+from resnet_jax import storage
+from resnet_jax.train import divergence, metrics
 
 COLUMNS = (
   'run',

@@ -20,7 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import cli, models
+from resnet_jax import cli
+from resnet_jax.models import resnet
 
 
 @dataclasses.dataclass
@@ -53,7 +54,7 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]
     out = next_fun(*args, **kwargs)
     module = context.module
     if context.method_name == '__call__' and isinstance(
-      module, nn.Conv | nn.Dense | models.BatchNorm
+      module, nn.Conv | nn.Dense | resnet.BatchNorm
     ):
       params = _own_param_count(module)
       rows.append(
@@ -113,7 +114,7 @@ def main(argv=None):
   size = args.image_size or (32 if cifar else 224)
   num_classes = args.num_classes or (10 if cifar else 1000)
   try:
-    model = models.get_model(args.model, num_classes=num_classes)
+    model = resnet.get_model(args.model, num_classes=num_classes)
   except ValueError as e:
     cli.fail(f'{e}')
   rows = layer_rows(model, (args.batch_size, size, size, 3))

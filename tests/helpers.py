@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from configs import default, digits
-from resnet_jax import experiment
+from resnet_jax.train import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +26,7 @@ def digits_config(tmp_path, **overrides):
 
 def mean_of(config):
   """The training split's mean image for pixel_mean configs (as experiment.Experiment loads it)."""
-  from resnet_jax import mean_image, sources
+  from resnet_jax.data import mean_image, sources
 
   if config.normalization != 'pixel_mean':
     return None

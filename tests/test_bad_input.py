@@ -20,7 +20,10 @@ from helpers import REPO, folder_config, tiny, write_image_folder
 from PIL import Image
 
 from configs import default
-from resnet_jax import checkpoint, config_check, experiment, mean_image, models, train
+from resnet_jax import config_check
+from resnet_jax.data import mean_image
+from resnet_jax.models import resnet
+from resnet_jax.train import checkpoint, experiment, loop
 
 DIGITS = ['-m', 'resnet_jax.main', '--config=configs/digits.py', '--workdir={work}']
 EVALUATE = ['-m', 'resnet_jax.evaluate', '--config=configs/digits.py', '--workdir={work}']
@@ -177,7 +180,7 @@ def inputs(tmp_path_factory):
   damaged = root / 'damaged.pth'
   damaged.write_bytes(b'PK\x03\x04 not really a zip')
   weights = str(root / 'resnet8')
-  model = models.get_model('cifar_resnet8', num_classes=10)
+  model = resnet.get_model('cifar_resnet8', num_classes=10)
   checkpoint.save_variables(
     weights, model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
   )
@@ -264,7 +267,7 @@ def test_a_changed_dataset_never_reuses_a_stale_mean_image(tmp_path):
 @pytest.mark.slow
 def test_init_from_is_strict_unless_told_what_may_stay_fresh(tmp_path):
   source = str(tmp_path / 'source')
-  train.train_and_evaluate(tiny(tmp_path, num_train_steps=2, eval_every=2), source)
+  loop.train_and_evaluate(tiny(tmp_path, num_train_steps=2, eval_every=2), source)
   deeper = tiny(tmp_path, model='cifar_resnet14', num_train_steps=1, init_from=source)
   with pytest.raises(checkpoint.CheckpointError, match=r'do not fit this model: layer1_1/'):
     experiment.Experiment(deeper, str(tmp_path / 'a')).initial_state()

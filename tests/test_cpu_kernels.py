@@ -22,8 +22,9 @@ from helpers import train_gradient_and_hlo
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import batch_norm, models, native, stem
+from resnet_jax.cpu import native
 from resnet_jax.errors import UserError
+from resnet_jax.models import batch_norm, resnet, stem
 
 needs_kernels = pytest.mark.skipif(
   bool(native.unavailable_reason(native.KERNELS)),
@@ -92,7 +93,7 @@ def test_the_cpu_program_calls_each_kernel_once_per_batch_norm_and_others_never(
   images = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))
   grads, counts = {}, {}
   for mode in ('auto', 'xla'):
-    model = models.get_model('cifar_resnet14', num_classes=10, cpu_kernels=mode)
+    model = resnet.get_model('cifar_resnet14', num_classes=10, cpu_kernels=mode)
     grads[mode], text = train_gradient_and_hlo(model, images)
     counts[mode] = [text.count(f'custom_call_target="{t}"') for t in (MOMENTS, GRADIENT_SUMS)]
   variables = model.init(jax.random.key(0), images, train=False)
@@ -143,7 +144,7 @@ def test_statistics_shared_across_devices_equal_xlas():
 
 _SUMS = """
 import jax, numpy as np
-from resnet_jax import batch_norm
+from resnet_jax.models import batch_norm
 x = np.random.default_rng(0).standard_normal((4, 32, 32, 32)).astype(np.float32) * 3 + 7
 moments = batch_norm._native_sums(batch_norm.MOMENTS, x, x[0, 0, 0])
 grads = batch_norm._native_sums(batch_norm.GRADIENT_SUMS, x[::-1], x, x.mean((0, 1, 2)))
@@ -190,7 +191,7 @@ def test_the_max_pool_is_laxs_and_its_gradient_the_xla_lowerings(shape):
 
 @needs_kernels
 def test_an_imagenet_network_pools_through_the_kernels_on_the_cpu_only():
-  model = models.get_model('resnet18', num_classes=10)
+  model = resnet.get_model('resnet18', num_classes=10)
   _, text = train_gradient_and_hlo(model, jax.random.normal(jax.random.key(0), (2, 32, 32, 3)))
   assert [text.count(f'custom_call_target="{t}"') for t in (POOL, POOL_GRADIENT)] == [1, 1]
   x = jnp.zeros((2, 8, 8, 4))

@@ -12,17 +12,9 @@ import pytest
 from helpers import REPO, folder_config, tiny, tiny_flags, write_image_folder
 
 from configs import digits
-from resnet_jax import (
-  checkpoint,
-  convert,
-  evaluate,
-  experiment,
-  metrics,
-  models,
-  plot,
-  scoring,
-  train,
-)
+from resnet_jax import evaluate, plot
+from resnet_jax.models import resnet, torchvision_weights
+from resnet_jax.train import checkpoint, experiment, loop, metrics, scoring
 
 
 @pytest.fixture(scope='module')
@@ -30,7 +22,7 @@ def trained(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp('trained')
   config = tiny(tmp_path, num_train_steps=12, eval_every=12)
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return config, workdir, tmp_path
 
 
@@ -70,7 +62,7 @@ def test_evaluate_cli_other_protocols_count_every_example(trained, mode):
 
 
 def test_ten_identical_views_score_like_one_view_and_its_flip():
-  model = models.get_model('cifar_resnet8', num_classes=10)
+  model = resnet.get_model('cifar_resnet8', num_classes=10)
   x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
   variables = model.init(jax.random.key(1), x, train=False)
   views = jnp.concatenate([jnp.repeat(x[:, None], 5, 1), jnp.repeat(x[:, None, :, ::-1], 5, 1)], 1)
@@ -117,7 +109,7 @@ def test_convert_cli_and_init_from_torchvision_weights(tmp_path):
   run = experiment.Experiment(config, str(tmp_path / 'finetune'))
   state = run.initial_state()
   run.checkpointer.close()
-  expected = convert.from_torchvision(net.state_dict(), 'resnet18')
+  expected = torchvision_weights.from_torchvision(net.state_dict(), 'resnet18')
   np.testing.assert_array_equal(
     state.params['conv1']['kernel'], expected['params']['conv1']['kernel']
   )

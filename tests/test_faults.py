@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from helpers import REPO, run_main, tiny, tiny_flags
 
-from resnet_jax import divergence, experiment, metrics, report, workdir_lock
+from resnet_jax import report
+from resnet_jax.train import divergence, experiment, metrics, workdir_lock
 
 
 def steps_on_disk(workdir) -> list[int]:
@@ -203,7 +204,7 @@ def test_a_second_ctrl_c_quits_at_once():
   code = (
     'import os, signal, time\n'
     'from resnet_jax import console\n'
-    'from resnet_jax.stop_signals import StopSignals\n'
+    'from resnet_jax.train.stop_signals import StopSignals\n'
     'console.setup()\n'
     'stop = StopSignals()\n'
     'stop.reached(7)\n'

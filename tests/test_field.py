@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import final_params, run_main, tiny, tiny_flags
 
-from resnet_jax import checkpoint, train, workdir_lock
+from resnet_jax.train import checkpoint, loop, workdir_lock
 
 
 @pytest.mark.slow
@@ -99,12 +99,12 @@ def test_a_lock_from_another_host_is_abandoned_only_after_its_heartbeat_goes_sta
 def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp_path):
   config = tiny(tmp_path, num_train_steps=6, eval_every=6, checkpoint_every=3, keep_checkpoints=5)
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   reference, _ = final_params(workdir, config)
   # A run of another model is refused, and the workdir's config is untouched by it.
   other = tiny(tmp_path, model='cifar_resnet14', num_train_steps=6)
   with pytest.raises(checkpoint.CheckpointError, match="model: saved 'cifar_resnet8'"):
-    train.train_and_evaluate(other, workdir)
+    loop.train_and_evaluate(other, workdir)
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model'] == 'cifar_resnet8'
   # Truncate every data file of step 6.
@@ -113,7 +113,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp
       path = os.path.join(root, name)
       with open(path, 'r+b') as f:
         f.truncate(os.path.getsize(path) // 2)
-  train.train_and_evaluate(config, workdir)  # resumes from 3, trains 4..6 again
+  loop.train_and_evaluate(config, workdir)  # resumes from 3, trains 4..6 again
   assert os.path.isdir(os.path.join(workdir, checkpoint.DAMAGED_DIR, '6', 'state'))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert sorted(f for f in os.listdir(workdir) if f.startswith('config')) == [
@@ -131,7 +131,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp
     with open(metadata, 'w') as f:
       f.write('{not json')
   with pytest.raises(checkpoint.CheckpointError, match=r'No checkpoint .*step 6: .*step 3: '):
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
 
 

@@ -11,8 +11,19 @@ from helpers import digits_config, folder_config, mean_of, sample_photos, write_
 from PIL import Image
 
 from configs import photos
-from resnet_jax import augment, device_pixels, draws, input_pipeline, mean_image, parallel, sources
-from resnet_jax.input_pipeline import Layout
+from resnet_jax.data import (
+  augment,
+  device_pixels,
+  draws,
+  folders,
+  input_pipeline,
+  mean_image,
+  sources,
+  tfds_source,
+)
+from resnet_jax.data.input_pipeline import Layout
+from resnet_jax.data.source import DatasetNotFoundError
+from resnet_jax.train import parallel
 
 
 def first_batch(ds):
@@ -294,10 +305,10 @@ def test_folder_hidden_entries_are_never_data_and_other_files_are_counted(tmp_pa
 
 
 def test_missing_datasets_say_what_to_do(tmp_path):
-  with pytest.raises(sources.DatasetNotFoundError, match='downloads/manual'):
-    sources.tfds_source('imagenet2012', str(tmp_path), 'train', in_memory_max_bytes=0, seed=0)
-  with pytest.raises(sources.DatasetNotFoundError, match='train/<class>'):
-    sources.folder(str(tmp_path), 'train')
+  with pytest.raises(DatasetNotFoundError, match='downloads/manual'):
+    tfds_source.tfds_source('imagenet2012', str(tmp_path), 'train', in_memory_max_bytes=0, seed=0)
+  with pytest.raises(DatasetNotFoundError, match='train/<class>'):
+    folders.folder(str(tmp_path), 'train')
 
 
 def test_batch_not_divisible_is_a_clear_error():

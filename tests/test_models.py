@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from resnet_jax import batch_norm, convert, models, summary
+from resnet_jax import summary
+from resnet_jax.models import batch_norm, resnet, torchvision_weights
 
 TORCHVISION_PARAMS = {
   'resnet18': 11_689_512,
@@ -38,7 +39,7 @@ def count(tree):
 
 @pytest.mark.parametrize('name', sorted(TORCHVISION_PARAMS))
 def test_imagenet_param_counts_equal_torchvision(name):
-  model = models.get_model(name, num_classes=1000)
+  model = resnet.get_model(name, num_classes=1000)
   assert count(variables_of(model, 224)['params']) == TORCHVISION_PARAMS[name]
 
 
@@ -46,19 +47,19 @@ def test_imagenet_param_counts_equal_torchvision(name):
   'depth, paper_millions', [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)]
 )
 def test_cifar_param_counts_match_paper_table6(depth, paper_millions):
-  model = models.get_model(f'cifar_resnet{depth}', num_classes=10)
+  model = resnet.get_model(f'cifar_resnet{depth}', num_classes=10)
   millions = count(variables_of(model, 32)['params']) / 1e6
   assert millions == pytest.approx(paper_millions, abs=0.01 if depth < 110 else 0.05)
 
 
 def test_cifar_resnet1202_has_19_4m_params():
-  model = models.get_model('cifar_resnet1202', num_classes=10)
+  model = resnet.get_model('cifar_resnet1202', num_classes=10)
   assert count(variables_of(model, 32)['params']) / 1e6 == pytest.approx(19.4, abs=0.05)
 
 
 @pytest.mark.parametrize('name', sorted(TORCHVISION_GMACS))
 def test_mult_adds_match_torchvision(name):
-  rows = summary.layer_rows(models.get_model(name, num_classes=1000), (1, 224, 224, 3))
+  rows = summary.layer_rows(resnet.get_model(name, num_classes=1000), (1, 224, 224, 3))
   gmacs = sum(r.mult_adds for r in rows) / 1e9
   assert gmacs == pytest.approx(TORCHVISION_GMACS[name], rel=0.01)
   assert sum(r.params for r in rows) == TORCHVISION_PARAMS[name]
@@ -82,7 +83,7 @@ def test_summary_resnet18_batch128_matches_torchinfo(capsys):
   ],
 )
 def test_output_shapes_any_input_size(name, size, expected):
-  model = models.get_model(name, num_classes=expected[1])
+  model = resnet.get_model(name, num_classes=expected[1])
   variables = variables_of(model, size, batch=2)
   out = jax.eval_shape(
     lambda v: model.apply(v, jnp.zeros((2, size, size, 3)), train=False), variables
@@ -91,7 +92,7 @@ def test_output_shapes_any_input_size(name, size, expected):
 
 
 def test_spatial_logits_are_the_fully_convolutional_form():
-  model = models.get_model('cifar_resnet20', num_classes=10)
+  model = resnet.get_model('cifar_resnet20', num_classes=10)
   x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
   variables = model.init(jax.random.key(0), x, train=False)
   spatial = model.apply(variables, x, train=False, spatial_logits=True)
@@ -104,12 +105,12 @@ def test_spatial_logits_are_the_fully_convolutional_form():
 def test_option_a_adds_no_parameters_and_c_projects_every_block():
   sizes = {}
   for option in 'ABC':
-    model = models.get_model('resnet18', num_classes=1000, shortcut=option)
+    model = resnet.get_model('resnet18', num_classes=1000, shortcut=option)
     params = variables_of(model, 64)['params']
     sizes[option] = count(params)
     flat = traverse_util.flatten_dict(params, sep='/')
     sizes[option + '_projections'] = len({k.split('/')[0] for k in flat if 'downsample_0' in k})
-  plain = count(variables_of(models.get_model('plain18', num_classes=1000), 64)['params'])
+  plain = count(variables_of(resnet.get_model('plain18', num_classes=1000), 64)['params'])
   assert sizes['A'] == plain  # option A: identity shortcuts only, like no shortcut at all
   assert sizes['B_projections'] == 3  # first block of stages 2-4
   assert sizes['C_projections'] == 8  # every block
@@ -118,15 +119,15 @@ def test_option_a_adds_no_parameters_and_c_projects_every_block():
 
 def test_cifar_option_a_equals_plain_param_count():
   for depth in (20, 56):
-    res = count(variables_of(models.get_model(f'cifar_resnet{depth}', num_classes=10), 32))
-    plain = count(variables_of(models.get_model(f'cifar_plain{depth}', num_classes=10), 32))
+    res = count(variables_of(resnet.get_model(f'cifar_resnet{depth}', num_classes=10), 32))
+    plain = count(variables_of(resnet.get_model(f'cifar_plain{depth}', num_classes=10), 32))
     assert res == plain
 
 
 @pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])
 def test_plain_nets_have_exactly_the_projections_fewer(depth):
-  res = variables_of(models.get_model(f'resnet{depth}', num_classes=1000), 64)['params']
-  plain = variables_of(models.get_model(f'plain{depth}', num_classes=1000), 64)['params']
+  res = variables_of(resnet.get_model(f'resnet{depth}', num_classes=1000), 64)['params']
+  plain = variables_of(resnet.get_model(f'plain{depth}', num_classes=1000), 64)['params']
   flat = traverse_util.flatten_dict(res, sep='/')
   projection = sum(v.size for k, v in flat.items() if '/downsample_' in k)
   assert projection > 0
@@ -134,8 +135,8 @@ def test_plain_nets_have_exactly_the_projections_fewer(depth):
 
 
 def test_stride_in_1x1_moves_the_stride_and_keeps_params():
-  v15 = models.get_model('resnet50', num_classes=1000)
-  v1 = models.get_model('resnet50', num_classes=1000, stride_in_1x1=True)
+  v15 = resnet.get_model('resnet50', num_classes=1000)
+  v1 = resnet.get_model('resnet50', num_classes=1000, stride_in_1x1=True)
   assert count(variables_of(v15, 64)) == count(variables_of(v1, 64))
   rows_v15 = {r.path: r for r in summary.layer_rows(v15, (1, 224, 224, 3))}
   rows_v1 = {r.path: r for r in summary.layer_rows(v1, (1, 224, 224, 3))}
@@ -146,7 +147,7 @@ def test_stride_in_1x1_moves_the_stride_and_keeps_params():
 
 
 def test_initialisation_matches_torchvision_statistics():
-  model = models.get_model('resnet50', num_classes=1000, zero_init_residual=True)
+  model = resnet.get_model('resnet50', num_classes=1000, zero_init_residual=True)
   v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   kernel = v['params']['layer3_0']['conv2']['kernel']  # 3x3x256x256, fan_out = 9 * 256
   assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2 / (9 * 256)), rel=0.02)
@@ -160,23 +161,23 @@ def test_initialisation_matches_torchvision_statistics():
 
 def test_zero_init_residual_blocks_start_as_identity_of_the_shortcut():
   trunk = jax.random.normal(jax.random.key(2), (2, 32, 32, 16))
-  conv = functools.partial(models._conv, dtype=jnp.float32)
-  for block_cls, width in [(models.BasicBlock, 16), (models.Bottleneck, 4)]:
-    block = block_cls(width, 1, 'B', True, conv, models.BatchNorm, zero_init_residual=True)
+  conv = functools.partial(resnet._conv, dtype=jnp.float32)
+  for block_cls, width in [(resnet.BasicBlock, 16), (resnet.Bottleneck, 4)]:
+    block = block_cls(width, 1, 'B', True, conv, resnet.BatchNorm, zero_init_residual=True)
     bv = block.init(jax.random.key(3), trunk, train=False)
     out = block.apply(bv, trunk, train=False)
     np.testing.assert_allclose(out, jax.nn.relu(trunk), atol=1e-6)
 
 
 def test_mixed_precision_keeps_params_stats_and_logits_float32():
-  model = models.get_model('cifar_resnet20', num_classes=10, dtype=jnp.bfloat16)
+  model = resnet.get_model('cifar_resnet20', num_classes=10, dtype=jnp.bfloat16)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   v = model.init(jax.random.key(0), x, train=False)
   assert {leaf.dtype for leaf in jax.tree.leaves(v)} == {jnp.dtype('float32')}
   logits, updates = model.apply(v, x, train=True, mutable=['batch_stats'])
   assert logits.dtype == jnp.float32
   assert {leaf.dtype for leaf in jax.tree.leaves(updates)} == {jnp.dtype('float32')}
-  full = models.get_model('cifar_resnet20', num_classes=10).apply(v, x, train=False)
+  full = resnet.get_model('cifar_resnet20', num_classes=10).apply(v, x, train=False)
   half = model.apply(v, x, train=False)
   np.testing.assert_allclose(half, full, atol=0.1 * float(jnp.abs(full).max()) + 0.05)
 
@@ -192,29 +193,29 @@ def test_mixed_precision_keeps_params_stats_and_logits_float32():
 )
 def test_bad_names_raise_with_the_valid_choices(name, message, choices):
   with pytest.raises(ValueError, match=message) as err:
-    models.get_model(name, num_classes=10)
+    resnet.get_model(name, num_classes=10)
   assert choices in str(err.value)
 
 
 def test_bad_options_raise():
   with pytest.raises(ValueError, match="shortcut must be 'A', 'B' or 'C'"):
-    models.get_model('resnet18', num_classes=10, shortcut='D')
+    resnet.get_model('resnet18', num_classes=10, shortcut='D')
   with pytest.raises(ValueError, match='Unknown model option'):
-    models.get_model('resnet18', num_classes=10, shortcutt='A')
+    resnet.get_model('resnet18', num_classes=10, shortcutt='A')
 
 
 def test_any_6n_plus_2_depth_builds():
-  model = models.get_model('cifar_resnet14', num_classes=10)
+  model = resnet.get_model('cifar_resnet14', num_classes=10)
   assert model.stage_sizes == (2, 2, 2)
 
 
 def test_convert_rejects_wrong_keys_naming_them():
   good = {'fc.weight': np.zeros((10, 512)), 'fc.bias': np.zeros(10)}
   with pytest.raises(ValueError, match=r'missing for resnet18: \[.*conv1/kernel'):
-    convert.from_torchvision(good, 'resnet18')
+    torchvision_weights.from_torchvision(good, 'resnet18')
   bad = {**good, 'fc.weight': np.zeros((10, 256)), 'layer9.0.conv1.weight': np.zeros((1, 1, 1, 1))}
   with pytest.raises(ValueError) as err:
-    convert.from_torchvision(bad, 'resnet18')
+    torchvision_weights.from_torchvision(bad, 'resnet18')
   assert 'layer9.0.conv1.weight' in str(err.value)
   assert 'fc.weight: got (256, 10)' in str(err.value)
 
@@ -224,8 +225,8 @@ def test_cross_device_batchnorm_equals_batchnorm_of_the_whole_group(groups):
   from jax.sharding import Mesh, PartitionSpec
 
   x = jax.random.normal(jax.random.key(0), (16, 3, 3, 4)) * 3 + 1
-  synced = models.BatchNorm(axis_name='data', axis_index_groups=groups)
-  local = models.BatchNorm()
+  synced = resnet.BatchNorm(axis_name='data', axis_index_groups=groups)
+  local = resnet.BatchNorm()
   variables = local.init(jax.random.key(1), x, train=False)
 
   def per_device(xs):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import REPO, final_params, run_main, tiny, tiny_flags
 
-from resnet_jax import metrics
+from resnet_jax.train import metrics
 
 pytestmark = pytest.mark.slow
 

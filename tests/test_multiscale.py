@@ -10,8 +10,11 @@ from helpers import sample_photos
 from PIL import Image
 
 from configs import default
-from resnet_jax import input_pipeline, models, multiscale, scoring, sources
-from resnet_jax.input_pipeline import Layout
+from resnet_jax.data import bundled, input_pipeline, multiscale
+from resnet_jax.data.input_pipeline import Layout
+from resnet_jax.data.source import Source, array_source
+from resnet_jax.models import resnet
+from resnet_jax.train import scoring
 
 # (height, width) of the test photos: a square, a 4:3 landscape seen whole, a 1.4 landscape
 # cropped to 4:3, a 3:2 portrait seen whole, and more squares to fill other batches.
@@ -24,12 +27,12 @@ def png(array) -> bytes:
   return out.getvalue()
 
 
-def photo_source(shapes) -> tuple[sources.Source, list[np.ndarray]]:
+def photo_source(shapes) -> tuple[Source, list[np.ndarray]]:
   photo = sample_photos()[0]
   images = [photo[10 * i : 10 * i + h, 20 * i : 20 * i + w] for i, (h, w) in enumerate(shapes)]
   data = np.array([png(image) for image in images], dtype=object)
   labels = np.arange(len(shapes), dtype=np.int32)  # unique: a label names its image
-  return sources._array_source('photos', data, labels, len(shapes), True), images
+  return array_source('photos', data, labels, len(shapes), True), images
 
 
 def config(sizes=(32,)):
@@ -40,7 +43,7 @@ def config(sizes=(32,)):
 
 @pytest.fixture(scope='module')
 def net():
-  model = models.get_model('cifar_resnet8', num_classes=3)
+  model = resnet.get_model('cifar_resnet8', num_classes=3)
   variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
   return model, variables
 
@@ -116,14 +119,14 @@ def test_non_square_scores_do_not_depend_on_the_batch_they_came_in(net):
   together = scores_by_label_order(model, variables, c, source, batch=4)
   for i in (1, 2, 3):
     data, label = source.fetch(np.array([i]))
-    alone_source = sources._array_source('one', data, label, len(SHAPES), True)
+    alone_source = array_source('one', data, label, len(SHAPES), True)
     alone = scores_by_label_order(model, variables, c, alone_source, batch=4)
     assert list(alone) == [i]
     np.testing.assert_allclose(alone[i], together[i], rtol=1e-5, atol=1e-6)
 
 
 def test_photos_scored_once_each_in_batches_of_one_shape():
-  source = sources.photos('test', 64)
+  source = bundled.photos('test', 64)
   assert (source.num_examples, source.num_classes) == (64, 8)
   ds, steps = input_pipeline.eval_dataset(config(sizes=(16, 24)), source, Layout(8, 0, 1))
   batches = list(ds.as_numpy_iterator())

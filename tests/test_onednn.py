@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from helpers import train_gradient_and_hlo
 
-from resnet_jax import conv, models, onednn
+from resnet_jax.cpu import onednn
 from resnet_jax.errors import UserError
+from resnet_jax.models import conv, resnet
 
 needs_onednn = pytest.mark.skipif(
   bool(onednn.unavailable_reason()), reason=f'oneDNN unavailable: {onednn.unavailable_reason()}'
@@ -85,7 +86,7 @@ def test_network_gradients_are_onednns_and_match_xlas(name, scan_blocks):
   images = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))
   grads, texts = {}, {}
   for mode in ('onednn', 'xla'):
-    model = models.get_model(
+    model = resnet.get_model(
       name, num_classes=10, scan_blocks=scan_blocks, cpu_convolution=mode, cpu_kernels='xla'
     )
     grads[mode], texts[mode] = train_gradient_and_hlo(model, images)
@@ -152,12 +153,12 @@ from resnet_jax import console, models
 from resnet_jax.errors import UserError
 console.setup()
 x = jax.numpy.ones((2, 8, 8, 3))
-model = models.get_model('cifar_resnet8', num_classes=10)
+model = resnet.get_model('cifar_resnet8', num_classes=10)
 model.init(jax.random.key(0), x, train=True)
 print('auto ran')
 for field, mode in (('cpu_convolution', 'onednn'), ('cpu_kernels', 'native')):
   try:
-    models.get_model('cifar_resnet8', num_classes=10, **{field: mode}).init(
+    resnet.get_model('cifar_resnet8', num_classes=10, **{field: mode}).init(
       jax.random.key(0), x, train=True)
   except UserError as e:
     print('error:', e)
@@ -186,7 +187,7 @@ for field, mode in (('cpu_convolution', 'onednn'), ('cpu_kernels', 'native')):
 @needs_onednn
 def test_the_library_is_built_once_per_source_and_reused(tmp_path):
   """A fresh cache builds it; a second interpreter loads the same file without compiling."""
-  code = 'from resnet_jax import onednn as o; print(o.unavailable_reason() or o.library_path())'
+  code = 'from resnet_jax.cpu import onednn as o; print(o.unavailable_reason() or o.library_path())'
   env = {**os.environ, 'RESNET_JAX_CACHE': str(tmp_path)}
   first = subprocess.run(
     [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300, check=True

@@ -9,7 +9,8 @@ import tarfile
 import pytest
 from helpers import REPO, SYNSETS, VALIDATION, add_to_tar, write_imagenet_archives
 
-from resnet_jax import metrics, prepare
+from resnet_jax import prepare
+from resnet_jax.train import metrics
 
 
 def _run(*argv):

@@ -5,7 +5,7 @@ beside the rest of test_train.py."""
 import pytest
 from helpers import run_main
 
-from resnet_jax import metrics
+from resnet_jax.train import metrics
 
 
 @pytest.mark.slow

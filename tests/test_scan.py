@@ -13,15 +13,17 @@ from flax import traverse_util
 from helpers import final_params, tiny
 
 from configs import default
-from resnet_jax import block_layout, conv, evaluate, models, optim, train
+from resnet_jax import evaluate
+from resnet_jax.models import block_layout, conv, resnet
+from resnet_jax.train import loop, optim
 
 # Scan changes how XLA fuses across blocks, so float32 results agree to rounding, not bitwise.
 TOLERANCE = dict(rtol=2e-5, atol=2e-6)
 
 
 def _pair(name, **overrides):
-  per_block = models.get_model(name, num_classes=10, **overrides)
-  scanned = models.get_model(name, num_classes=10, scan_blocks=True, **overrides)
+  per_block = resnet.get_model(name, num_classes=10, **overrides)
+  scanned = resnet.get_model(name, num_classes=10, scan_blocks=True, **overrides)
   images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   variables = per_block.init(jax.random.key(0), images, train=False)
   rng = np.random.default_rng(0)  # running statistics away from (0, 1), so eval tests them
@@ -118,7 +120,7 @@ def test_layout_conversions_round_trip():
 
 def test_parameter_counts_are_those_of_the_per_block_networks():
   def count(name, classes, scan_blocks):
-    model = models.get_model(name, num_classes=classes, scan_blocks=scan_blocks)
+    model = resnet.get_model(name, num_classes=classes, scan_blocks=scan_blocks)
     shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     )
@@ -136,11 +138,11 @@ def test_a_run_resumes_across_layouts(tmp_path):
   checkpoint evaluates per block, as in the run's own final evaluation."""
   common = dict(model='cifar_resnet14', num_train_steps=6, eval_every=6, checkpoint_every=6)
   straight = tiny(tmp_path, **{**common, 'num_train_steps': 12})
-  train.train_and_evaluate(straight, str(tmp_path / 'straight'))
+  loop.train_and_evaluate(straight, str(tmp_path / 'straight'))
   switched = str(tmp_path / 'switched')
-  train.train_and_evaluate(tiny(tmp_path, **common), switched)
+  loop.train_and_evaluate(tiny(tmp_path, **common), switched)
   scanned = tiny(tmp_path, **{**common, 'num_train_steps': 12, 'scan_blocks': True})
-  last_eval = train.train_and_evaluate(scanned, switched)
+  last_eval = loop.train_and_evaluate(scanned, switched)
 
   expected, _ = final_params(str(tmp_path / 'straight'), straight)
   got, step = final_params(switched, scanned)

@@ -1,4 +1,4 @@
-"""The ImageNet stem's lowerings (``resnet_jax.stem``) against lax and flax: values, gradients."""
+"""The ImageNet stem's lowerings (``models.stem``) against lax and flax: values, gradients."""
 
 import re
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import conv, stem
+from resnet_jax.models import conv, stem
 
 HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -11,7 +11,8 @@ from helpers import REPO
 from PIL import Image
 
 from configs.experiments import paper
-from resnet_jax import metrics, plot, report
+from resnet_jax import plot, report
+from resnet_jax.train import metrics
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import tensorflow_datasets as tfds
 from helpers import mean_of, sample_photos
 
 from configs import default
-from resnet_jax import input_pipeline, sources
-from resnet_jax.input_pipeline import Layout
+from resnet_jax.data import input_pipeline, sources
+from resnet_jax.data.input_pipeline import Layout
 
 
 class TinyPhotos(tfds.core.GeneratorBasedBuilder):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import random_torchvision_weights
 
-from resnet_jax import block_layout, convert, models
+from resnet_jax.models import block_layout, resnet, torchvision_weights
 
 REFERENCES = os.path.join(os.path.dirname(__file__), 'data', 'torchvision_references.npz')
 MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -29,8 +29,8 @@ def images_nchw() -> np.ndarray:
 
 def our_outputs(name, state_dict, x_nchw, scan_blocks=False):
   """Eval logits, train-mode logits and the BN statistics after that train-mode forward."""
-  variables = convert.from_torchvision(state_dict, name, scan_blocks=scan_blocks)
-  model = models.get_model(name, num_classes=100, scan_blocks=scan_blocks)
+  variables = torchvision_weights.from_torchvision(state_dict, name, scan_blocks=scan_blocks)
+  model = resnet.get_model(name, num_classes=100, scan_blocks=scan_blocks)
   x = jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
   eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   train_logits, updates = jax.jit(

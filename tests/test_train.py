@@ -1,6 +1,8 @@
 """Training loop: learning, shard_map == pmap, exact resume, schedules, checkpoints, errors."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,25 +11,19 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, final_params, run_main, tiny, tiny_flags
+from helpers import REPO, TINY, final_params, run_main, tiny, tiny_flags
 
-from resnet_jax import (
-  checkpoint,
-  device_pixels,
-  experiment,
-  input_pipeline,
-  metrics,
-  network,
-  optim,
-  train,
-)
+from configs import default
+from resnet_jax import evaluate
+from resnet_jax.data import device_pixels, input_pipeline
+from resnet_jax.train import checkpoint, experiment, loop, metrics, network, optim
 
 
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_records_metrics(tmp_path):
   config = tiny(tmp_path, num_train_steps=24, eval_every=24, lr_boundaries=(1000,))
   workdir = str(tmp_path / 'run')
-  result = train.train_and_evaluate(config, workdir)
+  result = loop.train_and_evaluate(config, workdir)
   records = metrics.read(workdir)
   losses = [r['loss'] for r in records if r['split'] == 'train']
   assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
@@ -45,7 +41,7 @@ def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
   for kind in ('shard_map', 'pmap'):
     config = tiny(tmp_path, parallelism=kind, num_train_steps=5, eval_every=5, keep_best=0)
     workdir = str(tmp_path / kind)
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     params[kind], step = final_params(workdir, config)
     assert step == 5
   for key, value in params['shard_map'].items():
@@ -56,11 +52,11 @@ def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
 def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path):
   config = tiny(tmp_path, schedule='plateau', plateau_patience=0, eval_every=4)
   straight = str(tmp_path / 'straight')
-  train.train_and_evaluate(config, straight)
+  loop.train_and_evaluate(config, straight)
   resumed = str(tmp_path / 'resumed')
   half = tiny(tmp_path, schedule='plateau', plateau_patience=0, eval_every=4, num_train_steps=6)
-  train.train_and_evaluate(half, resumed)
-  train.train_and_evaluate(config, resumed)  # same command again: resumes at step 6
+  loop.train_and_evaluate(half, resumed)
+  loop.train_and_evaluate(config, resumed)  # same command again: resumes at step 6
   a, step_a = final_params(straight, config)
   b, step_b = final_params(resumed, config)
   assert step_a == step_b == 12
@@ -200,7 +196,7 @@ def test_warmup_until_error_ends_at_the_same_step_whatever_the_log_cadence(tmp_p
       warmup_error_window=2,
     )
     workdir = str(tmp_path / f'log{log_every}')
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     runs[log_every] = final_params(workdir, config)[0]
     if log_every == 1:
       rates = [r['learning_rate'] for r in metrics.read(workdir) if r['split'] == 'train']
@@ -216,7 +212,7 @@ def test_warmup_until_error_ends_at_the_same_step_whatever_the_log_cadence(tmp_p
 def test_init_from_another_run_with_a_new_head(tmp_path):
   config = tiny(tmp_path, num_train_steps=6, eval_every=6)
   source = str(tmp_path / 'source')
-  train.train_and_evaluate(config, source)
+  loop.train_and_evaluate(config, source)
   src_params, _ = final_params(source, config)
   new = tiny(tmp_path, num_train_steps=1, num_classes=7, init_from=source)
   run = experiment.Experiment(new, str(tmp_path / 'new'))
@@ -272,7 +268,7 @@ def test_kill_9_during_save_leaves_the_previous_checkpoint(tmp_path):
   script = f"""
 import sys, jax, jax.numpy as jnp
 sys.path.insert(0, {REPO!r})
-from resnet_jax import checkpoint
+from resnet_jax.train import checkpoint
 ck = checkpoint.Checkpointer(sys.argv[1], keep=5, keep_best=0, async_save=False)
 big = {{'w': jnp.arange(64 * 1024 * 1024, dtype=jnp.float32)}}
 ck.save(1, big, {{'model': 'x'}}); ck.wait()
@@ -308,7 +304,7 @@ def test_half_precision_trains_with_float32_state(tmp_path, half_dtype):
     lr_boundaries=(1000,),
   )
   workdir = str(tmp_path / half_dtype)
-  result = train.train_and_evaluate(config, workdir)
+  result = loop.train_and_evaluate(config, workdir)
   losses = [r['loss'] for r in metrics.read(workdir) if r['split'] == 'train']
   assert losses[-1] < 0.8 * losses[0] and result['num_examples'] == 360
   run = experiment.Experiment(config, workdir)
@@ -335,3 +331,44 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
   state, _ = ck.restore(abstract, {'model': 'x'}, step=2)
   assert state['w'].tolist() == [2.0] * 4
   ck.close()
+
+
+# A run of main at 862918f, before the modules moved into packages: cifar_resnet8 on digits,
+# 4 steps on one device, its checkpoint at step 4, and that state's parameters as params.npz.
+BEFORE_THE_MOVE = os.path.join(REPO, 'tests', 'data', 'checkpoint_before_subpackages')
+BEFORE_THE_MOVE_FLAGS = [
+  *(f'--config.{k}={v}' for k, v in dict(TINY, eval_every=4, checkpoint_every=4).items()),
+  *('--config.log_every=2', '--config.async_checkpoints=False', '--config.schedule=step'),
+  *('--config.lr_boundaries=(2,)', '--config.lr_boundaries_unit=steps', '--config.warmup_epochs=0'),
+]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_before_the_package_move_resumes(tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(BEFORE_THE_MOVE, workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  config = default.get_config()
+  config.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+  params, step = final_params(workdir, config)
+  assert step == 4
+  with np.load(os.path.join(BEFORE_THE_MOVE, 'params.npz')) as written:
+    assert sorted(written) == sorted(params) and len(params) == 23
+    for name in written:
+      np.testing.assert_array_equal(params[name], written[name], err_msg=name)
+  # The restored state scores the test split as the run that wrote it did (360 examples).
+  then = [r for r in metrics.read(workdir) if r['split'] == 'eval'][-1]
+  now = evaluate.evaluate_workdir(config, workdir)
+  assert now['step'] == 4 and now['num_examples'] == then['num_examples'] == 360
+  assert now['top1_err'] == pytest.approx(then['top1_err'], abs=1.01 / 360)
+  assert now['loss'] == pytest.approx(then['loss'], rel=1e-4)
+
+  # The same command, two steps longer, resumes it.
+  resumed = run_main(workdir, *BEFORE_THE_MOVE_FLAGS, '--config.num_train_steps=6', devices=1)
+  assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+  assert 'Resuming from step 4' in resumed.stdout + resumed.stderr
+  train_steps = [r['step'] for r in metrics.read(workdir) if r['split'] == 'train']
+  assert train_steps == [2, 4, 6]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']

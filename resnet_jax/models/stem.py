@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnet_jax import conv, native
+from resnet_jax.cpu import native
+from resnet_jax.models import conv
 
 
 def space_to_depth_conv(x, w, pad: int, precision=None):

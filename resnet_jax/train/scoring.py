@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnet_jax import input_pipeline, sources, steps
-from resnet_jax.parallel import AXIS
+from resnet_jax.data import input_pipeline
+from resnet_jax.data.source import numpy_batches
+from resnet_jax.train import steps
+from resnet_jax.train.parallel import AXIS
 
 # Floor of the true class's probability in the loss: a confident miss costs log(1e12) = 27.6
 # nats instead of an infinite mean.
@@ -68,7 +70,7 @@ def score_split(data_parallel, state, eval_fn, config, source, mean=None) -> dic
   ds, num_steps = input_pipeline.eval_dataset(config, source, layout, mean)
   totals = None
   start = time.time()
-  for batch in data_parallel.batches(sources.numpy_batches(ds, source)):
+  for batch in data_parallel.batches(numpy_batches(ds, source)):
     sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = data_parallel.host(totals)

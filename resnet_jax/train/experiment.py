@@ -2,7 +2,7 @@
 
 ``Experiment`` builds the data sources, the model, the optimiser, the device mesh and the
 checkpoint manager once, loads (or computes) the mean image once, and restores the state a run
-starts from. ``resnet_jax.train`` runs the loop on it; ``resnet_jax.evaluate`` scores a checkpoint
+starts from. ``train.loop`` runs the loop on it; ``resnet_jax.evaluate`` scores a checkpoint
 with it.
 """
 
@@ -14,20 +14,10 @@ import logging
 import jax
 from flax import traverse_util
 
-from resnet_jax import (
-  block_layout,
-  checkpoint,
-  device_pixels,
-  input_pipeline,
-  mean_image,
-  network,
-  optim,
-  parallel,
-  scoring,
-  sources,
-  steps,
-  storage,
-)
+from resnet_jax import storage
+from resnet_jax.data import device_pixels, input_pipeline, mean_image, sources
+from resnet_jax.models import block_layout
+from resnet_jax.train import checkpoint, network, optim, parallel, scoring, steps
 
 LOG = logging.getLogger(__name__)
 

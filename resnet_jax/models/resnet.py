@@ -22,10 +22,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import conv as conv_lowering
-from resnet_jax import native, stem
-from resnet_jax.batch_norm import BatchNorm
-from resnet_jax.block_layout import SCAN_SUFFIX
+from resnet_jax.cpu import native
+from resnet_jax.models import conv as conv_lowering
+from resnet_jax.models import stem
+from resnet_jax.models.batch_norm import BatchNorm
+from resnet_jax.models.block_layout import SCAN_SUFFIX
 
 Dtype = Any
 
@@ -205,7 +206,7 @@ class ResNet(nn.Module):
       Their variables are stacked under ``layer{i}_scan`` (``block_layout`` converts); the
       numbers are those of the per-block network with the same weights.
     cpu_convolution: 'auto', 'onednn' or 'xla': who runs the gradients of the float32
-      convolutions lowered for the CPU (``resnet_jax.onednn``). The same forward values; gradients
+      convolutions lowered for the CPU (``cpu.onednn``). The same forward values; gradients
       equal to float32 rounding.
     cpu_kernels: 'auto', 'native' or 'xla': whether float32 training BatchNorm's per-channel
       sums and the stem's max pool, lowered for the CPU, are the project's C++ kernels

@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
-from resnet_jax import augment
-from resnet_jax.sources import FETCH_CHUNK
+from resnet_jax.data import augment
+from resnet_jax.data.source import FETCH_CHUNK
 
 
 def buckets(aspects) -> list[tuple[bool, float]]:

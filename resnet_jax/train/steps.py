@@ -14,9 +14,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from resnet_jax import block_layout, optim
-from resnet_jax.divergence import NONFINITE_GRADIENTS, NONFINITE_LOSS
-from resnet_jax.parallel import AXIS
+from resnet_jax.models import block_layout
+from resnet_jax.train import optim
+from resnet_jax.train.divergence import NONFINITE_GRADIENTS, NONFINITE_LOSS
+from resnet_jax.train.parallel import AXIS
 
 
 class TrainState(flax.struct.PyTreeNode):

@@ -5,7 +5,7 @@
 //   ResnetJaxMaxPoolBackward(x, y, dy) -> dx: each output's gradient goes to the first input of
 //     its window (row-major) that equals its maximum, torch's and XLA's choice among ties.
 //
-// XLA:CPU ran the pool as a reduce-window and its gradient (stem.py's gather of four phases)
+// XLA:CPU ran the pool as a reduce-window and its gradient (models/stem.py's gather of four phases)
 // as several passes that recompute the padded input: ~12% of ResNet-18's CPU train step
 // (PERFORMANCE.md). Here each output pixel is one pass over its window's channels, vectorised
 // over channels, images split over OpenMP threads. Values equal lax's bitwise; gradients are

@@ -11,19 +11,12 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import (
-  config_check,
-  console,
-  distributed,
-  divergence,
-  input_pipeline,
-  metrics,
-  sources,
-  storage,
-  workdir_lock,
-)
-from resnet_jax.experiment import Experiment
-from resnet_jax.stop_signals import INTERRUPTED_EXIT_CODE, StopSignals
+from resnet_jax import config_check, console, distributed, storage
+from resnet_jax.data import input_pipeline
+from resnet_jax.data.source import numpy_batches
+from resnet_jax.train import divergence, metrics, workdir_lock
+from resnet_jax.train.experiment import Experiment
+from resnet_jax.train.stop_signals import INTERRUPTED_EXIT_CODE, StopSignals
 
 LOG = logging.getLogger(__name__)
 
@@ -158,7 +151,7 @@ def _steps(experiment, writer, stop, state, start_step: int) -> dict:
   local = input_pipeline.train_dataset(
     config, experiment.train_source, experiment.layout, start_step, experiment.pixel_mean()
   )
-  batches = experiment.data_parallel.batches(sources.numpy_batches(local, experiment.train_source))
+  batches = experiment.data_parallel.batches(numpy_batches(local, experiment.train_source))
   progress = metrics.Progress(experiment.total_steps, config.batch_size, start_step)
   stop.finished_step = start_step
   watch = divergence.NonFiniteWatch(

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // oneDNN's convolution gradients (input gradient, kernel gradient) as XLA FFI custom calls for the
-// CPU. Built and loaded by resnet_jax/onednn.py, which documents why and when they are used.
+// CPU. Built and loaded by resnet_jax/cpu/onednn.py, which documents why and when they are used.
 //
 // Tensors keep XLA's layouts: activations NHWC, kernels HWIO, float32. The kernel alone is
 // reordered into the blocked layout oneDNN's AVX-512/AVX2 direct convolutions want

@@ -25,11 +25,11 @@ only when XLA lowers for the CPU (``lax.platform_dependent``); GPUs and TPUs kee
    it unrolls a scan of one block (ResNet-14), and then it does. Only stride-1, undilated,
    ungrouped convolutions with symmetric ``k // 2`` padding and an odd kernel (every convolution
    of a scanned block) take this path; anything else is ``lax.conv_general_dilated`` unchanged.
-   ``per_platform`` is that selection for any lowering (the ImageNet stem's, ``resnet_jax.stem``,
+   ``per_platform`` is that selection for any lowering (the ImageNet stem's, ``models.stem``,
    uses it too).
 3. ``cpu_convolution(lowering, mode)`` (around each of the above in ``models``): the float32
    convolutions lowered for the CPU keep lax's forward pass and take oneDNN's input and kernel
-   gradients (``resnet_jax.onednn``), 1.2-4x faster per layer than points 1 and 2, when
+   gradients (``cpu.onednn``), 1.2-4x faster per layer than points 1 and 2, when
    ``cpu_convolution`` (the config field) allows and oneDNN builds. Points 1 and 2 then serve
    other dtypes, ``cpu_convolution='xla'`` and machines without oneDNN.
 """
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnet_jax import onednn
+from resnet_jax.cpu import onednn
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 

@@ -3,7 +3,7 @@
 // XLA:CPU computes BatchNorm's statistics in four passes over the activations: it writes the
 // shifted copy x - shift (a broadcast operand, which its YNNPACK reductions do not take), then
 // reduces that copy twice. The backward pass writes x_hat to reduce dy * x_hat. These kernels read
-// their operands once and write C pairs of sums (resnet_jax/batch_norm.py; timings in
+// their operands once and write C pairs of sums (resnet_jax/models/batch_norm.py; timings in
 // PERFORMANCE.md).
 //
 // Both take [..., C] float32 tensors (rows of C channels, NHWC flattened) and return [2, C]:

@@ -1,7 +1,7 @@
 """The network and its freshly initialised training state, as a config asks for them.
 
 Free of data and of TensorFlow, so the device-step benchmark runs on an accelerator image that has
-only JAX; ``resnet_jax.experiment`` builds a run's model and state with the same two functions.
+only JAX; ``train.experiment`` builds a run's model and state with the same two functions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import models, parallel, steps
+from resnet_jax.models import resnet
+from resnet_jax.train import parallel, steps
 
 
 def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
@@ -39,7 +40,7 @@ def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
   dtype = jnp.float32
   if config.half_precision:
     dtype = {'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[config.half_dtype]
-  return models.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
+  return resnet.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
 
 
 def fresh_state(config, model, tx, data_parallel) -> steps.TrainState:

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from resnet_jax import native
+from resnet_jax.cpu import native
 
 _TARGETS = {
   'input_gradient': 'ResnetJaxOnednnConvInputGradient',

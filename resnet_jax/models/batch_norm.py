@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from resnet_jax import native
+from resnet_jax.cpu import native
 
 Dtype = Any
 MOMENTS, GRADIENT_SUMS = 'ResnetJaxChannelMoments', 'ResnetJaxChannelGradientSums'

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from resnet_jax import draws
+from resnet_jax.data import draws
 
 # What a batch carries beside its uint8 'image' and 'label' (draws.for_examples's fields).
 DRAWS = ('lighting', 'shift', 'flip')

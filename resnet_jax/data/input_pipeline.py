@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax import augment, device_pixels, draws, multiscale
-from resnet_jax.sources import FETCH_CHUNK, Source
+from resnet_jax.data import augment, device_pixels, draws, multiscale
+from resnet_jax.data.source import FETCH_CHUNK, Source
 
 # Stream-only sources: process p seeds its examples' augmentation from p * this, so processes
 # never share seeds (no process reads 2**40 examples).

@@ -1,0 +1,122 @@
+"""torchvision's ResNet ``state_dict`` -> this project's Flax variables (names, layouts, shapes).
+
+torchvision's pretrained weights expect inputs scaled to [0, 1] and normalised per channel, so
+fine-tune or evaluate them with ``--config.normalization=channel_mean_std``. The command that
+writes them as a checkpoint is ``python -m resnet_jax.convert``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from resnet_jax.models import block_layout, resnet
+
+_IGNORED_SUFFIXES = ('num_batches_tracked',)
+_LEAF_NAMES = {
+  # (collection, flax leaf) by torch leaf; conv/linear weights are told apart by rank.
+  'running_mean': ('batch_stats', 'mean'),
+  'running_var': ('batch_stats', 'var'),
+  'bias': ('params', 'bias'),
+}
+
+
+def _flax_path(torch_key: str, rank: int) -> tuple[str, tuple[str, ...]]:
+  """'layer1.0.downsample.1.weight' -> ('params', ('layer1_0', 'downsample_1', 'scale'))."""
+  *modules, leaf = torch_key.split('.')
+  path: list[str] = []
+  for part in modules:
+    if re.fullmatch(r'\d+', part) and path:
+      path[-1] = f'{path[-1]}_{part}'
+    else:
+      path.append(part)
+  if leaf == 'weight':
+    collection, name = ('params', 'kernel') if rank > 1 else ('params', 'scale')
+  elif leaf in _LEAF_NAMES:
+    collection, name = _LEAF_NAMES[leaf]
+  else:
+    collection, name = 'unknown', leaf
+  return collection, (*path, name)
+
+
+def _to_flax_layout(value: np.ndarray) -> np.ndarray:
+  if value.ndim == 4:  # conv OIHW -> HWIO
+    return value.transpose(2, 3, 1, 0)
+  if value.ndim == 2:  # linear (out, in) -> (in, out)
+    return value.T
+  return value
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, 'detach'):  # a torch tensor, without importing torch here
+    value = value.detach().cpu().numpy()
+  # A copy: torch updates running statistics in place, and must not reach into our arrays.
+  return np.array(value, dtype=np.float32, copy=True)
+
+
+def expected_variables(name: str, num_classes: int, **overrides) -> dict[str, Any]:
+  """Shapes of a model's variables (no compute), for checking converted or restored weights."""
+  model = resnet.get_model(name, num_classes=num_classes, **overrides)
+  size = 32 if name.startswith('cifar') else 224
+  return jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+  )
+
+
+def from_torchvision(
+  state_dict: Mapping[str, Any], name: str, **model_overrides
+) -> dict[str, dict[str, Any]]:
+  """Maps a torchvision ResNet state_dict onto this project's Flax variables.
+
+  Args:
+    state_dict: torchvision keys (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``fc.bias``...)
+      to torch tensors or numpy arrays.
+    name: model name as for ``resnet.get_model``; the class count is read off ``fc.weight``.
+    **model_overrides: options the weights were trained with (e.g. ``shortcut='C'``), and
+      ``scan_blocks=True`` for the stacked layout of a scanned model.
+
+  Returns:
+    ``{'params': ..., 'batch_stats': ...}`` of float32 arrays.
+
+  Raises:
+    ValueError: naming every missing, unexpected or mis-shaped key.
+  """
+  if 'fc.weight' not in state_dict:
+    raise ValueError("state_dict has no 'fc.weight'; is this a torchvision ResNet state_dict?")
+  num_classes = int(np.shape(state_dict['fc.weight'])[0])
+  scan_blocks = model_overrides.pop('scan_blocks', False)  # converted per block, then stacked
+  expected = traverse_util.flatten_dict(expected_variables(name, num_classes, **model_overrides))
+
+  converted, unexpected, misshaped = {}, [], []
+  for key, value in state_dict.items():
+    if key.endswith(_IGNORED_SUFFIXES):
+      continue
+    array = _as_numpy(value)
+    collection, path = _flax_path(key, array.ndim)
+    flax_key = (collection, *path)
+    if flax_key not in expected:
+      unexpected.append(key)
+      continue
+    array = _to_flax_layout(array)
+    if array.shape != expected[flax_key].shape:
+      misshaped.append(f'{key}: got {array.shape}, model wants {expected[flax_key].shape}')
+      continue
+    converted[flax_key] = array
+  missing = ['/'.join(k) for k in expected if k not in converted]
+  problems = []
+  if missing:
+    problems.append(f'missing for {name}: {missing}')
+  if unexpected:
+    problems.append(f'unexpected keys: {unexpected}')
+  if misshaped:
+    problems.append(f'mis-shaped: {misshaped}')
+  if problems:
+    raise ValueError(f'Cannot convert state_dict to {name}; ' + '; '.join(problems))
+  variables = traverse_util.unflatten_dict(converted)
+  return block_layout.stack_blocks(variables) if scan_blocks else variables
