@@ -293,8 +293,15 @@ def test_folder_hidden_entries_are_never_data_and_other_files_are_counted(tmp_pa
   Image.fromarray(photo).save(os.path.join(train_dir, 'class_1', 'scan.tif'))
   with open(os.path.join(train_dir, 'class_2', 'notes.txt'), 'w') as f:
     f.write('not an image')
-  with caplog.at_level(logging.WARNING, logger='resnet_jax'):
-    train = sources.get_source(folder_config(tmp_path, root), 'train')
+  # console.setup() (run by any earlier test of this process) stops propagation at 'resnet_jax',
+  # so caplog's handler listens there, not only at the root.
+  logger = logging.getLogger('resnet_jax')
+  logger.addHandler(caplog.handler)
+  try:
+    with caplog.at_level(logging.WARNING, logger='resnet_jax'):
+      train = sources.get_source(folder_config(tmp_path, root), 'train')
+  finally:
+    logger.removeHandler(caplog.handler)
   assert (train.num_classes, train.num_examples) == (3, 7)  # 3 x 2 images + the WebP
   assert '.tif: 1, .txt: 1' in caplog.text and 'left out 2 file(s)' in caplog.text
   # The WebP is read (class_1's third file, by name) and decodes in the pipeline as PIL reads it.

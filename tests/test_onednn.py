@@ -149,7 +149,8 @@ def test_without_a_compiler_auto_falls_back_to_xla_and_the_others_say_what_is_mi
   why), 'onednn' and 'native' are errors that say what to install."""
   code = """
 import jax
-from resnet_jax import console, models
+from resnet_jax import console
+from resnet_jax.models import resnet
 from resnet_jax.errors import UserError
 console.setup()
 x = jax.numpy.ones((2, 8, 8, 3))
