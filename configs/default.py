@@ -83,6 +83,14 @@ def get_config():
   c.shortcut = ''  # '' = the model's default (B for ImageNet nets, A for CIFAR); or 'A', 'B', 'C'.
   c.stride_in_1x1 = False  # True: the paper's original bottleneck (stride on the first 1x1).
   c.zero_init_residual = False
+  # torchvision's ResNet arguments for bottleneck nets (resnet50 and deeper): the 3x3 in `groups`
+  # channel groups, inner width int(planes * width_per_group / 64) * groups. 0 = the model's own
+  # (1 and 64; resnext50_32x4d: 32 and 4; wide_resnet50_2: 1 and 128).
+  c.groups = 0
+  c.width_per_group = 0
+  # For stages 2, 3, 4: True keeps the stage's resolution and dilates its 3x3s instead of striding
+  # (output stride 16 with (False, False, True), 8 with (False, True, True)); bottleneck nets.
+  c.replace_stride_with_dilation = (False, False, False)
   # Compile each stage's identical blocks once (nn.scan): ResNet-152 compiles about as fast as
   # ResNet-50. Same numbers for the same weights; variables stacked under layer{i}_scan, converted
   # to and from the per-block layout on restore and init_from. Costs step time on a GPU (0.62-0.68x

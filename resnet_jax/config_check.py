@@ -82,6 +82,16 @@ def numbers(length: int | None, element: Rule, *, increasing=False, nonempty=Tru
   return check
 
 
+def booleans(length: int) -> Rule:
+  def check(name, value):
+    if not isinstance(value, tuple | list) or len(value) != length:
+      _fail(name, value, f'a tuple of {length} True/False values')
+    for v in value:
+      boolean(name, v)
+
+  return check
+
+
 def model_name(name, value):
   from resnet_jax.models import resnet
 
@@ -138,6 +148,9 @@ RULES: dict[str, Rule] = {
   'shortcut': one_of('', 'A', 'B', 'C'),
   'stride_in_1x1': boolean,
   'zero_init_residual': boolean,
+  'groups': NONNEG_INT,
+  'width_per_group': NONNEG_INT,
+  'replace_stride_with_dilation': booleans(3),
   'scan_blocks': boolean,
   'cpu_convolution': one_of('auto', 'onednn', 'xla'),
   'cpu_kernels': one_of('auto', 'native', 'xla'),
@@ -241,6 +254,7 @@ def _check_combinations(c, num_devices: int, num_processes: int):
     )
   if c.multiscale_aspects[0] != 1.0:
     _fail('multiscale_aspects', tuple(c.multiscale_aspects), 'increasing from 1.0 (square images)')
+  _check_model_options(c)
   if c.init_from_skip and not c.init_from:
     raise ConfigError('--config.init_from_skip is set but --config.init_from is empty.')
   if c.cpu_convolution == 'onednn':
@@ -256,3 +270,17 @@ def _check_combinations(c, num_devices: int, num_processes: int):
       f'--config.lock_heartbeat_seconds={c.lock_heartbeat_seconds} must be shorter than '
       f'lock_stale_seconds={c.lock_stale_seconds}, or live runs would look abandoned.'
     )
+
+
+def _check_model_options(c):
+  """The architecture fields against the model they change (basic blocks have none of them)."""
+  from resnet_jax.models import resnet
+
+  given = {k: c[k] for k in ('groups', 'width_per_group') if c[k]}
+  if any(c.replace_stride_with_dilation):
+    given['replace_stride_with_dilation'] = tuple(c.replace_stride_with_dilation)
+  try:
+    resnet.get_model(c.model, num_classes=1, **given)
+  except ValueError as e:
+    fields = ' '.join(f'--config.{k}={v!r}' for k, v in given.items())
+    raise ConfigError(f'{fields} with --config.model={c.model}: {e}') from None

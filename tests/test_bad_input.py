@@ -42,6 +42,17 @@ CASES = [
   ('unknown schedule', [*DIGITS, '--config.schedule=linear'], "--config.schedule='linear'"),
   ('unknown model', [*DIGITS, '--config.model=resnet19'], "--config.model='resnet19'"),
   ('unknown shortcut', [*DIGITS, '--config.shortcut=D'], "--config.shortcut='D'"),
+  (
+    'groups on basic blocks',
+    [*DIGITS, '--config.groups=32'],
+    'cifar_resnet20 is built of basic blocks, which have no groups',
+  ),
+  ('negative width', [*DIGITS, '--config.width_per_group=-4'], '--config.width_per_group=-4'),
+  (
+    'two dilation flags',
+    [*DIGITS, '--config.model=resnet50', '--config.replace_stride_with_dilation=(True,True)'],
+    'a tuple of 3 True/False values',
+  ),
   ('batch vs devices', [*DIGITS, '--config.batch_size=60'], 'multiple of the 8 devices'),
   ('momentum above 1', [*DIGITS, '--config.momentum=1.5'], '--config.momentum=1.5'),
   ('smoothing above 1', [*DIGITS, '--config.label_smoothing=2.0'], '--config.label_smoothing'),

@@ -126,3 +126,60 @@ def test_only_the_cpu_lowering_has_the_conditional():
   assert nan in exported('cpu')
   for platform in ('cuda', 'tpu'):
     assert nan not in exported(platform)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize(
+  'groups, strides, dilation', [(8, 1, 1), (8, 2, 1), (4, 1, 2), (32, 1, 1), (2, 2, 2)]
+)
+def test_grouped_convolutions_kernel_gradient_as_taps_equals_laxs(groups, strides, dilation, dtype):
+  """ResNeXt's grouped 3x3 (strided, dilated): forward values and input gradients bitwise lax's,
+  kernel gradients (the tap-wise products that replace XLA:CPU's slow grouped kernel gradient)
+  equal to rounding, forward mode too; the scanned blocks' lowering takes the same path."""
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 32), dtype)
+  w = jax.random.normal(jax.random.key(1), (3, 3, 32 // groups, 32), dtype) / 3
+  scale = jnp.linspace(0.5, 1.5, 32).astype(dtype)
+
+  def layer(lowering, x, w, scale):
+    numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
+    h = jax.nn.relu(x * scale + 0.1)
+    pad = [(dilation, dilation)] * 2
+    y = lowering(h, w, (strides, strides), pad, None, (dilation, dilation), numbers, groups)
+    return jnp.sum(y.astype(jnp.float32) ** 2), y
+
+  def value_and_grads(lowering):
+    fn = jax.jit(jax.value_and_grad(layer, (1, 2, 3), has_aux=True), static_argnums=(0,))
+    return fn(lowering, x, w, scale)
+
+  (_, y_ref), (dx_ref, dw_ref, ds_ref) = value_and_grads(jax.lax.conv_general_dilated)
+  tolerance = 1e-5 if dtype == 'float32' else 2e-2
+  for lowering in (conv.conv_general_dilated_stored_input, conv.conv_general_dilated):
+    (_, y), (dx, dw, ds) = value_and_grads(lowering)
+    np.testing.assert_array_equal(np.float32(y), np.float32(y_ref))
+    np.testing.assert_array_equal(np.float32(dx), np.float32(dx_ref))
+    scale_of = float(jnp.abs(dw_ref.astype(jnp.float32)).max())
+    np.testing.assert_allclose(np.float32(dw), np.float32(dw_ref), atol=tolerance * scale_of)
+    np.testing.assert_allclose(np.float32(ds), np.float32(ds_ref), rtol=tolerance, atol=1e-3)
+  tangents = (jnp.ones_like(x), jnp.full_like(w, 0.5), jnp.zeros_like(scale))
+  jvp = lambda lowering: jax.jvp(lambda *a: layer(lowering, *a)[1], (x, w, scale), tangents)  # noqa: E731
+  ours, ref = jvp(conv.conv_general_dilated_stored_input), jvp(jax.lax.conv_general_dilated)
+  np.testing.assert_allclose(
+    np.float32(ours[1]), np.float32(ref[1]), rtol=tolerance, atol=tolerance * 10
+  )
+
+
+def test_a_grouped_kernel_gradient_runs_as_matrix_products_on_cpu():
+  """The mechanism, read from the compiled program: the kernel gradient holds no convolution."""
+  x = jnp.ones((2, 8, 8, 16))
+  w = jnp.ones((3, 3, 2, 16))
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
+
+  def hlo(lowering):
+    loss = lambda w: lowering(x, w, (1, 1), [(1, 1)] * 2, None, None, numbers, 8).sum()  # noqa: E731
+    return jax.jit(jax.grad(loss)).lower(w).compile().as_text()
+
+  # lax's kernel gradient is a grouped convolution (XLA:CPU: a base-dilated one over the groups);
+  # ours, the kernel gradient alone, holds none: its taps are matrix products.
+  assert ' convolution(' in hlo(jax.lax.conv_general_dilated)
+  ours = hlo(conv.conv_general_dilated_stored_input)
+  assert ' convolution(' not in ours and ours.count(' dot(') == 9  # one per tap

@@ -1,15 +1,20 @@
 """Model zoo: parameter counts, torchvision parity, shapes, shortcut options, plain nets, errors."""
 
+import contextlib
 import functools
+import io
+import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from helpers import REPO
 
 from resnet_jax import summary
-from resnet_jax.models import batch_norm, resnet, torchvision_weights
+from resnet_jax.models import batch_norm, block_layout, resnet, torchvision_weights
 
 TORCHVISION_PARAMS = {
   'resnet18': 11_689_512,
@@ -17,13 +22,23 @@ TORCHVISION_PARAMS = {
   'resnet50': 25_557_032,
   'resnet101': 44_549_160,
   'resnet152': 60_192_808,
+  'resnext50_32x4d': 25_028_904,
+  'resnext101_32x8d': 88_791_336,
+  'resnext101_64x4d': 83_455_272,
+  'wide_resnet50_2': 68_883_240,
+  'wide_resnet101_2': 126_886_696,
 }
-TORCHVISION_GMACS = {
+TORCHVISION_GMACS = {  # torchvision's model cards ("GFLOPS", counted as multiply-adds)
   'resnet18': 1.81,
   'resnet34': 3.66,
   'resnet50': 4.09,
   'resnet101': 7.80,
   'resnet152': 11.51,
+  'resnext50_32x4d': 4.23,
+  'resnext101_32x8d': 16.41,
+  'resnext101_64x4d': 15.46,
+  'wide_resnet50_2': 11.40,
+  'wide_resnet101_2': 22.75,
 }
 
 
@@ -300,3 +315,56 @@ def test_batchnorm_backward_equals_autodiff_of_its_forward(axis, dtype):
     np.testing.assert_allclose(
       np.asarray(a, np.float32), np.asarray(b, np.float32), err_msg=name, **tolerance
     )
+
+
+def test_stage_features_are_the_classifiers_own_internals():
+  """``features=`` returns the named stage outputs (a backbone's C2..C5): the shapes torchvision's
+  stages have, the tensor the head pools (its logits recomputed from them), no deeper stage run."""
+  model = resnet.get_model('resnet50', num_classes=10)
+  x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  logits = model.apply(variables, x, train=False)
+  c = model.apply(variables, x, train=False, features=('layer4', 'stem', 'layer2', 'layer3'))
+  assert list(c) == ['layer4', 'stem', 'layer2', 'layer3']  # as asked
+  assert {k: v.shape for k, v in c.items()} == {
+    'stem': (2, 16, 16, 64),
+    'layer2': (2, 8, 8, 512),
+    'layer3': (2, 4, 4, 1024),
+    'layer4': (2, 2, 2, 2048),
+  }
+  fc = variables['params']['fc']
+  head = jnp.mean(c['layer4'], axis=(1, 2)) @ fc['kernel'] + fc['bias']
+  np.testing.assert_allclose(head, logits, rtol=1e-6, atol=1e-6)
+  # Only as deep as asked: the stem and layer1 need no deeper variables.
+  shallow = {
+    collection: {k: v for k, v in tree.items() if k in ('conv1', 'bn1') or k.startswith('layer1')}
+    for collection, tree in variables.items()
+  }
+  c1 = model.apply(shallow, x, train=False, features=('layer1',))['layer1']
+  assert c1.shape == (2, 16, 16, 256)
+  # Dilated stages keep their resolution (output stride 8), with the same variables' shapes.
+  dilated = resnet.get_model(
+    'resnet50', num_classes=10, replace_stride_with_dilation=(False, True, True)
+  )
+  shapes = dilated.apply(variables, x, train=False, features=('layer3', 'layer4'))
+  assert [v.shape for v in shapes.values()] == [(2, 8, 8, 1024), (2, 8, 8, 2048)]
+  # The scanned layout gives the same features.
+  scanned = resnet.get_model('resnet50', num_classes=10, scan_blocks=True)
+  stacked = block_layout.stack_blocks(variables)
+  same = scanned.apply(stacked, x, train=False, features=('layer3',))['layer3']
+  np.testing.assert_allclose(same, c['layer3'], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='this net has stem, layer1, layer2, layer3, layer4'):
+    model.apply(variables, x, train=False, features=('layer5',))
+
+
+def test_readme_python_examples_run_and_print_what_they_say():
+  with open(os.path.join(REPO, 'README.md')) as f:
+    blocks = re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)
+  assert blocks
+  for block in blocks:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      exec(compile(block, 'README.md', 'exec'), {})
+  assert out.getvalue().strip() == (
+    "{'layer2': (2, 16, 16, 512), 'layer3': (2, 8, 8, 1024), 'layer4': (2, 4, 4, 2048)}"
+  )

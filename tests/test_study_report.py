@@ -90,6 +90,19 @@ def test_paper_numbers_are_found_for_the_papers_experiments():
   assert report.paper_key({'model': 'resnet50', 'dataset': 'imagenet2012'}, 'multiscale') == (
     'resnet50@multiscale'
   )
+  imagenet = {'dataset': 'imagenet2012', 'groups': 0, 'width_per_group': 0}
+  assert paper.PAPER[report.paper_key({**imagenet, 'model': 'resnext50_32x4d'}, 'center')] == {
+    'top1': 22.2,
+    'protocol': 'center',
+    'source': 'Xie et al. 2017, Table 3',
+  }
+  # A resnet50 made wider or dilated by config fields is not the net the number was published for.
+  assert report.paper_key({**imagenet, 'model': 'resnet50', 'width_per_group': 128}, '') == ''
+  dilated = (False, True, True)
+  assert (
+    report.paper_key({**imagenet, 'model': 'resnet50', 'replace_stride_with_dilation': dilated}, '')
+    == ''
+  )
 
 
 def colour_pixels(png, rgb, tolerance=40):

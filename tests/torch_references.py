@@ -2,10 +2,12 @@
 
   pip install torch==2.13.0 && python tests/torch_references.py
 
-Needs torch; the tests that read the file do not. For each ImageNet ResNet: the state_dict's keys
-and shapes, torchvision's eval-mode logits (float32), train-mode logits (float64, and the float32
-ones' distance to them), and two BN running statistics after the train-mode forward. The weights
-themselves are not stored: helpers.random_torchvision_weights regenerates them from the seed.
+Needs torch; the tests that read the file do not. For each ImageNet ResNet (torchvision's
+builders, and ResNet-50 with its last two stages dilated): the state_dict's keys and shapes,
+torchvision's eval-mode logits (float32), train-mode logits (float64, and the float32 ones' largest
+distance to them over torch's two memory formats), and two BN running statistics after the
+train-mode forward. The weights themselves are not stored: helpers.random_torchvision_weights
+regenerates them from the seed.
 """
 
 import json
@@ -21,7 +23,22 @@ import torch  # noqa: E402
 import torch_resnet  # noqa: E402
 from helpers import random_torchvision_weights  # noqa: E402
 
-MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+MODELS = (
+  'resnet18',
+  'resnet34',
+  'resnet50',
+  'resnet101',
+  'resnet152',
+  'resnext50_32x4d',
+  'resnext101_32x8d',
+  'resnext101_64x4d',
+  'wide_resnet50_2',
+  'wide_resnet101_2',
+)
+# Nets under another name than their builder's: name -> (builder, its keyword arguments).
+CONFIGURED = {
+  'resnet50_dilated': ('resnet50', dict(replace_stride_with_dilation=[False, True, True]))
+}
 NUM_CLASSES, SEED, INPUT_SEED = 100, 0, 1
 STATS = ('layer1.0.bn1.running_mean', 'layer2.0.downsample.1.running_var')
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'torchvision_references.npz')
@@ -33,7 +50,8 @@ def images() -> np.ndarray:
 
 
 def references(name: str) -> dict[str, np.ndarray]:
-  net = torch_resnet.build(name, NUM_CLASSES)
+  builder, kwargs = CONFIGURED.get(name, (name, {}))
+  net = torch_resnet.build(builder, NUM_CLASSES, **kwargs)
   keys = [(k, list(v.shape)) for k, v in net.state_dict().items()]
   weights = random_torchvision_weights(keys, SEED)
   net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
@@ -41,8 +59,7 @@ def references(name: str) -> dict[str, np.ndarray]:
   net.eval()
   with torch.no_grad():
     eval_logits = net(x).numpy()
-    net.train()
-    train32 = net(x).numpy()
+    net.train()(x)  # updates the running statistics
     stats = [net.state_dict()[k].numpy().copy() for k in STATS]
     net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     train64 = net.double()(x.double()).numpy()
@@ -50,7 +67,9 @@ def references(name: str) -> dict[str, np.ndarray]:
     f'{name}/keys': np.array(json.dumps(keys)),
     f'{name}/eval_logits': eval_logits,
     f'{name}/train_logits_float64': train64,
-    f'{name}/torch_float32_train_error': np.float64(np.abs(train32 - train64).max()),
+    f'{name}/torch_float32_train_error': np.float64(
+      torch_resnet.float32_train_error(net, weights, x, train64)
+    ),
     **{f'{name}/{k}': v for k, v in zip(STATS, stats, strict=True)},
   }
 
@@ -58,7 +77,7 @@ def references(name: str) -> dict[str, np.ndarray]:
 if __name__ == '__main__':
   torch.manual_seed(0)
   out = {}
-  for name in MODELS:
+  for name in (*MODELS, *CONFIGURED):
     out.update(references(name))
   os.makedirs(os.path.dirname(OUT), exist_ok=True)
   np.savez_compressed(OUT, torch_version=np.array(torch.__version__), **out)

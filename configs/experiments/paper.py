@@ -1,5 +1,6 @@
-"""The paper's reported numbers (He et al. 2015), with where each comes from. One place: the
-study configs name their runs after these keys and ``resnet_jax.report`` prints them beside ours.
+"""The paper's reported numbers (He et al. 2015), and the published numbers of the family's nets,
+with where each comes from. One place: the study configs name their runs after these keys and
+``resnet_jax.report`` prints them beside ours.
 
 Errors are percentages on the paper's test set for that experiment: ImageNet val (top-1, top-5)
 and CIFAR-10 test (top-1). ``protocol`` is the test protocol the paper used for that number.
@@ -37,4 +38,7 @@ PAPER = {
     'protocol': 'multiscale',
     'source': 'Table 4',
   },
+  # The family, ImageNet val, one 224 crop.
+  'resnext50_32x4d': {'top1': 22.2, 'protocol': 'center', 'source': 'Xie et al. 2017, Table 3'},
+  'wide_resnet50_2': {'top1': 21.532, 'protocol': 'center', 'source': "torchvision's V1 weights"},
 }

@@ -29,6 +29,11 @@ def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
   )
   if config.shortcut:
     overrides['shortcut'] = config.shortcut
+  for field in ('groups', 'width_per_group'):  # 0: the named model's own
+    if config[field]:
+      overrides[field] = config[field]
+  if any(config.replace_stride_with_dilation):
+    overrides['replace_stride_with_dilation'] = tuple(config.replace_stride_with_dilation)
   if train_bn_axis and config.bn_group_size != 1:
     overrides['bn_axis_name'] = parallel.AXIS
     if config.bn_group_size > 1:
