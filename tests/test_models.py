@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import io
+import json
 import os
 import re
 
@@ -368,3 +369,28 @@ def test_readme_python_examples_run_and_print_what_they_say():
   assert out.getvalue().strip() == (
     "{'layer2': (2, 16, 16, 512), 'layer3': (2, 8, 8, 1024), 'layer4': (2, 4, 4, 2048)}"
   )
+
+
+def test_to_torchvision_gives_torchvisions_state_dict_and_converts_back_exactly():
+  """Every named net's variables (either layout) as torchvision's state_dict: the keys and shapes
+  torch's own modules have (committed with the references), and back to the same variables."""
+  references = np.load(os.path.join(REPO, 'tests', 'data', 'torchvision_references.npz'))
+  names = [k.split('/')[0] for k in references.files if k.endswith('/keys')]
+  assert len(names) == 11
+  for name in names:
+    torch_shapes = {k: tuple(shape) for k, shape in json.loads(str(references[f'{name}/keys']))}
+    model_name = 'resnet50' if name == 'resnet50_dilated' else name
+    shapes = torchvision_weights.expected_variables(model_name, num_classes=100)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    state_dict = torchvision_weights.to_torchvision(zeros)
+    assert {k: np.shape(v) for k, v in state_dict.items()} == torch_shapes, name
+  rng = np.random.default_rng(0)
+  for name, scanned in (('resnext50_32x4d', False), ('resnet50', True)):
+    shapes = torchvision_weights.expected_variables(name, num_classes=10, scan_blocks=scanned)
+    variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+    state_dict = torchvision_weights.to_torchvision(variables)
+    back = torchvision_weights.from_torchvision(state_dict, name, scan_blocks=scanned)
+    flat, flat_back = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(back)
+    assert flat.keys() == flat_back.keys()
+    for key, value in flat.items():
+      np.testing.assert_array_equal(flat_back[key], value, err_msg=str(key))

@@ -1,4 +1,4 @@
-"""torchvision's ResNet ``state_dict`` -> this project's Flax variables (names, layouts, shapes).
+"""torchvision's ResNet ``state_dict`` <-> this project's Flax variables (names, layouts, shapes).
 
 torchvision's pretrained weights expect inputs scaled to [0, 1] and normalised per channel, so
 fine-tune or evaluate them with ``--config.normalization=channel_mean_std``. The command that
@@ -120,3 +120,31 @@ def from_torchvision(
     raise ValueError(f'Cannot convert state_dict to {name}; ' + '; '.join(problems))
   variables = traverse_util.unflatten_dict(converted)
   return block_layout.stack_blocks(variables) if scan_blocks else variables
+
+
+_TORCH_LEAF = {  # flax (collection, leaf) -> torch leaf; the inverse of _flax_path's leaves
+  ('params', 'kernel'): 'weight',
+  ('params', 'scale'): 'weight',
+  ('params', 'bias'): 'bias',
+  ('batch_stats', 'mean'): 'running_mean',
+  ('batch_stats', 'var'): 'running_var',
+}
+
+
+def to_torchvision(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """This project's variables (either layout) as a torchvision ``state_dict`` of numpy arrays,
+  ``num_batches_tracked`` included (0), so torchvision's ``load_state_dict`` takes it strictly;
+  the inverse of ``from_torchvision``. ``torch.from_numpy`` each value to save it with torch."""
+  flat = traverse_util.flatten_dict(jax.device_get(block_layout.unstack_blocks(dict(variables))))
+  state_dict = {}
+  for (collection, *path, leaf), value in flat.items():
+    modules = '.'.join(re.sub(r'_(\d+)$', r'.\1', part) for part in path)
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim == 4:  # conv HWIO -> OIHW
+      array = array.transpose(3, 2, 0, 1)
+    elif array.ndim == 2:  # linear (in, out) -> (out, in)
+      array = array.T
+    state_dict[f'{modules}.{_TORCH_LEAF[collection, leaf]}'] = np.ascontiguousarray(array)
+    if (collection, leaf) == ('batch_stats', 'mean'):
+      state_dict[f'{modules}.num_batches_tracked'] = np.array(0, np.int64)
+  return state_dict
