@@ -1,11 +1,14 @@
-"""Converts a torchvision ResNet state_dict into a checkpoint that ``init_from`` reads.
+"""Converts weights between torchvision and this project, both ways.
 
-Usage:
+  # torchvision state_dict -> a checkpoint that init_from reads
   python -m resnet_jax.convert --torchvision=resnet50.pth --model=resnet50 --out=/tmp/r50_tv
   python -m resnet_jax.main --config=configs/r50.py --workdir=DIR --config.init_from=/tmp/r50_tv
+  # a run's latest checkpoint (or a converted one) -> torchvision's state_dict
+  python -m resnet_jax.convert --weights=DIR --to_torchvision=resnet50.pth
 
 torchvision's pretrained weights expect inputs scaled to [0, 1] and normalised per channel, so
-fine-tune or evaluate them with ``--config.normalization=channel_mean_std``.
+fine-tune or evaluate them with ``--config.normalization=channel_mean_std``. A state_dict written
+here loads into torchvision's model of the same name with ``load_state_dict(..., strict=True)``.
 """
 
 from __future__ import annotations
@@ -20,27 +23,37 @@ from resnet_jax.errors import UserError
 from resnet_jax.models import torchvision_weights
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('torchvision', None, 'Path of a torchvision state_dict (.pth).')
-flags.DEFINE_string('model', None, 'Model name, e.g. resnet50.')
-flags.DEFINE_string('out', None, 'Output directory of the orbax checkpoint.')
-flags.mark_flags_as_required(['torchvision', 'model', 'out'])
+flags.DEFINE_string('torchvision', None, 'Path of a torchvision state_dict (.pth) to convert.')
+flags.DEFINE_string('model', None, 'Model name of --torchvision, e.g. resnet50.')
+flags.DEFINE_string('out', None, 'Output directory of the orbax checkpoint (from --torchvision).')
+flags.DEFINE_string('weights', None, 'A run workdir or a converted checkpoint to export.')
+flags.DEFINE_string('to_torchvision', None, 'Output .pth of torchvision state_dict (of --weights).')
+
+USAGE = (
+  'give --torchvision=FILE.pth --model=NAME --out=DIR (torchvision -> checkpoint), or '
+  '--weights=DIR --to_torchvision=FILE.pth (a run or checkpoint -> torchvision).'
+)
 
 
-def main(argv):
-  del argv
+def _torch():
+  try:
+    import torch  # only this command needs torch: an optional dependency
+  except ImportError:
+    raise UserError(
+      'convert reads and writes torch files and needs torch: pip install torch==2.13.0 (the '
+      'small CPU build), or pip install -e ".[convert]".'
+    ) from None
+  return torch
+
+
+def from_torchvision_file():
   from resnet_jax import storage
   from resnet_jax.train import checkpoint
 
   weights = storage.path(FLAGS.torchvision)  # local or cloud
   if not weights.is_file():
     raise UserError(f'--torchvision={FLAGS.torchvision}: no such file.')
-  try:
-    import torch  # only this command needs torch: an optional dependency
-  except ImportError:
-    raise UserError(
-      'convert reads torch files and needs torch: pip install torch==2.13.0 (the small CPU '
-      'build), or pip install -e ".[convert]".'
-    ) from None
+  torch = _torch()
   try:
     state_dict = torch.load(io.BytesIO(weights.read_bytes()), map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises many types; its advice to unpickle unsafely is not ours
@@ -57,6 +70,38 @@ def main(argv):
   checkpoint.save_variables(FLAGS.out, variables)
   count = sum(v.size for v in jax.tree.leaves(variables['params']))
   print(f'Wrote {FLAGS.model} ({count:,} parameters) to {FLAGS.out}')
+
+
+def to_torchvision_file():
+  from resnet_jax import storage
+  from resnet_jax.train import checkpoint
+
+  source = storage.path(FLAGS.weights)
+  if not source.is_dir():
+    raise UserError(
+      f'--weights={FLAGS.weights}: no such directory (give a run workdir or a convert output).'
+    )
+  torch = _torch()
+  variables = checkpoint.read_variables(source, sharding=None)
+  state_dict = torchvision_weights.to_torchvision(variables)
+  buffer = io.BytesIO()
+  torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, buffer)
+  storage.write_bytes_atomic(storage.path(FLAGS.to_torchvision), buffer.getvalue())
+  count = sum(v.size for v in jax.tree.leaves(variables['params']))
+  print(f'Wrote {len(state_dict)} tensors ({count:,} parameters) to {FLAGS.to_torchvision}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments {argv[1:]}: every option is a flag, --name=value.')
+  importing = [FLAGS.torchvision, FLAGS.model, FLAGS.out]
+  exporting = [FLAGS.weights, FLAGS.to_torchvision]
+  if all(importing) and not any(exporting):
+    from_torchvision_file()
+  elif all(exporting) and not any(importing):
+    to_torchvision_file()
+  else:
+    raise UserError(f'convert: {USAGE}')
 
 
 if __name__ == '__main__':

@@ -115,6 +115,16 @@ CASES = [
     '.pth: no such file',
   ),
   (
+    'convert in no direction',
+    ['-m', 'resnet_jax.convert', '--model=resnet18', '--weights={work}'],
+    'convert: give --torchvision=FILE.pth --model=NAME --out=DIR',
+  ),
+  (
+    'export weights that are not there',
+    ['-m', 'resnet_jax.convert', '--weights={work}', '--to_torchvision={work}.pth'],
+    'no such directory',
+  ),
+  (
     'convert a damaged file',
     ['-m', 'resnet_jax.convert', '--torchvision={damaged_pth}', '--model=resnet18', '--out={work}'],
     # Without torch (the README's plain install) the command says so before reading the file.

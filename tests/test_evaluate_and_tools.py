@@ -118,6 +118,18 @@ def test_convert_cli_and_init_from_torchvision_weights(tmp_path):
   )
   assert state.params['fc']['kernel'].shape == (512, 3)  # new head for the folder's 3 classes
 
+  # And back: the converted checkpoint as a .pth that torchvision's model loads strictly, equal
+  # to the original tensor for tensor.
+  back = str(tmp_path / 'back.pth')
+  cmd = [sys.executable, '-m', 'resnet_jax.convert', f'--weights={out}', f'--to_torchvision={back}']
+  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Wrote 122 tensors (11,181,642 parameters) to {back}' in result.stdout
+  again = torch_resnet.build('resnet18', 10)
+  again.load_state_dict(torch.load(back, weights_only=True), strict=True)
+  for key, value in net.state_dict().items():
+    assert torch.equal(again.state_dict()[key], value), key
+
 
 def test_init_from_a_path_without_weights_is_a_clear_error(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match='nothing: no such directory'):

@@ -173,6 +173,9 @@ def test_readme_commands_run_as_written(tmp_path):
   assert '11,689,512' in by_tool['resnet_jax.summary'].stdout
   assert os.path.getsize(tmp_path / 'digits' / 'curves.png') > 10_000
   assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
+  if not needs_torch:  # the digits run's weights, as a torch state_dict
+    state_dict = torch.load(tmp_path / 'digits' / 'weights.pth', weights_only=True)
+    assert state_dict['fc.weight'].shape == (10, 64) and len(state_dict) == 134
   assert '| digits | cifar_resnet20 | center |' in (tmp_path / 'digits' / 'results.md').read_text()
   assert os.path.getsize(tmp_path / 'photos.png') > 10_000
   assert os.path.exists(tmp_path / 'photos' / 'eval_multiscale.jsonl')

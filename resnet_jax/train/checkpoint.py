@@ -291,7 +291,7 @@ def load_variables(
     CheckpointError: when the weights cannot be read, or tensors outside ``allow_fresh`` are
       missing or mis-shaped (listing them).
   """
-  saved = _read_variables(storage.path(path), sharding)
+  saved = read_variables(storage.path(path), sharding)
   if relayout is not None:
     saved = relayout(saved, abstract_variables)
   flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
@@ -323,7 +323,9 @@ def load_variables(
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _read_variables(path, sharding) -> dict:
+def read_variables(path, sharding=None) -> dict:
+  """The {'params', 'batch_stats'} of a run's latest checkpoint or of a converted one, on
+  ``sharding`` (None: the default device)."""
   run_checkpoints = path / 'checkpoints'
   try:
     if run_checkpoints.is_dir():
