@@ -68,6 +68,25 @@ def folder_config(tmp_path, data_dir, **overrides):
   return c
 
 
+# The nets of tests/data/torchvision_references.npz: torchvision's builders, and nets under another
+# name than their builder's (name -> (builder, its keyword arguments)).
+REFERENCE_NETS = (
+  'resnet18',
+  'resnet34',
+  'resnet50',
+  'resnet101',
+  'resnet152',
+  'resnext50_32x4d',
+  'resnext101_32x8d',
+  'resnext101_64x4d',
+  'wide_resnet50_2',
+  'wide_resnet101_2',
+)
+CONFIGURED_NETS = {
+  'resnet50_dilated': ('resnet50', dict(replace_stride_with_dilation=(False, True, True)))
+}
+
+
 def random_torchvision_weights(keys_and_shapes, seed: int) -> dict[str, np.ndarray]:
   """Seeded random values for a torchvision ResNet state_dict, from its keys and shapes alone.
 

@@ -11,28 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_torchvision_weights
+from helpers import CONFIGURED_NETS, REFERENCE_NETS, random_torchvision_weights
 
 from resnet_jax.models import block_layout, resnet, torchvision_weights
 
 REFERENCES = os.path.join(os.path.dirname(__file__), 'data', 'torchvision_references.npz')
-MODELS = (
-  'resnet18',
-  'resnet34',
-  'resnet50',
-  'resnet101',
-  'resnet152',
-  'resnext50_32x4d',
-  'resnext101_32x8d',
-  'resnext101_64x4d',
-  'wide_resnet50_2',
-  'wide_resnet101_2',
-  'resnet50_dilated',
-)
-# References under another name than the net's (tests/torch_references.py's CONFIGURED).
-CONFIGURED = {
-  'resnet50_dilated': ('resnet50', dict(replace_stride_with_dilation=(False, True, True)))
-}
+MODELS = (*REFERENCE_NETS, *CONFIGURED_NETS)
 STATS = {  # torch key -> our (collection path) of two BN running statistics
   'layer1.0.bn1.running_mean': ('layer1_0', 'bn1', 'mean'),
   'layer2.0.downsample.1.running_var': ('layer2_0', 'downsample_1', 'var'),
@@ -45,7 +29,7 @@ def images_nchw() -> np.ndarray:
 
 def our_outputs(name, state_dict, x_nchw, scan_blocks=False):
   """Eval logits, train-mode logits and the BN statistics after that train-mode forward."""
-  name, options = CONFIGURED.get(name, (name, {}))
+  name, options = CONFIGURED_NETS.get(name, (name, {}))
   options = dict(options, scan_blocks=scan_blocks)
   variables = torchvision_weights.from_torchvision(state_dict, name, **options)
   model = resnet.get_model(name, num_classes=100, **options)

@@ -21,24 +21,8 @@ sys.path[:0] = [
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch_resnet  # noqa: E402
-from helpers import random_torchvision_weights  # noqa: E402
+from helpers import CONFIGURED_NETS, REFERENCE_NETS, random_torchvision_weights  # noqa: E402
 
-MODELS = (
-  'resnet18',
-  'resnet34',
-  'resnet50',
-  'resnet101',
-  'resnet152',
-  'resnext50_32x4d',
-  'resnext101_32x8d',
-  'resnext101_64x4d',
-  'wide_resnet50_2',
-  'wide_resnet101_2',
-)
-# Nets under another name than their builder's: name -> (builder, its keyword arguments).
-CONFIGURED = {
-  'resnet50_dilated': ('resnet50', dict(replace_stride_with_dilation=[False, True, True]))
-}
 NUM_CLASSES, SEED, INPUT_SEED = 100, 0, 1
 STATS = ('layer1.0.bn1.running_mean', 'layer2.0.downsample.1.running_var')
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'torchvision_references.npz')
@@ -50,7 +34,7 @@ def images() -> np.ndarray:
 
 
 def references(name: str) -> dict[str, np.ndarray]:
-  builder, kwargs = CONFIGURED.get(name, (name, {}))
+  builder, kwargs = CONFIGURED_NETS.get(name, (name, {}))
   net = torch_resnet.build(builder, NUM_CLASSES, **kwargs)
   keys = [(k, list(v.shape)) for k, v in net.state_dict().items()]
   weights = random_torchvision_weights(keys, SEED)
@@ -77,7 +61,7 @@ def references(name: str) -> dict[str, np.ndarray]:
 if __name__ == '__main__':
   torch.manual_seed(0)
   out = {}
-  for name in (*MODELS, *CONFIGURED):
+  for name in (*REFERENCE_NETS, *CONFIGURED_NETS):
     out.update(references(name))
   os.makedirs(os.path.dirname(OUT), exist_ok=True)
   np.savez_compressed(OUT, torch_version=np.array(torch.__version__), **out)

@@ -106,19 +106,11 @@ def per_platform(stride: int, fits=lambda lhs: True, **platforms):
     precision=None,
     **kwargs,
   ):
+    args = (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
+    args += (feature_group_count,)
+
     def plain(x, w):
-      return lax.conv_general_dilated(
-        x,
-        w,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        precision=precision,
-        **kwargs,
-      )
+      return lax.conv_general_dilated(x, w, *args, precision=precision, **kwargs)
 
     k = rhs.shape[0]
     ones = (None, (1, 1), [1, 1])
@@ -137,18 +129,7 @@ def per_platform(stride: int, fits=lambda lhs: True, **platforms):
     )
     if not applies:
       if feature_group_count > 1:  # the kernel gradient as ``_grouped_taps`` on the CPU
-        return conv_general_dilated_stored_input(
-          lhs,
-          rhs,
-          window_strides,
-          padding,
-          lhs_dilation,
-          rhs_dilation,
-          dimension_numbers,
-          feature_group_count,
-          precision=precision,
-          **kwargs,
-        )
+        return conv_general_dilated_stored_input(lhs, rhs, *args, precision=precision, **kwargs)
       return plain(lhs, rhs)
     lowerings = {
       name: (lambda x, w, fn=fn: fn(x, w, k // 2, precision)) for name, fn in platforms.items()
