@@ -40,7 +40,6 @@ from ml_collections import config_flags
 
 # Only JAX-side modules here: the device-step modes run on an accelerator image without
 # TensorFlow. The modes that read data import the pipeline where they need it.
-from resnet_jax.data import device_pixels
 from resnet_jax.errors import UserError
 from resnet_jax.train import network, optim, parallel, steps
 
@@ -48,29 +47,6 @@ FLAGS = flags.FLAGS  # absl's registry; the flags themselves: define_flags()
 
 # The device-only step needs some schedule; its shape does not change the step's cost.
 TIMING_STEPS_PER_EPOCH, TIMING_TOTAL_STEPS = 1000, 10_000
-
-
-def _device_batch(data_parallel, config, num_classes, mode):
-  rng = np.random.default_rng(0)
-  local = config.batch_size // jax.process_count()
-  shape = (local, config.image_size, config.image_size, 3)
-  batch = {
-    'image': rng.standard_normal(shape, dtype=np.float32),
-    'label': rng.integers(0, num_classes, local).astype(np.int32),
-  }
-  if mode == 'eval':
-    batch['mask'] = np.ones(local, bool)
-  elif config.pixel_ops == 'device':  # the train step finishes uint8 crops itself
-    batch.update(device_pixels.example_batch(config, local, rng))
-  return data_parallel.put_batch(batch)
-
-
-def _timing_pixel_ops(config):
-  """The step's device_pixels.PixelOps, with a stand-in mean image (its values cost nothing)."""
-  if config.pixel_ops != 'device':
-    return None
-  mean = np.full((config.image_size, config.image_size, 3), 120.0, np.float32)
-  return device_pixels.PixelOps(config, mean)
 
 
 def time_device_step(config, mode: str, num_steps: int) -> dict:
@@ -83,7 +59,7 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
   schedule = optim.schedule_fn(config, TIMING_STEPS_PER_EPOCH, TIMING_TOTAL_STEPS)
   tx = optim.create_optimizer(config, schedule)
   state = data_parallel.put_state(network.fresh_state(config, model, tx, data_parallel))
-  batch = _device_batch(data_parallel, config, num_classes, mode)
+  batch = network.example_batch(data_parallel, config, num_classes, mode)
   if mode == 'train':
     fn = data_parallel.wrap(
       functools.partial(
@@ -93,7 +69,7 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
         config=config,
         base_schedule=schedule,
         num_classes=num_classes,
-        pixel_ops=_timing_pixel_ops(config),
+        pixel_ops=network.example_pixel_ops(config),
       )
     )
     step = lambda s: fn(s, batch)[0]  # noqa: E731
@@ -128,6 +104,7 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
     'images_per_sec': config.batch_size / step_time,
     'step_time_s': step_time,
     'compile_time_s': max(first_call - step_time, 0.0),  # trace + compile: the first call's excess
+    'peak_host_memory_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
 
 

@@ -6,15 +6,25 @@ parameter count per example (so torchvision's published GFLOPS, which count conv
 only, are matched within 0.5%). Shapes are traced with ``jax.eval_shape``: nothing is computed, so
 ResNet-152 at batch 128 is summarised in seconds on a laptop.
 
+Memory, two ways. torchinfo's estimate (float32: the input, every conv / BN / dense output twice
+for the forward and backward passes, the parameters), which it prints for torchvision's models.
+And with ``--memory=80GB``, XLA's own figure: the train step compiled for this machine's devices
+at two batch sizes, its arguments (state and batch), outputs and temporaries per device, and the
+largest global batch whose step fits that much memory per device (memory grows linearly with the
+batch; the figure is the compiler's, for the device kind this runs on).
+
 Usage:
   python -m resnet_jax.summary resnet18 --image-size 224 --batch-size 128
+  python -m resnet_jax.summary resnet50 --batch-size 32 --memory=80GB
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -96,13 +106,119 @@ def format_table(rows: list[LayerRow], title: str) -> str:
   return '\n'.join(lines)
 
 
+def torchinfo_memory(rows: list[LayerRow], input_shape) -> dict[str, float]:
+  """torchinfo's memory estimate in MB (1e6 bytes), float32: its layers with parameters count."""
+  input_bytes = 4 * math.prod(input_shape)
+  activations = 2 * 4 * sum(math.prod(r.output_shape) for r in rows)
+  params = 4 * sum(r.params for r in rows)
+  return {
+    'Input size (MB)': input_bytes / 1e6,
+    'Forward/backward pass size (MB)': activations / 1e6,
+    'Params size (MB)': params / 1e6,
+    'Estimated Total Size (MB)': (input_bytes + activations + params) / 1e6,
+  }
+
+
+def parse_bytes(text: str) -> int:
+  """'80GB' (1e9), '16GiB' (2**30), '512MB', '1.5TB' -> bytes."""
+  units = {'': 1, 'B': 1, 'KB': 1e3, 'MB': 1e6, 'GB': 1e9, 'TB': 1e12}
+  units |= {'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40}
+  match = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*', text)
+  if not match or match.group(2).upper() not in units or float(match.group(1)) <= 0:
+    raise ValueError(f'{text!r} is not a memory size such as 80GB, 16GiB or 512MB')
+  return int(float(match.group(1)) * units[match.group(2).upper()])
+
+
+def compiled_step_memory(name: str, num_classes: int, image_size: int, batch: int) -> dict:
+  """XLA's memory analysis of the train step (configs/default.py's, on every local device) at
+  global ``batch``: bytes per device of its arguments, outputs, aliased buffers and temporaries."""
+  from configs import default
+  from resnet_jax.train import network, optim, parallel, steps
+
+  config = default.get_config()
+  config.model, config.image_size, config.batch_size = name, image_size, batch
+  data_parallel = parallel.DataParallel(parallel.make_mesh(), config.parallelism)
+  model = network.build_model(config, num_classes)
+  schedule = optim.schedule_fn(config, 1000, 10_000)
+  tx = optim.create_optimizer(config, schedule)
+  state = data_parallel.put_state(network.fresh_state(config, model, tx, data_parallel))
+  step = functools.partial(
+    steps.train_step,
+    model=model,
+    tx=tx,
+    config=config,
+    base_schedule=schedule,
+    num_classes=num_classes,
+    pixel_ops=network.example_pixel_ops(config),
+  )
+  batch_arrays = network.example_batch(data_parallel, config, num_classes)
+  analysis = data_parallel.wrap(step).lower(state, batch_arrays).compile().memory_analysis()
+  return {
+    'arguments': analysis.argument_size_in_bytes,
+    'outputs': analysis.output_size_in_bytes,
+    'aliased': analysis.alias_size_in_bytes,
+    'temporaries': analysis.temp_size_in_bytes,
+  }
+
+
+def peak_bytes(memory: dict) -> int:
+  """What one step holds at once: arguments, outputs not written over donated arguments, and
+  temporaries."""
+  return memory['arguments'] + memory['outputs'] - memory['aliased'] + memory['temporaries']
+
+
+def largest_fitting_batch(name, num_classes, image_size, budget, fixed, per_image) -> int:
+  """The line's largest global batch under ``budget`` per device, checked by compiling it and
+  lowered in proportion while the compiler's figure is over (memory is not exactly linear)."""
+  devices = jax.device_count()
+  batch = devices * int((budget - fixed) / (per_image * devices)) if per_image > 0 else 0
+  for _ in range(4):
+    if batch < devices:
+      return 0
+    used = peak_bytes(compiled_step_memory(name, num_classes, image_size, batch))
+    if used <= budget:
+      return batch
+    batch = devices * int(batch * budget / used / devices)
+  return 0
+
+
+def memory_report(name, num_classes, image_size, batch, budget: int) -> str:
+  """XLA's figure at ``batch`` and the largest global batch that fits ``budget`` per device."""
+  devices = jax.device_count()
+  small = compiled_step_memory(name, num_classes, image_size, devices)
+  at_batch = compiled_step_memory(name, num_classes, image_size, batch)
+  per_image = (peak_bytes(at_batch) - peak_bytes(small)) / max(batch - devices, 1)
+  fixed = peak_bytes(small) - per_image * devices
+  fits = largest_fitting_batch(name, num_classes, image_size, budget, fixed, per_image)
+  mb = lambda n: f'{n / 1e6:,.1f} MB'  # noqa: E731
+  return '\n'.join(
+    [
+      f'Compiled train step, global batch {batch} on {devices} {jax.devices()[0].platform} '
+      f"device(s), per device (XLA's memory analysis):",
+      f'  arguments {mb(at_batch["arguments"])} (state and batch), outputs '
+      f'{mb(at_batch["outputs"])} ({mb(at_batch["aliased"])} of them in donated arguments), '
+      f'temporaries {mb(at_batch["temporaries"])}',
+      f'  peak {mb(peak_bytes(at_batch))}: {mb(fixed)} fixed + {mb(per_image)} per image',
+      f'Largest global batch that fits {budget / 1e9:,.2f} GB per device: {fits:,} (compiled '
+      f'to check)',
+    ]
+  )
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('model', help='e.g. resnet50, cifar_resnet56, plain34')
   parser.add_argument('--image-size', type=int, default=None, help='224 ImageNet, 32 CIFAR')
   parser.add_argument('--batch-size', type=int, default=1)
   parser.add_argument('--num-classes', type=int, default=None, help='1000 ImageNet, 10 CIFAR')
+  parser.add_argument(
+    '--memory', default=None, help="a device's memory, e.g. 80GB: compile the train step"
+  )
   args = parser.parse_args(argv)
+  try:
+    budget = parse_bytes(args.memory) if args.memory is not None else None
+  except ValueError as e:
+    cli.fail(f'--memory={args.memory}: {e}.')
   for name, value, least in (
     ('--image-size', args.image_size, 8),
     ('--batch-size', args.batch_size, 1),
@@ -117,9 +233,17 @@ def main(argv=None):
     model = resnet.get_model(args.model, num_classes=num_classes)
   except ValueError as e:
     cli.fail(f'{e}')
-  rows = layer_rows(model, (args.batch_size, size, size, 3))
-  title = f'{args.model}: input {[args.batch_size, size, size, 3]}, {num_classes} classes'
+  shape = (args.batch_size, size, size, 3)
+  rows = layer_rows(model, shape)
+  title = f'{args.model}: input {list(shape)}, {num_classes} classes'
   print(format_table(rows, title))
+  print('\n'.join(f'{k}: {v:.2f}' for k, v in torchinfo_memory(rows, shape).items()))
+  if budget is not None:
+    if args.batch_size % jax.device_count():
+      cli.fail(
+        f'--batch-size {args.batch_size}: must be a multiple of the {jax.device_count()} devices.'
+      )
+    print(memory_report(args.model, num_classes, size, args.batch_size, budget))
 
 
 if __name__ == '__main__':

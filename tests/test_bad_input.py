@@ -134,6 +134,11 @@ CASES = [
   ('summary at size 0', ['-m', 'resnet_jax.summary', 'resnet18', '--image-size=0'], 'size 0'),
   ('summary at size -5', ['-m', 'resnet_jax.summary', 'resnet18', '--image-size=-5'], 'size -5'),
   (
+    'summary of unknown memory',
+    ['-m', 'resnet_jax.summary', 'resnet18', '--memory=lots'],
+    "--memory=lots: 'lots' is not a memory size such as 80GB",
+  ),
+  (
     'convert without torch',  # torch made unimportable, as on a machine that lacks it
     [
       '-c',

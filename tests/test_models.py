@@ -86,6 +86,39 @@ def test_summary_resnet18_batch128_matches_torchinfo(capsys):
   out = capsys.readouterr().out
   assert 'Total params: 11,689,512' in out
   assert 'Total mult-adds (G): 232.20' in out
+  # torchinfo 1.8.0's memory lines for torchvision's resnet18 (tests/torch_resnet.py's build) at
+  # input (128, 3, 224, 224), word for word.
+  assert out.strip().splitlines()[-4:] == [
+    'Input size (MB): 77.07',
+    'Forward/backward pass size (MB): 5087.67',
+    'Params size (MB): 46.76',
+    'Estimated Total Size (MB): 5211.49',
+  ]
+
+
+def test_compiled_step_memory_grows_with_the_batch_and_the_largest_batch_fits(capsys):
+  """XLA's memory analysis of the train step grows with the batch, and the largest batch that
+  summary reports for a budget compiles to a step that fits it, and not by a wide margin."""
+  at = {
+    b: summary.peak_bytes(summary.compiled_step_memory('cifar_resnet20', 10, 32, b))
+    for b in (32, 128)
+  }
+  assert at[128] > at[32] > 0
+  summary.main(['cifar_resnet20', '--image-size', '32', '--batch-size', '32', '--memory=200MB'])
+  out = capsys.readouterr().out
+  fits = int(re.search(r'fits 0.20 GB per device: ([\d,]+)', out).group(1).replace(',', ''))
+  assert fits > 32
+  used = summary.peak_bytes(summary.compiled_step_memory('cifar_resnet20', 10, 32, fits))
+  assert 0.7 * 200e6 <= used <= 200e6
+
+
+@pytest.mark.parametrize(
+  'text, expected', [('80GB', 80e9), ('16GiB', 16 * 2**30), ('512 MB', 512e6)]
+)
+def test_memory_sizes_are_read_as_users_write_them(text, expected):
+  assert summary.parse_bytes(text) == expected
+  with pytest.raises(ValueError, match='is not a memory size'):
+    summary.parse_bytes('lots')
 
 
 @pytest.mark.parametrize(

@@ -171,6 +171,9 @@ def test_readme_commands_run_as_written(tmp_path):
   assert len(ran) >= 8 and len(dry) >= 4
   by_tool = {line.split()[2] if line.startswith('python') else line: r for line, r in ran}
   assert '11,689,512' in by_tool['resnet_jax.summary'].stdout
+  assert (
+    'Largest global batch that fits 16.00 GB per device' in by_tool['resnet_jax.summary'].stdout
+  )
   assert os.path.getsize(tmp_path / 'digits' / 'curves.png') > 10_000
   assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
   if not needs_torch:  # the digits run's weights, as a torch state_dict

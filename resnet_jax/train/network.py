@@ -1,4 +1,5 @@
-"""The network and its freshly initialised training state, as a config asks for them.
+"""The network, its freshly initialised training state and example batches, as a config asks for
+them.
 
 Free of data and of TensorFlow, so the device-step benchmark runs on an accelerator image that has
 only JAX; ``train.experiment`` builds a run's model and state with the same two functions.
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.data import device_pixels
 from resnet_jax.models import resnet
 from resnet_jax.train import parallel, steps
 
@@ -58,3 +60,29 @@ def fresh_state(config, model, tx, data_parallel) -> steps.TrainState:
     fp16_loss_scale=config.half_precision and config.half_dtype == 'float16',
   )
   return jax.jit(init, out_shardings=data_parallel.replicated)(jax.random.key(config.seed))
+
+
+def example_batch(data_parallel, config, num_classes: int, mode: str = 'train'):
+  """A random global batch in the form the train (or eval) step takes, on the devices: for
+  measuring a step's speed or memory without data."""
+  rng = np.random.default_rng(0)
+  local = config.batch_size // jax.process_count()
+  shape = (local, config.image_size, config.image_size, 3)
+  batch = {
+    'image': rng.standard_normal(shape, dtype=np.float32),
+    'label': rng.integers(0, num_classes, local).astype(np.int32),
+  }
+  if mode == 'eval':
+    batch['mask'] = np.ones(local, bool)
+  elif config.pixel_ops == 'device':  # the train step finishes uint8 crops itself
+    batch.update(device_pixels.example_batch(config, local, rng))
+  return data_parallel.put_batch(batch)
+
+
+def example_pixel_ops(config):
+  """The train step's device_pixels.PixelOps, with a stand-in mean image (its values cost
+  nothing), or None when the host finishes the pixels."""
+  if config.pixel_ops != 'device':
+    return None
+  mean = np.full((config.image_size, config.image_size, 3), 120.0, np.float32)
+  return device_pixels.PixelOps(config, mean)
