@@ -178,7 +178,10 @@ def test_readme_commands_run_as_written(tmp_path):
   assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
   if not needs_torch:  # the digits run's weights, as a torch state_dict
     state_dict = torch.load(tmp_path / 'digits' / 'weights.pth', weights_only=True)
-    assert state_dict['fc.weight'].shape == (10, 64) and len(state_dict) == 134
+    # CIFAR ResNet-20: conv1, bn1 (weight, bias, running mean and var, num_batches_tracked), nine
+    # blocks of two convs and two BNs (option A: no projections), fc's weight and bias.
+    assert len(state_dict) == 1 + 5 + 9 * (2 + 2 * 5) + 2
+    assert state_dict['fc.weight'].shape == (10, 64)
   assert '| digits | cifar_resnet20 | center |' in (tmp_path / 'digits' / 'results.md').read_text()
   assert os.path.getsize(tmp_path / 'photos.png') > 10_000
   assert os.path.exists(tmp_path / 'photos' / 'eval_multiscale.jsonl')
