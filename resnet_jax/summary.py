@@ -151,8 +151,15 @@ def compiled_step_memory(name: str, num_classes: int, image_size: int, batch: in
     num_classes=num_classes,
     pixel_ops=network.example_pixel_ops(config),
   )
-  batch_arrays = network.example_batch(data_parallel, config, num_classes)
-  analysis = data_parallel.wrap(step).lower(state, batch_arrays).compile().memory_analysis()
+  # The batch as shapes only (an example of one image per device, its leading axis widened):
+  # a large budget's batch is compiled, never allocated.
+  one_per_device = config.copy_and_resolve_references()
+  one_per_device.batch_size = jax.device_count()
+  example = network.example_batch(data_parallel, one_per_device, num_classes)
+  batch_shapes = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct((batch, *a.shape[1:]), a.dtype, sharding=a.sharding), example
+  )
+  analysis = data_parallel.wrap(step).lower(state, batch_shapes).compile().memory_analysis()
   return {
     'arguments': analysis.argument_size_in_bytes,
     'outputs': analysis.output_size_in_bytes,
