@@ -41,12 +41,9 @@ from ml_collections import config_flags
 # Only JAX-side modules here: the device-step modes run on an accelerator image without
 # TensorFlow. The modes that read data import the pipeline where they need it.
 from resnet_jax.errors import UserError
-from resnet_jax.train import network, optim, parallel, steps
+from resnet_jax.train import network, parallel
 
 FLAGS = flags.FLAGS  # absl's registry; the flags themselves: define_flags()
-
-# The device-only step needs some schedule; its shape does not change the step's cost.
-TIMING_STEPS_PER_EPOCH, TIMING_TOTAL_STEPS = 1000, 10_000
 
 
 def time_device_step(config, mode: str, num_steps: int) -> dict:
@@ -55,23 +52,9 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
   mesh = parallel.make_mesh()
   data_parallel = parallel.DataParallel(mesh, config.parallelism)
   parallel.check_batch(config.batch_size, jax.device_count(), jax.process_count())
-  model = network.build_model(config, num_classes)
-  schedule = optim.schedule_fn(config, TIMING_STEPS_PER_EPOCH, TIMING_TOTAL_STEPS)
-  tx = optim.create_optimizer(config, schedule)
-  state = data_parallel.put_state(network.fresh_state(config, model, tx, data_parallel))
+  fn, state = network.example_train_step(config, num_classes, data_parallel)
   batch = network.example_batch(data_parallel, config, num_classes, mode)
   if mode == 'train':
-    fn = data_parallel.wrap(
-      functools.partial(
-        steps.train_step,
-        model=model,
-        tx=tx,
-        config=config,
-        base_schedule=schedule,
-        num_classes=num_classes,
-        pixel_ops=network.example_pixel_ops(config),
-      )
-    )
     step = lambda s: fn(s, batch)[0]  # noqa: E731
   else:
     from resnet_jax.train import scoring

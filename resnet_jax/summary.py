@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import math
 import re
 
@@ -133,24 +132,12 @@ def compiled_step_memory(name: str, num_classes: int, image_size: int, batch: in
   """XLA's memory analysis of the train step (configs/default.py's, on every local device) at
   global ``batch``: bytes per device of its arguments, outputs, aliased buffers and temporaries."""
   from configs import default
-  from resnet_jax.train import network, optim, parallel, steps
+  from resnet_jax.train import network, parallel
 
   config = default.get_config()
   config.model, config.image_size, config.batch_size = name, image_size, batch
   data_parallel = parallel.DataParallel(parallel.make_mesh(), config.parallelism)
-  model = network.build_model(config, num_classes)
-  schedule = optim.schedule_fn(config, 1000, 10_000)
-  tx = optim.create_optimizer(config, schedule)
-  state = data_parallel.put_state(network.fresh_state(config, model, tx, data_parallel))
-  step = functools.partial(
-    steps.train_step,
-    model=model,
-    tx=tx,
-    config=config,
-    base_schedule=schedule,
-    num_classes=num_classes,
-    pixel_ops=network.example_pixel_ops(config),
-  )
+  step, state = network.example_train_step(config, num_classes, data_parallel)
   # The batch as shapes only (an example of one image per device, its leading axis widened):
   # a large budget's batch is compiled, never allocated.
   one_per_device = config.copy_and_resolve_references()
@@ -159,7 +146,7 @@ def compiled_step_memory(name: str, num_classes: int, image_size: int, batch: in
   batch_shapes = jax.tree.map(
     lambda a: jax.ShapeDtypeStruct((batch, *a.shape[1:]), a.dtype, sharding=a.sharding), example
   )
-  analysis = data_parallel.wrap(step).lower(state, batch_shapes).compile().memory_analysis()
+  analysis = step.lower(state, batch_shapes).compile().memory_analysis()
   return {
     'arguments': analysis.argument_size_in_bytes,
     'outputs': analysis.output_size_in_bytes,

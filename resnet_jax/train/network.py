@@ -15,7 +15,7 @@ import numpy as np
 
 from resnet_jax.data import device_pixels
 from resnet_jax.models import resnet
-from resnet_jax.train import parallel, steps
+from resnet_jax.train import optim, parallel, steps
 
 
 def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
@@ -86,3 +86,26 @@ def example_pixel_ops(config):
     return None
   mean = np.full((config.image_size, config.image_size, 3), 120.0, np.float32)
   return device_pixels.PixelOps(config, mean)
+
+
+# The schedule's horizon for a train step built without a run (its learning rate is immaterial).
+EXAMPLE_STEPS_PER_EPOCH, EXAMPLE_TOTAL_STEPS = 1000, 10_000
+
+
+def example_train_step(config, num_classes: int, data_parallel):
+  """The config's train step wrapped for the devices, and a fresh state for it: for measuring
+  the step's speed or memory without data."""
+  model = build_model(config, num_classes)
+  schedule = optim.schedule_fn(config, EXAMPLE_STEPS_PER_EPOCH, EXAMPLE_TOTAL_STEPS)
+  tx = optim.create_optimizer(config, schedule)
+  state = data_parallel.put_state(fresh_state(config, model, tx, data_parallel))
+  step = functools.partial(
+    steps.train_step,
+    model=model,
+    tx=tx,
+    config=config,
+    base_schedule=schedule,
+    num_classes=num_classes,
+    pixel_ops=example_pixel_ops(config),
+  )
+  return data_parallel.wrap(step), state
