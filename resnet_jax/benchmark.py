@@ -64,7 +64,9 @@ def time_device_step(config, mode: str, num_steps: int) -> dict:
     fn = data_parallel.wrap(
       functools.partial(scoring.eval_step, model=eval_model, config=config), donate_state=False
     )
-    step = lambda s: (fn(s, batch), s)[1]  # noqa: E731
+    # The eval step's outputs are not the state the loop waits on: wait on them each step, or the
+    # timing ends before the work does.
+    step = lambda s: (jax.block_until_ready(fn(s, batch)), s)[1]  # noqa: E731
 
   start = time.perf_counter()
   state = jax.block_until_ready(step(state))
