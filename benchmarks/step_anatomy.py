@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from resnet_jax import benchmark, distributed, summary
-from resnet_jax.models import resnet
+from resnet_jax.models import registry
 
 
 def timed(fn, *args, repeats: int = 10) -> float:
@@ -55,7 +55,7 @@ def main():
   args = parser.parse_args()
   distributed.set_cpu_xla_flags()  # profile what the commands run
   dtype = jnp.dtype(args.dtype)
-  model = resnet.get_model(args.model, num_classes=1000, dtype=dtype)
+  model = registry.get_model(args.model, num_classes=1000, dtype=dtype)
   images = jax.random.normal(jax.random.key(2), (args.batch, args.image_size, args.image_size, 3))
   labels = jnp.arange(args.batch) % 1000
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images[:1])

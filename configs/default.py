@@ -78,7 +78,10 @@ def get_config():
   c.multiscale_aspects = (1.0, 1.125, 1.25, 4 / 3, 1.5)
   c.eval_batch_size = 0  # 0: batch_size. Lower it for multiscale (large whole images).
 
-  # --- Model (models/resnet.py) -------------------------------------------------------------------
+  # --- Model (models/registry.py, models/resnet.py) ----------------------------------------------
+  # A name of models/registry.py: resnet18..200, plain*, resnext*, wide_resnet*, resnet50c/d,
+  # preact_resnet18..200, cifar_resnet<6n+2>, cifar_plain<6n+2>, cifar_preact_resnet<6n+2, or
+  # 9n+2 from 164 with the bottleneck: 164, 1001>.
   c.model = 'resnet50'
   c.shortcut = ''  # '' = the model's default (B for ImageNet nets, A for CIFAR); or 'A', 'B', 'C'.
   c.stride_in_1x1 = False  # True: the paper's original bottleneck (stride on the first 1x1).
@@ -91,6 +94,20 @@ def get_config():
   # For stages 2, 3, 4: True keeps the stage's resolution and dilates its 3x3s instead of striding
   # (output stride 16 with (False, False, True), 8 with (False, True, True)); bottleneck nets.
   c.replace_stride_with_dilation = (False, False, False)
+  # Normalisation layers (models/norms.py): 'batch' (BatchNorm); 'group' (GroupNorm, Wu & He 2018:
+  # per-example statistics over channel groups, for small per-device batches); 'frozen_batch'
+  # (torchvision's FrozenBatchNorm2d: scale, bias and statistics stay as init_from loaded them,
+  # untouched by the optimiser; for fine-tuning). bn_momentum concerns BatchNorm only, bn_epsilon
+  # every norm.
+  c.norm = 'batch'
+  c.norm_groups = 32  # GroupNorm's groups (torch's num_groups); must divide every norm's channels.
+  # Bag of Tricks (He et al. 2019) for ImageNet nets; resnet50c and resnet50d are named with them.
+  # ResNet-C's deep stem: three 3x3 convs (stride 2, then 1, 1) of stem_width, stem_width and 64
+  # filters replace the 7x7. ResNet-D's shortcut: a projection averages 2x2 windows, then a 1x1
+  # at stride 1. False keeps the model's own.
+  c.deep_stem = False
+  c.stem_width = 0  # 0 = 32 (timm's); needs the deep stem.
+  c.avg_down = False
   # Compile each stage's identical blocks once (nn.scan): ResNet-152 compiles about as fast as
   # ResNet-50. Same numbers for the same weights; variables stacked under layer{i}_scan, converted
   # to and from the per-block layout on restore and init_from. Costs step time on a GPU (0.62-0.68x

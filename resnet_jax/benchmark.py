@@ -113,9 +113,9 @@ def matmul_peak_flops(dtype_name: str, size: int = 0, repeats: int = 10) -> floa
 def train_flops_per_image(config, num_classes: int) -> float:
   """Forward FLOPs (2 per multiply-add) x 3: the backward pass costs about twice the forward."""
   from resnet_jax import summary
-  from resnet_jax.models import resnet
+  from resnet_jax.models import registry
 
-  model = resnet.get_model(config.model, num_classes=num_classes)
+  model = registry.get_model(config.model, num_classes=num_classes)
   rows = summary.layer_rows(model, (1, config.image_size, config.image_size, 3))
   return 3 * 2 * float(sum(r.mult_adds for r in rows))
 

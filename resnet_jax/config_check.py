@@ -8,10 +8,13 @@ value ends the command with one line naming the field, what it must be and what 
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 from collections.abc import Callable, Iterable
 
 from resnet_jax.errors import UserError
+
+LOG = logging.getLogger(__name__)
 
 
 class ConfigError(UserError):
@@ -93,10 +96,10 @@ def booleans(length: int) -> Rule:
 
 
 def model_name(name, value):
-  from resnet_jax.models import resnet
+  from resnet_jax.models import registry
 
   try:
-    resnet.model_config(value)
+    registry.model_config(value)
   except (ValueError, TypeError) as e:
     raise ConfigError(f'--config.{name}={value!r}: {e}') from None
 
@@ -151,6 +154,11 @@ RULES: dict[str, Rule] = {
   'groups': NONNEG_INT,
   'width_per_group': NONNEG_INT,
   'replace_stride_with_dilation': booleans(3),
+  'norm': one_of('batch', 'group', 'frozen_batch'),
+  'norm_groups': POSITIVE_INT,
+  'deep_stem': boolean,
+  'stem_width': NONNEG_INT,
+  'avg_down': boolean,
   'scan_blocks': boolean,
   'cpu_convolution': one_of('auto', 'onednn', 'xla'),
   'cpu_kernels': one_of('auto', 'native', 'xla'),
@@ -272,15 +280,50 @@ def _check_combinations(c, num_devices: int, num_processes: int):
     )
 
 
-def _check_model_options(c):
-  """The architecture fields against the model they change (basic blocks have none of them)."""
-  from resnet_jax.models import resnet
-
-  given = {k: c[k] for k in ('groups', 'width_per_group') if c[k]}
+def architecture_overrides(c) -> dict:
+  """The ResNet arguments that the config's architecture fields set over its named model's own
+  (unset fields, 0 or False, keep the model's)."""
+  given = {k: c[k] for k in ('groups', 'width_per_group', 'stem_width') if c[k]}
+  if c.shortcut:
+    given['shortcut'] = c.shortcut
+  if c.stride_in_1x1:
+    given['stride_in_1x1'] = True
   if any(c.replace_stride_with_dilation):
     given['replace_stride_with_dilation'] = tuple(c.replace_stride_with_dilation)
+  if c.norm != 'batch':
+    given['norm'] = c.norm
+  if c.norm_groups != 32:
+    given['norm_groups'] = c.norm_groups
+  if c.deep_stem:
+    given['stem'] = 'deep'
+  if c.avg_down:
+    given['avg_down'] = True
+  return given
+
+
+def _check_model_options(c):
+  """The architecture fields against the model they change (basic blocks have none of them)."""
+  from resnet_jax.models import registry
+
+  given = architecture_overrides(c)
+  fields = {'stem': 'deep_stem', 'avg_down': 'avg_down'}
+  flags = ' '.join(f'--config.{fields.get(k, k)}={v!r}' for k, v in given.items())
   try:
-    resnet.get_model(c.model, num_classes=1, **given)
+    registry.get_model(c.model, num_classes=1, **given)
   except ValueError as e:
-    fields = ' '.join(f'--config.{k}={v!r}' for k, v in given.items())
-    raise ConfigError(f'{fields} with --config.model={c.model}: {e}') from None
+    raise ConfigError(f'{flags} with --config.model={c.model}: {e}') from None
+  if c.norm != 'batch' and c.bn_group_size != 1:
+    raise ConfigError(
+      f'--config.bn_group_size={c.bn_group_size} shares BatchNorm statistics across devices; '
+      f'--config.norm={c.norm!r} has none to share. Leave bn_group_size at 1.'
+    )
+  if c.norm == 'frozen_batch' and c.zero_init_residual:
+    raise ConfigError(
+      "--config.zero_init_residual=True with --config.norm='frozen_batch' would freeze every "
+      'block at the identity (its last norm scale fixed at zero).'
+    )
+  if c.norm == 'frozen_batch' and not c.init_from:
+    LOG.warning(
+      "--config.norm='frozen_batch' without --config.init_from: the norms stay at their "
+      'initial identity (scale 1, bias 0, statistics 0 and 1) for the whole run.'
+    )

@@ -45,7 +45,8 @@ def paper_key(config: dict, protocol: str) -> str:
   model = config.get('model', '')
   if config.get('dataset') not in ('imagenet2012', 'cifar10'):
     return ''  # the paper's numbers are for its datasets only
-  reshaped = config.get('groups') or config.get('width_per_group')
+  reshaped = any(config.get(k) for k in ('groups', 'width_per_group', 'deep_stem', 'avg_down'))
+  reshaped = reshaped or config.get('norm', 'batch') != 'batch'
   if reshaped or any(config.get('replace_stride_with_dilation') or ()):
     return ''  # another net than the one the name was published for
   if model == 'resnet34':

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import cli
-from resnet_jax.models import resnet
+from resnet_jax.models import norms, registry
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]
     out = next_fun(*args, **kwargs)
     module = context.module
     if context.method_name == '__call__' and isinstance(
-      module, nn.Conv | nn.Dense | resnet.BatchNorm
+      module, (nn.Conv, nn.Dense, *norms.NORM_LAYERS)
     ):
       params = _own_param_count(module)
       rows.append(
@@ -181,7 +181,11 @@ def memory_report(name, num_classes, image_size, batch, budget: int) -> str:
   devices = jax.device_count()
   small = compiled_step_memory(name, num_classes, image_size, devices)
   at_batch = compiled_step_memory(name, num_classes, image_size, batch)
-  per_image = (peak_bytes(at_batch) - peak_bytes(small)) / max(batch - devices, 1)
+  # The cost of an image is the slope between two batches: at the default batch of one image per
+  # device there is no second point, so two images per device give it.
+  larger, at_larger = (batch, at_batch) if batch > devices else (2 * devices, None)
+  at_larger = at_larger or compiled_step_memory(name, num_classes, image_size, larger)
+  per_image = (peak_bytes(at_larger) - peak_bytes(small)) / (larger - devices)
   fixed = peak_bytes(small) - per_image * devices
   fits = largest_fitting_batch(name, num_classes, image_size, budget, fixed, per_image)
   mb = lambda n: f'{n / 1e6:,.1f} MB'  # noqa: E731
@@ -224,7 +228,7 @@ def main(argv=None):
   size = args.image_size or (32 if cifar else 224)
   num_classes = args.num_classes or (10 if cifar else 1000)
   try:
-    model = resnet.get_model(args.model, num_classes=num_classes)
+    model = registry.get_model(args.model, num_classes=num_classes)
   except ValueError as e:
     cli.fail(f'{e}')
   shape = (args.batch_size, size, size, 3)

@@ -39,7 +39,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from resnet_jax import distributed
 from resnet_jax.cpu import native, onednn
-from resnet_jax.models import batch_norm, block_layout, conv, resnet, stem
+from resnet_jax.models import batch_norm, block_layout, conv, registry, stem
 
 distributed.set_cpu_xla_flags()  # on CPU, check the convolutions the commands run
 
@@ -97,8 +97,8 @@ def check_convolutions() -> list[tuple[str, float, float]]:
 
 
 def check_scanned_resnet50() -> list[tuple[str, float, float]]:
-  per_block = resnet.get_model('resnet50', num_classes=10)
-  scanned = resnet.get_model('resnet50', num_classes=10, scan_blocks=True)
+  per_block = registry.get_model('resnet50', num_classes=10)
+  scanned = registry.get_model('resnet50', num_classes=10, scan_blocks=True)
   images = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
   variables = per_block.init(jax.random.key(0), images, train=False)
   stacked = block_layout.stack_blocks(variables)

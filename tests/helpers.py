@@ -81,10 +81,33 @@ REFERENCE_NETS = (
   'resnext101_64x4d',
   'wide_resnet50_2',
   'wide_resnet101_2',
+  'resnet18d',
+  'resnet50d',
+  'preact_resnet18',
+  'preact_resnet50',
+  'cifar_preact_resnet20',
+  'cifar_preact_resnet164',
 )
 CONFIGURED_NETS = {
-  'resnet50_dilated': ('resnet50', dict(replace_stride_with_dilation=(False, True, True)))
+  'resnet50_dilated': ('resnet50', dict(replace_stride_with_dilation=(False, True, True))),
+  'resnet50_groupnorm': ('resnet50', dict(norm='group')),
+  'resnext50_frozen_bn': ('resnext50_32x4d', dict(norm='frozen_batch')),
 }
+# Two BN running statistics per net that the references hold (after a train-mode forward).
+STATISTICS = ('layer1.0.bn1.running_mean', 'layer2.0.downsample.1.running_var')
+
+
+def statistics_keys(keys_and_shapes) -> list[str]:
+  """The running statistics of a net's state_dict that the references compare: STATISTICS where
+  the net has them, else its first running mean and the first running variance of its second
+  stage (none for GroupNorm). Shallow ones: deeper, float32 rounding grows as in the train-mode
+  logits."""
+  keys = [k for k, _ in keys_and_shapes]
+  if all(k in keys for k in STATISTICS):
+    return list(STATISTICS)
+  means = [k for k in keys if k.endswith('running_mean')]
+  variances = [k for k in keys if k.startswith('layer2.') and k.endswith('running_var')]
+  return [means[0], variances[0]] if means else []
 
 
 def random_torchvision_weights(keys_and_shapes, seed: int) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from PIL import Image
 from configs import default
 from resnet_jax import config_check
 from resnet_jax.data import mean_image
-from resnet_jax.models import resnet
+from resnet_jax.models import registry
 from resnet_jax.train import checkpoint, experiment, loop
 
 DIGITS = ['-m', 'resnet_jax.main', '--config=configs/digits.py', '--workdir={work}']
@@ -53,6 +53,25 @@ CASES = [
     [*DIGITS, '--config.model=resnet50', '--config.replace_stride_with_dilation=(True,True)'],
     'a tuple of 3 True/False values',
   ),
+  ('unknown norm', [*DIGITS, '--config.norm=layer'], "--config.norm='layer'"),
+  ('group norm of 32 groups', [*DIGITS, '--config.norm=group'], 'do not split into 32 groups'),
+  (
+    'group norm across devices',
+    [*DIGITS, '--config.norm=group', '--config.norm_groups=16', '--config.bn_group_size=0'],
+    'has none to share',
+  ),
+  (
+    'frozen norms at zero',
+    [*DIGITS, '--config.norm=frozen_batch', '--config.zero_init_residual=True'],
+    'freeze every block at the identity',
+  ),
+  ('deep stem on cifar', [*DIGITS, '--config.deep_stem=True'], 'has the CIFAR 3x3 stem'),
+  (
+    'stem width without it',
+    [*DIGITS, '--config.model=resnet50', '--config.stem_width=16'],
+    'stem_width sets the deep stem',
+  ),
+  ('avg_down with option A', [*DIGITS, '--config.avg_down=True'], 'average-pool shortcut'),
   ('batch vs devices', [*DIGITS, '--config.batch_size=60'], 'multiple of the 8 devices'),
   ('momentum above 1', [*DIGITS, '--config.momentum=1.5'], '--config.momentum=1.5'),
   ('smoothing above 1', [*DIGITS, '--config.label_smoothing=2.0'], '--config.label_smoothing'),
@@ -206,7 +225,7 @@ def inputs(tmp_path_factory):
   damaged = root / 'damaged.pth'
   damaged.write_bytes(b'PK\x03\x04 not really a zip')
   weights = str(root / 'resnet8')
-  model = resnet.get_model('cifar_resnet8', num_classes=10)
+  model = registry.get_model('cifar_resnet8', num_classes=10)
   checkpoint.save_variables(
     weights, model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
   )

@@ -9,7 +9,7 @@ import pytest
 from helpers import REPO
 
 from resnet_jax import summary
-from resnet_jax.models import resnet
+from resnet_jax.models import registry
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_end_to_end_reports_the_loop_beside_the_device_step():
     result['images_per_sec'] / result['device_images_per_sec']
   )
   assert result['step_time_s'] == pytest.approx(16 / result['images_per_sec'])
-  model = resnet.get_model('cifar_resnet8', num_classes=10)
+  model = registry.get_model('cifar_resnet8', num_classes=10)
   macs = sum(r.mult_adds for r in summary.layer_rows(model, (1, 16, 16, 3)))
   assert result['train_flops_per_image'] == 6 * macs
   assert result['achieved_flops_per_sec'] == pytest.approx(6 * macs * result['images_per_sec'])

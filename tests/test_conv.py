@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.models import conv, resnet
+from resnet_jax.models import conv, registry, resnet
 
 
 def _layer(lowering, x, w, scale, strides, pad):
@@ -65,7 +65,7 @@ def test_a_nan_kernel_still_gives_a_nan_kernel_gradient():
 def _network_gradient(lowering, scan_blocks=False):
   """The CIFAR ResNet-14 train-mode gradient with ``lowering`` for its convolutions, and the
   number of its compiled fusions that transpose and also compute a ReLU."""
-  model = resnet.get_model(
+  model = registry.get_model(
     'cifar_resnet14', num_classes=10, scan_blocks=scan_blocks, cpu_convolution='xla'
   )
   images = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax.cpu import native
 from resnet_jax.errors import UserError
-from resnet_jax.models import batch_norm, resnet, stem
+from resnet_jax.models import batch_norm, registry, stem
 
 needs_kernels = pytest.mark.skipif(
   bool(native.unavailable_reason(native.KERNELS)),
@@ -93,7 +93,7 @@ def test_the_cpu_program_calls_each_kernel_once_per_batch_norm_and_others_never(
   images = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))
   grads, counts = {}, {}
   for mode in ('auto', 'xla'):
-    model = resnet.get_model('cifar_resnet14', num_classes=10, cpu_kernels=mode)
+    model = registry.get_model('cifar_resnet14', num_classes=10, cpu_kernels=mode)
     grads[mode], text = train_gradient_and_hlo(model, images)
     counts[mode] = [text.count(f'custom_call_target="{t}"') for t in (MOMENTS, GRADIENT_SUMS)]
   variables = model.init(jax.random.key(0), images, train=False)
@@ -191,7 +191,7 @@ def test_the_max_pool_is_laxs_and_its_gradient_the_xla_lowerings(shape):
 
 @needs_kernels
 def test_an_imagenet_network_pools_through_the_kernels_on_the_cpu_only():
-  model = resnet.get_model('resnet18', num_classes=10)
+  model = registry.get_model('resnet18', num_classes=10)
   _, text = train_gradient_and_hlo(model, jax.random.normal(jax.random.key(0), (2, 32, 32, 3)))
   assert [text.count(f'custom_call_target="{t}"') for t in (POOL, POOL_GRADIENT)] == [1, 1]
   x = jnp.zeros((2, 8, 8, 4))

@@ -13,7 +13,7 @@ from helpers import REPO, folder_config, tiny, tiny_flags, write_image_folder
 
 from configs import digits
 from resnet_jax import evaluate, plot
-from resnet_jax.models import resnet, torchvision_weights
+from resnet_jax.models import registry, torchvision_weights
 from resnet_jax.train import checkpoint, experiment, loop, metrics, scoring
 
 
@@ -62,7 +62,7 @@ def test_evaluate_cli_other_protocols_count_every_example(trained, mode):
 
 
 def test_ten_identical_views_score_like_one_view_and_its_flip():
-  model = resnet.get_model('cifar_resnet8', num_classes=10)
+  model = registry.get_model('cifar_resnet8', num_classes=10)
   x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
   variables = model.init(jax.random.key(1), x, train=False)
   views = jnp.concatenate([jnp.repeat(x[:, None], 5, 1), jnp.repeat(x[:, None, :, ::-1], 5, 1)], 1)

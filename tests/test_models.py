@@ -1,4 +1,5 @@
-"""Model zoo: parameter counts, torchvision parity, shapes, shortcut options, plain nets, errors."""
+"""Model zoo: parameter counts, torchvision parity, shapes, shortcut options, plain nets, the
+family's norm layers and variants, errors."""
 
 import contextlib
 import functools
@@ -12,10 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from helpers import REPO
+from helpers import CONFIGURED_NETS, REFERENCE_NETS, REPO
 
 from resnet_jax import summary
-from resnet_jax.models import batch_norm, block_layout, resnet, torchvision_weights
+from resnet_jax.models import (
+  batch_norm,
+  block_layout,
+  norms,
+  registry,
+  resnet,
+  torchvision_weights,
+)
 
 TORCHVISION_PARAMS = {
   'resnet18': 11_689_512,
@@ -55,7 +63,7 @@ def count(tree):
 
 @pytest.mark.parametrize('name', sorted(TORCHVISION_PARAMS))
 def test_imagenet_param_counts_equal_torchvision(name):
-  model = resnet.get_model(name, num_classes=1000)
+  model = registry.get_model(name, num_classes=1000)
   assert count(variables_of(model, 224)['params']) == TORCHVISION_PARAMS[name]
 
 
@@ -63,19 +71,144 @@ def test_imagenet_param_counts_equal_torchvision(name):
   'depth, paper_millions', [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)]
 )
 def test_cifar_param_counts_match_paper_table6(depth, paper_millions):
-  model = resnet.get_model(f'cifar_resnet{depth}', num_classes=10)
+  model = registry.get_model(f'cifar_resnet{depth}', num_classes=10)
   millions = count(variables_of(model, 32)['params']) / 1e6
   assert millions == pytest.approx(paper_millions, abs=0.01 if depth < 110 else 0.05)
 
 
+# The family beyond torchvision, 1000 classes: each equals its torch reference's count
+# (tests/torch_resnet.py; resnet50d is timm's 25.58 M), as the parity tests check key by key.
+FAMILY_PARAMS = {
+  'resnet18d': 11_708_744,
+  'resnet50c': 25_576_264,
+  'resnet50d': 25_576_264,
+  'preact_resnet18': 11_687_720,
+  'preact_resnet50': 25_549_352,
+  'preact_resnet200': 64_666_152,
+}
+
+
+@pytest.mark.parametrize('name', sorted(FAMILY_PARAMS))
+def test_family_param_counts(name):
+  model = registry.get_model(name, num_classes=1000)
+  assert count(variables_of(model, 224)['params']) == FAMILY_PARAMS[name]
+
+
+def test_resnet50d_mult_adds_are_timms():
+  rows = summary.layer_rows(registry.get_model('resnet50d', num_classes=1000), (1, 224, 224, 3))
+  assert sum(r.mult_adds for r in rows) / 1e9 == pytest.approx(4.35, rel=0.01)  # timm: 4.35 G
+
+
+@pytest.mark.parametrize(
+  'depth, total, paper_millions', [(164, 1_703_258, 1.7), (1001, 10_327_706, 10.2)]
+)
+def test_preact_cifar_bottleneck_nets_have_the_papers_parameters(depth, total, paper_millions):
+  """He et al. 2016 give ResNet-164 1.7 M and ResNet-1001 10.2 M parameters: their convolutions'
+  weights (with the BN scales, biases and the classifier, 1001 has 10.33 M)."""
+  params = variables_of(registry.get_model(f'cifar_preact_resnet{depth}', num_classes=10), 32)
+  params = params['params']
+  assert count(params) == total
+  kernels = [x.size for x in jax.tree.leaves(params) if x.ndim == 4]
+  assert round(sum(kernels) / 1e6, 1) == paper_millions
+  assert (
+    len(kernels) == (depth - 2) + 1 + 3
+  )  # three per block of (depth - 2) / 3, stem, projections
+
+
+def test_norm_layers_change_only_what_they_should():
+  """GroupNorm keeps BatchNorm's parameters and drops its statistics; frozen BatchNorm's four
+  tensors are all statistics (no parameters), as torchvision's buffers."""
+  shapes = {
+    norm: variables_of(registry.get_model('resnet50', num_classes=1000, norm=norm), 64)
+    for norm in norms.NORMS
+  }
+  assert count(shapes['group']['params']) == TORCHVISION_PARAMS['resnet50']
+  assert 'batch_stats' not in shapes['group']
+  frozen = shapes['frozen_batch']
+  norm_params = count(shapes['batch']['batch_stats'])  # scale and bias: the sizes of mean and var
+  assert count(frozen['params']) == TORCHVISION_PARAMS['resnet50'] - norm_params
+  assert count(frozen['batch_stats']) == 2 * norm_params
+
+
+def test_group_norm_is_torchs_formula():
+  x = np.random.default_rng(0).standard_normal((2, 5, 3, 64)).astype(np.float32) * 3 + 1
+  layer = norms.GroupNorm(num_groups=8)
+  variables = layer.init(jax.random.key(0), x, train=True)
+  scale = np.random.default_rng(1).uniform(0.5, 1.5, 64).astype(np.float32)
+  bias = np.random.default_rng(2).normal(0, 1, 64).astype(np.float32)
+  y = layer.apply({'params': {'scale': scale, 'bias': bias}}, x, train=True)
+  groups = x.astype(np.float64).reshape(2, 5, 3, 8, 8)  # channel c in group c // 8, as torch
+  mean = groups.mean(axis=(1, 2, 4), keepdims=True)
+  var = groups.var(axis=(1, 2, 4), keepdims=True)
+  expected = ((groups - mean) / np.sqrt(var + 1e-5)).reshape(x.shape) * scale + bias
+  np.testing.assert_allclose(y, expected, atol=2e-5)
+  assert variables.keys() == {'params'}
+  half = norms.GroupNorm(num_groups=8, dtype=jnp.bfloat16)
+  assert (
+    half.apply({'params': {'scale': scale, 'bias': bias}}, x, train=False).dtype == jnp.bfloat16
+  )
+
+
+def test_frozen_batch_norm_is_torchvisions_and_never_changes():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((4, 3, 3, 8)).astype(np.float32)
+  stats = {
+    'scale': rng.uniform(0.5, 1.5, 8),
+    'bias': rng.normal(0, 1, 8),
+    'mean': rng.normal(0, 1, 8),
+    'var': rng.uniform(0.5, 2, 8),
+  }
+  stats = {k: v.astype(np.float32) for k, v in stats.items()}
+  layer = norms.FrozenBatchNorm()
+  y, updates = layer.apply({'batch_stats': stats}, x, train=True, mutable=['batch_stats'])
+  folded = stats['scale'] / np.sqrt(stats['var'].astype(np.float64) + 1e-5)
+  np.testing.assert_allclose(y, x * folded + (stats['bias'] - stats['mean'] * folded), atol=1e-6)
+  for key, value in stats.items():
+    np.testing.assert_array_equal(updates['batch_stats'][key], value)
+  assert layer.init(jax.random.key(0), x, train=False).keys() == {'batch_stats'}
+
+
+def test_init_from_moves_batch_norm_parameters_into_frozen_statistics():
+  bn = registry.get_model('cifar_resnet8', num_classes=10)
+  frozen = registry.get_model('cifar_resnet8', num_classes=10, norm='frozen_batch')
+  trained = bn.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)
+  like = variables_of(frozen, 8)
+  moved = norms.collections_like(trained, like)
+  assert jax.tree.map(np.shape, moved) == jax.tree.map(lambda s: s.shape, like)
+  np.testing.assert_array_equal(
+    moved['batch_stats']['layer1_0']['bn2']['scale'], trained['params']['layer1_0']['bn2']['scale']
+  )
+  back = norms.collections_like(moved, trained)
+  assert jax.tree.map(np.shape, back) == jax.tree.map(np.shape, trained)
+
+
+def test_resnet_d_shortcut_averages_then_projects():
+  """ResNet-D's average pool: torch's AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+  an odd edge a window of its own."""
+  x = np.arange(2 * 5 * 3 * 2, dtype=np.float32).reshape(2, 5, 3, 2)
+  y = np.asarray(resnet.average_pool_2x2(jnp.asarray(x)))
+  assert y.shape == (2, 3, 2, 2)
+  np.testing.assert_allclose(y[:, 0, 0], x[:, 0:2, 0:2].mean(axis=(1, 2)))
+  np.testing.assert_allclose(y[:, 2, 1], x[:, 4, 2])  # the corner window holds one pixel
+  np.testing.assert_allclose(y[:, 1, 1], x[:, 2:4, 2].mean(axis=1))
+  flat = traverse_util.flatten_dict(
+    variables_of(registry.get_model('resnet50d', num_classes=10), 64)
+  )
+  names = {'/'.join(k[1:]) for k in flat if k[1] == 'layer2_0'}
+  assert {'layer2_0/downsample_1/kernel', 'layer2_0/downsample_2/scale'} <= names
+  assert flat['params', 'layer2_0', 'downsample_1', 'kernel'].shape == (1, 1, 256, 512)
+  stem = [k[1] for k in flat if k[0] == 'params' and k[1].startswith('conv1')]
+  assert sorted(set(stem)) == ['conv1_0', 'conv1_1', 'conv1_3', 'conv1_4', 'conv1_6']
+
+
 def test_cifar_resnet1202_has_19_4m_params():
-  model = resnet.get_model('cifar_resnet1202', num_classes=10)
+  model = registry.get_model('cifar_resnet1202', num_classes=10)
   assert count(variables_of(model, 32)['params']) / 1e6 == pytest.approx(19.4, abs=0.05)
 
 
 @pytest.mark.parametrize('name', sorted(TORCHVISION_GMACS))
 def test_mult_adds_match_torchvision(name):
-  rows = summary.layer_rows(resnet.get_model(name, num_classes=1000), (1, 224, 224, 3))
+  rows = summary.layer_rows(registry.get_model(name, num_classes=1000), (1, 224, 224, 3))
   gmacs = sum(r.mult_adds for r in rows) / 1e9
   assert gmacs == pytest.approx(TORCHVISION_GMACS[name], rel=0.01)
   assert sum(r.params for r in rows) == TORCHVISION_PARAMS[name]
@@ -110,6 +243,11 @@ def test_compiled_step_memory_grows_with_the_batch_and_the_largest_batch_fits(ca
   assert fits > 32
   used = summary.peak_bytes(summary.compiled_step_memory('cifar_resnet20', 10, 32, fits))
   assert 0.7 * 200e6 <= used <= 200e6
+  # One image per device gives no slope of its own; the answer is the same.
+  devices = str(jax.device_count())
+  summary.main(['cifar_resnet20', '--image-size', '32', '--batch-size', devices, '--memory=200MB'])
+  out = capsys.readouterr().out
+  assert int(re.search(r'per device: ([\d,]+)', out).group(1).replace(',', '')) == fits
 
 
 @pytest.mark.parametrize(
@@ -132,7 +270,7 @@ def test_memory_sizes_are_read_as_users_write_them(text, expected):
   ],
 )
 def test_output_shapes_any_input_size(name, size, expected):
-  model = resnet.get_model(name, num_classes=expected[1])
+  model = registry.get_model(name, num_classes=expected[1])
   variables = variables_of(model, size, batch=2)
   out = jax.eval_shape(
     lambda v: model.apply(v, jnp.zeros((2, size, size, 3)), train=False), variables
@@ -140,8 +278,9 @@ def test_output_shapes_any_input_size(name, size, expected):
   assert out.shape == expected and out.dtype == jnp.float32
 
 
-def test_spatial_logits_are_the_fully_convolutional_form():
-  model = resnet.get_model('cifar_resnet20', num_classes=10)
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'cifar_preact_resnet20'])
+def test_spatial_logits_are_the_fully_convolutional_form(name):
+  model = registry.get_model(name, num_classes=10)
   x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
   variables = model.init(jax.random.key(0), x, train=False)
   spatial = model.apply(variables, x, train=False, spatial_logits=True)
@@ -154,12 +293,12 @@ def test_spatial_logits_are_the_fully_convolutional_form():
 def test_option_a_adds_no_parameters_and_c_projects_every_block():
   sizes = {}
   for option in 'ABC':
-    model = resnet.get_model('resnet18', num_classes=1000, shortcut=option)
+    model = registry.get_model('resnet18', num_classes=1000, shortcut=option)
     params = variables_of(model, 64)['params']
     sizes[option] = count(params)
     flat = traverse_util.flatten_dict(params, sep='/')
     sizes[option + '_projections'] = len({k.split('/')[0] for k in flat if 'downsample_0' in k})
-  plain = count(variables_of(resnet.get_model('plain18', num_classes=1000), 64)['params'])
+  plain = count(variables_of(registry.get_model('plain18', num_classes=1000), 64)['params'])
   assert sizes['A'] == plain  # option A: identity shortcuts only, like no shortcut at all
   assert sizes['B_projections'] == 3  # first block of stages 2-4
   assert sizes['C_projections'] == 8  # every block
@@ -168,15 +307,15 @@ def test_option_a_adds_no_parameters_and_c_projects_every_block():
 
 def test_cifar_option_a_equals_plain_param_count():
   for depth in (20, 56):
-    res = count(variables_of(resnet.get_model(f'cifar_resnet{depth}', num_classes=10), 32))
-    plain = count(variables_of(resnet.get_model(f'cifar_plain{depth}', num_classes=10), 32))
+    res = count(variables_of(registry.get_model(f'cifar_resnet{depth}', num_classes=10), 32))
+    plain = count(variables_of(registry.get_model(f'cifar_plain{depth}', num_classes=10), 32))
     assert res == plain
 
 
 @pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])
 def test_plain_nets_have_exactly_the_projections_fewer(depth):
-  res = variables_of(resnet.get_model(f'resnet{depth}', num_classes=1000), 64)['params']
-  plain = variables_of(resnet.get_model(f'plain{depth}', num_classes=1000), 64)['params']
+  res = variables_of(registry.get_model(f'resnet{depth}', num_classes=1000), 64)['params']
+  plain = variables_of(registry.get_model(f'plain{depth}', num_classes=1000), 64)['params']
   flat = traverse_util.flatten_dict(res, sep='/')
   projection = sum(v.size for k, v in flat.items() if '/downsample_' in k)
   assert projection > 0
@@ -184,8 +323,8 @@ def test_plain_nets_have_exactly_the_projections_fewer(depth):
 
 
 def test_stride_in_1x1_moves_the_stride_and_keeps_params():
-  v15 = resnet.get_model('resnet50', num_classes=1000)
-  v1 = resnet.get_model('resnet50', num_classes=1000, stride_in_1x1=True)
+  v15 = registry.get_model('resnet50', num_classes=1000)
+  v1 = registry.get_model('resnet50', num_classes=1000, stride_in_1x1=True)
   assert count(variables_of(v15, 64)) == count(variables_of(v1, 64))
   rows_v15 = {r.path: r for r in summary.layer_rows(v15, (1, 224, 224, 3))}
   rows_v1 = {r.path: r for r in summary.layer_rows(v1, (1, 224, 224, 3))}
@@ -196,7 +335,7 @@ def test_stride_in_1x1_moves_the_stride_and_keeps_params():
 
 
 def test_initialisation_matches_torchvision_statistics():
-  model = resnet.get_model('resnet50', num_classes=1000, zero_init_residual=True)
+  model = registry.get_model('resnet50', num_classes=1000, zero_init_residual=True)
   v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   kernel = v['params']['layer3_0']['conv2']['kernel']  # 3x3x256x256, fan_out = 9 * 256
   assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2 / (9 * 256)), rel=0.02)
@@ -212,21 +351,26 @@ def test_zero_init_residual_blocks_start_as_identity_of_the_shortcut():
   trunk = jax.random.normal(jax.random.key(2), (2, 32, 32, 16))
   conv = functools.partial(resnet._conv, dtype=jnp.float32)
   for block_cls, width in [(resnet.BasicBlock, 16), (resnet.Bottleneck, 4)]:
-    block = block_cls(width, 1, 'B', True, conv, resnet.BatchNorm, zero_init_residual=True)
+    block = block_cls(width, 1, 'B', True, conv, batch_norm.BatchNorm, zero_init_residual=True)
     bv = block.init(jax.random.key(3), trunk, train=False)
     out = block.apply(bv, trunk, train=False)
     np.testing.assert_allclose(out, jax.nn.relu(trunk), atol=1e-6)
 
 
-def test_mixed_precision_keeps_params_stats_and_logits_float32():
-  model = resnet.get_model('cifar_resnet20', num_classes=10, dtype=jnp.bfloat16)
+@pytest.mark.parametrize(
+  'name, options',
+  [('cifar_resnet20', {}), ('cifar_preact_resnet20', {}), ('cifar_resnet20', {'norm': 'group'})],
+)
+def test_mixed_precision_keeps_params_stats_and_logits_float32(name, options):
+  options = {**options, 'norm_groups': 16} if options else options
+  model = registry.get_model(name, num_classes=10, dtype=jnp.bfloat16, **options)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   v = model.init(jax.random.key(0), x, train=False)
   assert {leaf.dtype for leaf in jax.tree.leaves(v)} == {jnp.dtype('float32')}
   logits, updates = model.apply(v, x, train=True, mutable=['batch_stats'])
   assert logits.dtype == jnp.float32
-  assert {leaf.dtype for leaf in jax.tree.leaves(updates)} == {jnp.dtype('float32')}
-  full = resnet.get_model('cifar_resnet20', num_classes=10).apply(v, x, train=False)
+  assert {leaf.dtype for leaf in jax.tree.leaves(updates)} <= {jnp.dtype('float32')}
+  full = registry.get_model(name, num_classes=10, **options).apply(v, x, train=False)
   half = model.apply(v, x, train=False)
   np.testing.assert_allclose(half, full, atol=0.1 * float(jnp.abs(full).max()) + 0.05)
 
@@ -234,27 +378,29 @@ def test_mixed_precision_keeps_params_stats_and_logits_float32():
 @pytest.mark.parametrize(
   'name, message, choices',
   [
-    ('resnet19', 'Impossible ImageNet depth 19', 'choose one of [18, 34, 50, 101, 152]'),
+    ('resnet19', 'Impossible ImageNet depth 19', 'choose one of [18, 34, 50, 101, 152, 200]'),
     ('cifar_resnet21', 'Impossible CIFAR depth 21', 'the paper uses 20, 32, 44, 56, 110, 1202'),
     ('cifar_resnet2', 'Impossible CIFAR depth 2', 'depth must be 6n+2 with n >= 1'),
-    ('vgg16', "Unknown model 'vgg16'", 'Valid names: resnet{18,34,50,101,152}, plain{'),
+    ('cifar_preact_resnet165', 'Impossible CIFAR depth 165', 'or 9n+2 from 164 for the bottleneck'),
+    ('cifar_resnet20d', "Unknown model 'cifar_resnet20d'", 'the -C/-D tweaks name resnets only'),
+    ('vgg16', "Unknown model 'vgg16'", 'Valid names: resnet{18,34,50,101,152,200}, plain{'),
   ],
 )
 def test_bad_names_raise_with_the_valid_choices(name, message, choices):
   with pytest.raises(ValueError, match=message) as err:
-    resnet.get_model(name, num_classes=10)
+    registry.get_model(name, num_classes=10)
   assert choices in str(err.value)
 
 
 def test_bad_options_raise():
   with pytest.raises(ValueError, match="shortcut must be 'A', 'B' or 'C'"):
-    resnet.get_model('resnet18', num_classes=10, shortcut='D')
+    registry.get_model('resnet18', num_classes=10, shortcut='D')
   with pytest.raises(ValueError, match='Unknown model option'):
-    resnet.get_model('resnet18', num_classes=10, shortcutt='A')
+    registry.get_model('resnet18', num_classes=10, shortcutt='A')
 
 
 def test_any_6n_plus_2_depth_builds():
-  model = resnet.get_model('cifar_resnet14', num_classes=10)
+  model = registry.get_model('cifar_resnet14', num_classes=10)
   assert model.stage_sizes == (2, 2, 2)
 
 
@@ -274,8 +420,8 @@ def test_cross_device_batchnorm_equals_batchnorm_of_the_whole_group(groups):
   from jax.sharding import Mesh, PartitionSpec
 
   x = jax.random.normal(jax.random.key(0), (16, 3, 3, 4)) * 3 + 1
-  synced = resnet.BatchNorm(axis_name='data', axis_index_groups=groups)
-  local = resnet.BatchNorm()
+  synced = batch_norm.BatchNorm(axis_name='data', axis_index_groups=groups)
+  local = batch_norm.BatchNorm()
   variables = local.init(jax.random.key(1), x, train=False)
 
   def per_device(xs):
@@ -354,7 +500,7 @@ def test_batchnorm_backward_equals_autodiff_of_its_forward(axis, dtype):
 def test_stage_features_are_the_classifiers_own_internals():
   """``features=`` returns the named stage outputs (a backbone's C2..C5): the shapes torchvision's
   stages have, the tensor the head pools (its logits recomputed from them), no deeper stage run."""
-  model = resnet.get_model('resnet50', num_classes=10)
+  model = registry.get_model('resnet50', num_classes=10)
   x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
   variables = model.init(jax.random.key(0), x, train=False)
   logits = model.apply(variables, x, train=False)
@@ -377,13 +523,13 @@ def test_stage_features_are_the_classifiers_own_internals():
   c1 = model.apply(shallow, x, train=False, features=('layer1',))['layer1']
   assert c1.shape == (2, 16, 16, 256)
   # Dilated stages keep their resolution (output stride 8), with the same variables' shapes.
-  dilated = resnet.get_model(
+  dilated = registry.get_model(
     'resnet50', num_classes=10, replace_stride_with_dilation=(False, True, True)
   )
   shapes = dilated.apply(variables, x, train=False, features=('layer3', 'layer4'))
   assert [v.shape for v in shapes.values()] == [(2, 8, 8, 1024), (2, 8, 8, 2048)]
   # The scanned layout gives the same features.
-  scanned = resnet.get_model('resnet50', num_classes=10, scan_blocks=True)
+  scanned = registry.get_model('resnet50', num_classes=10, scan_blocks=True)
   stacked = block_layout.stack_blocks(variables)
   same = scanned.apply(stacked, x, train=False, features=('layer3',))['layer3']
   np.testing.assert_allclose(same, c['layer3'], rtol=1e-5, atol=1e-5)
@@ -409,20 +555,27 @@ def test_to_torchvision_gives_torchvisions_state_dict_and_converts_back_exactly(
   torch's own modules have (committed with the references), and back to the same variables."""
   references = np.load(os.path.join(REPO, 'tests', 'data', 'torchvision_references.npz'))
   names = [k.split('/')[0] for k in references.files if k.endswith('/keys')]
-  assert len(names) == 11
+  assert len(names) == len(REFERENCE_NETS) + len(CONFIGURED_NETS) == 19
   for name in names:
     torch_shapes = {k: tuple(shape) for k, shape in json.loads(str(references[f'{name}/keys']))}
-    model_name = 'resnet50' if name == 'resnet50_dilated' else name
-    shapes = torchvision_weights.expected_variables(model_name, num_classes=100)
+    model_name, options = CONFIGURED_NETS.get(name, (name, {}))
+    shapes = torchvision_weights.expected_variables(model_name, num_classes=100, **options)
     zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     state_dict = torchvision_weights.to_torchvision(zeros)
     assert {k: np.shape(v) for k, v in state_dict.items()} == torch_shapes, name
   rng = np.random.default_rng(0)
-  for name, scanned in (('resnext50_32x4d', False), ('resnet50', True)):
-    shapes = torchvision_weights.expected_variables(name, num_classes=10, scan_blocks=scanned)
+  cases = [
+    ('resnext50_32x4d', {}),
+    ('resnet50', dict(scan_blocks=True)),
+    ('resnet50d', {}),
+    ('preact_resnet50', dict(scan_blocks=True)),
+    ('resnet18', dict(norm='frozen_batch')),
+  ]
+  for name, options in cases:
+    shapes = torchvision_weights.expected_variables(name, num_classes=10, **options)
     variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
     state_dict = torchvision_weights.to_torchvision(variables)
-    back = torchvision_weights.from_torchvision(state_dict, name, scan_blocks=scanned)
+    back = torchvision_weights.from_torchvision(state_dict, name, **options)
     flat, flat_back = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(back)
     assert flat.keys() == flat_back.keys()
     for key, value in flat.items():

@@ -13,7 +13,7 @@ from configs import default
 from resnet_jax.data import bundled, input_pipeline, multiscale
 from resnet_jax.data.input_pipeline import Layout
 from resnet_jax.data.source import Source, array_source
-from resnet_jax.models import resnet
+from resnet_jax.models import registry
 from resnet_jax.train import scoring
 
 # (height, width) of the test photos: a square, a 4:3 landscape seen whole, a 1.4 landscape
@@ -43,7 +43,7 @@ def config(sizes=(32,)):
 
 @pytest.fixture(scope='module')
 def net():
-  model = resnet.get_model('cifar_resnet8', num_classes=3)
+  model = registry.get_model('cifar_resnet8', num_classes=3)
   variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
   return model, variables
 

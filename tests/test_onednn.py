@@ -19,7 +19,7 @@ from helpers import train_gradient_and_hlo
 
 from resnet_jax.cpu import onednn
 from resnet_jax.errors import UserError
-from resnet_jax.models import conv, resnet
+from resnet_jax.models import conv, registry
 
 needs_onednn = pytest.mark.skipif(
   bool(onednn.unavailable_reason()), reason=f'oneDNN unavailable: {onednn.unavailable_reason()}'
@@ -86,7 +86,7 @@ def test_network_gradients_are_onednns_and_match_xlas(name, scan_blocks):
   images = jax.random.normal(jax.random.key(2), (8, 16, 16, 3))
   grads, texts = {}, {}
   for mode in ('onednn', 'xla'):
-    model = resnet.get_model(
+    model = registry.get_model(
       name, num_classes=10, scan_blocks=scan_blocks, cpu_convolution=mode, cpu_kernels='xla'
     )
     grads[mode], texts[mode] = train_gradient_and_hlo(model, images)
@@ -150,16 +150,16 @@ def test_without_a_compiler_auto_falls_back_to_xla_and_the_others_say_what_is_mi
   code = """
 import jax
 from resnet_jax import console
-from resnet_jax.models import resnet
+from resnet_jax.models import registry
 from resnet_jax.errors import UserError
 console.setup()
 x = jax.numpy.ones((2, 8, 8, 3))
-model = resnet.get_model('cifar_resnet8', num_classes=10)
+model = registry.get_model('cifar_resnet8', num_classes=10)
 model.init(jax.random.key(0), x, train=True)
 print('auto ran')
 for field, mode in (('cpu_convolution', 'onednn'), ('cpu_kernels', 'native')):
   try:
-    resnet.get_model('cifar_resnet8', num_classes=10, **{field: mode}).init(
+    registry.get_model('cifar_resnet8', num_classes=10, **{field: mode}).init(
       jax.random.key(0), x, train=True)
   except UserError as e:
     print('error:', e)

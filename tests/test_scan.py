@@ -14,7 +14,7 @@ from helpers import final_params, tiny
 
 from configs import default
 from resnet_jax import evaluate
-from resnet_jax.models import block_layout, conv, resnet
+from resnet_jax.models import block_layout, conv, registry
 from resnet_jax.train import loop, optim
 
 # Scan changes how XLA fuses across blocks, so float32 results agree to rounding, not bitwise.
@@ -22,8 +22,8 @@ TOLERANCE = dict(rtol=2e-5, atol=2e-6)
 
 
 def _pair(name, **overrides):
-  per_block = resnet.get_model(name, num_classes=10, **overrides)
-  scanned = resnet.get_model(name, num_classes=10, scan_blocks=True, **overrides)
+  per_block = registry.get_model(name, num_classes=10, **overrides)
+  scanned = registry.get_model(name, num_classes=10, scan_blocks=True, **overrides)
   images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   variables = per_block.init(jax.random.key(0), images, train=False)
   rng = np.random.default_rng(0)  # running statistics away from (0, 1), so eval tests them
@@ -120,7 +120,7 @@ def test_layout_conversions_round_trip():
 
 def test_parameter_counts_are_those_of_the_per_block_networks():
   def count(name, classes, scan_blocks):
-    model = resnet.get_model(name, num_classes=classes, scan_blocks=scan_blocks)
+    model = registry.get_model(name, num_classes=classes, scan_blocks=scan_blocks)
     shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     )

@@ -103,6 +103,11 @@ def test_paper_numbers_are_found_for_the_papers_experiments():
     report.paper_key({**imagenet, 'model': 'resnet50', 'replace_stride_with_dilation': dilated}, '')
     == ''
   )
+  for field, value in (('norm', 'group'), ('deep_stem', True), ('avg_down', True)):
+    assert report.paper_key({**imagenet, 'model': 'resnet50', field: value}, 'center') == ''
+  cifar = {'dataset': 'cifar10', 'norm': 'batch'}
+  preact = report.paper_key({**cifar, 'model': 'cifar_preact_resnet1001'}, 'center')
+  assert paper.PAPER[preact]['top1'] == 4.92
 
 
 def colour_pixels(png, rgb, tolerance=40):

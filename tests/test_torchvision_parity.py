@@ -11,16 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import CONFIGURED_NETS, REFERENCE_NETS, random_torchvision_weights
+from flax import traverse_util
+from helpers import CONFIGURED_NETS, REFERENCE_NETS, random_torchvision_weights, statistics_keys
 
-from resnet_jax.models import block_layout, resnet, torchvision_weights
+from resnet_jax.models import block_layout, registry, torchvision_weights
 
 REFERENCES = os.path.join(os.path.dirname(__file__), 'data', 'torchvision_references.npz')
 MODELS = (*REFERENCE_NETS, *CONFIGURED_NETS)
-STATS = {  # torch key -> our (collection path) of two BN running statistics
-  'layer1.0.bn1.running_mean': ('layer1_0', 'bn1', 'mean'),
-  'layer2.0.downsample.1.running_var': ('layer2_0', 'downsample_1', 'var'),
-}
+DEEP = ('cifar_preact_resnet164',)  # 54 blocks: checked with its stages scanned (one compile)
 
 
 def images_nchw() -> np.ndarray:
@@ -28,18 +26,20 @@ def images_nchw() -> np.ndarray:
 
 
 def our_outputs(name, state_dict, x_nchw, scan_blocks=False):
-  """Eval logits, train-mode logits and the BN statistics after that train-mode forward."""
+  """Eval logits, train-mode logits and the BN statistics (``statistics_keys``, by torch key)
+  after that train-mode forward."""
   name, options = CONFIGURED_NETS.get(name, (name, {}))
   options = dict(options, scan_blocks=scan_blocks)
   variables = torchvision_weights.from_torchvision(state_dict, name, **options)
-  model = resnet.get_model(name, num_classes=100, **options)
+  model = registry.get_model(name, num_classes=100, **options)
   x = jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
   eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   train_logits, updates = jax.jit(
     lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
   )(variables, x)
-  stats = block_layout.unstack_blocks(updates)['batch_stats']
-  return eval_logits, train_logits, {k: stats[a][b][c] for k, (a, b, c) in STATS.items()}
+  stats = traverse_util.flatten_dict(block_layout.unstack_blocks(updates))
+  keys = statistics_keys([(k, np.shape(v)) for k, v in state_dict.items()])
+  return eval_logits, train_logits, {k: stats[torchvision_weights.flax_key(k)] for k in keys}
 
 
 def assert_matches(ours, eval_ref, train_ref64, torch_train_error, stats_ref):
@@ -58,9 +58,10 @@ def assert_matches(ours, eval_ref, train_ref64, torch_train_error, stats_ref):
 @pytest.mark.parametrize(
   'name, scan_blocks',
   [
-    *((name, False) for name in MODELS),
+    *((name, False) for name in MODELS if name not in DEEP),
+    *((name, True) for name in DEEP),
     *(('resnet50', True), ('resnet152', True), ('resnext50_32x4d', True)),
-    ('resnet50_dilated', True),
+    *(('resnet50_dilated', True), ('resnet50d', True), ('preact_resnet50', True)),
   ],
 )
 def test_logits_and_bn_statistics_match_committed_torchvision_references(name, scan_blocks):
@@ -68,21 +69,27 @@ def test_logits_and_bn_statistics_match_committed_torchvision_references(name, s
   keys = json.loads(str(refs[f'{name}/keys']))
   assert len(keys) == {'resnet18': 122, 'resnet34': 218, 'resnet50': 320}.get(name, len(keys))
   weights = random_torchvision_weights(keys, seed=0)
+  ours = our_outputs(name, weights, images_nchw(), scan_blocks)
+  assert len(ours[2]) == (0 if name == 'resnet50_groupnorm' else 2)
   assert_matches(
-    our_outputs(name, weights, images_nchw(), scan_blocks),
+    ours,
     refs[f'{name}/eval_logits'],
     refs[f'{name}/train_logits_float64'],
     float(refs[f'{name}/torch_float32_train_error']),
-    {k: refs[f'{name}/{k}'] for k in STATS},
+    {k: refs[f'{name}/{k}'] for k in ours[2]},
   )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['resnet18', 'resnet50', 'resnext50_32x4d'])
+@pytest.mark.parametrize(
+  'name',
+  ['resnet18', 'resnet50', 'resnext50_32x4d', 'resnet50d', 'preact_resnet18', 'resnet50_groupnorm'],
+)
 def test_logits_and_bn_statistics_match_live_torch(name):
   torch = pytest.importorskip('torch')
   torch_resnet = pytest.importorskip('torch_resnet')
-  net = torch_resnet.build(name, 100)
+  builder, kwargs = CONFIGURED_NETS.get(name, (name, {}))
+  net = torch_resnet.build(builder, 100, **kwargs)
   keys = [(k, list(v.shape)) for k, v in net.state_dict().items()]
   weights = random_torchvision_weights(keys, seed=3)  # other weights than the committed ones
   net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
@@ -90,7 +97,7 @@ def test_logits_and_bn_statistics_match_live_torch(name):
   with torch.no_grad():
     eval_ref = net.eval()(x).numpy()
     net.train()(x)  # updates the running statistics
-    stats = {k: net.state_dict()[k].numpy().copy() for k in STATS}
+    stats = {k: net.state_dict()[k].numpy().copy() for k in statistics_keys(keys)}
     net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     train64 = net.double()(x.double()).numpy()
   torch_error = torch_resnet.float32_train_error(net, weights, x, train64)

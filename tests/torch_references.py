@@ -2,8 +2,9 @@
 
   pip install torch==2.13.0 && python tests/torch_references.py
 
-Needs torch; the tests that read the file do not. For each ImageNet ResNet (torchvision's
-builders, and ResNet-50 with its last two stages dilated): the state_dict's keys and shapes,
+Needs torch; the tests that read the file do not. For each net of REFERENCE_NETS and
+CONFIGURED_NETS (torchvision's builders, timm's ResNet-D, the pre-activation nets, other norm
+layers, dilation): the state_dict's keys and shapes,
 torchvision's eval-mode logits (float32), train-mode logits (float64, and the float32 ones' largest
 distance to them over torch's two memory formats), and two BN running statistics after the
 train-mode forward. The weights themselves are not stored: helpers.random_torchvision_weights
@@ -21,10 +22,14 @@ sys.path[:0] = [
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch_resnet  # noqa: E402
-from helpers import CONFIGURED_NETS, REFERENCE_NETS, random_torchvision_weights  # noqa: E402
+from helpers import (  # noqa: E402
+  CONFIGURED_NETS,
+  REFERENCE_NETS,
+  random_torchvision_weights,
+  statistics_keys,
+)
 
 NUM_CLASSES, SEED, INPUT_SEED = 100, 0, 1
-STATS = ('layer1.0.bn1.running_mean', 'layer2.0.downsample.1.running_var')
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'torchvision_references.npz')
 
 
@@ -44,7 +49,7 @@ def references(name: str) -> dict[str, np.ndarray]:
   with torch.no_grad():
     eval_logits = net(x).numpy()
     net.train()(x)  # updates the running statistics
-    stats = [net.state_dict()[k].numpy().copy() for k in STATS]
+    stats = [net.state_dict()[k].numpy().copy() for k in statistics_keys(keys)]
     net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     train64 = net.double()(x.double()).numpy()
   return {
@@ -54,7 +59,7 @@ def references(name: str) -> dict[str, np.ndarray]:
     f'{name}/torch_float32_train_error': np.float64(
       torch_resnet.float32_train_error(net, weights, x, train64)
     ),
-    **{f'{name}/{k}': v for k, v in zip(STATS, stats, strict=True)},
+    **{f'{name}/{k}': v for k, v in zip(statistics_keys(keys), stats, strict=True)},
   }
 
 

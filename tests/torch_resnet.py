@@ -1,6 +1,10 @@
 """torchvision's resnet.py, rebuilt in plain torch for cross-checks (torchvision itself does not
 import beside the CPU torch build these machines use). Structure, arguments (groups,
-width_per_group, replace_stride_with_dilation) and initialisation as upstream."""
+width_per_group, replace_stride_with_dilation, norm_layer) and initialisation as upstream; with
+timm's ResNet-C/-D arguments (stem_type='deep', stem_width, avg_down) as timm's resnet.py builds
+them, and the pre-activation nets of He et al. 2016 as their Torch code (fb.resnet.torch's
+preresnet.lua, and resnet-1k-layers' resnet-pre-act.lua for the CIFAR bottleneck nets) builds
+them."""
 
 import numpy as np
 import torch
@@ -24,11 +28,48 @@ def conv1x1(in_planes, out_planes, stride=1):
   return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
+class FrozenBatchNorm2d(nn.Module):
+  """torchvision.ops.misc.FrozenBatchNorm2d: BatchNorm with its four tensors as buffers."""
+
+  def __init__(self, num_features, eps=1e-5):
+    super().__init__()
+    self.eps = eps
+    self.register_buffer('weight', torch.ones(num_features))
+    self.register_buffer('bias', torch.zeros(num_features))
+    self.register_buffer('running_mean', torch.zeros(num_features))
+    self.register_buffer('running_var', torch.ones(num_features))
+
+  def _load_from_state_dict(self, state_dict, prefix, *args):
+    state_dict.pop(prefix + 'num_batches_tracked', None)
+    super()._load_from_state_dict(state_dict, prefix, *args)
+
+  def forward(self, x):
+    w, b = self.weight.reshape(1, -1, 1, 1), self.bias.reshape(1, -1, 1, 1)
+    rv, rm = self.running_var.reshape(1, -1, 1, 1), self.running_mean.reshape(1, -1, 1, 1)
+    scale = w * (rv + self.eps).rsqrt()
+    return x * scale + (b - rm * scale)
+
+
+NORM_LAYERS = {
+  'batch': nn.BatchNorm2d,
+  'group': lambda channels: nn.GroupNorm(32, channels),
+  'frozen_batch': FrozenBatchNorm2d,
+}
+
+
 class BasicBlock(nn.Module):
   expansion = 1
 
   def __init__(
-    self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1
+    self,
+    inplanes,
+    planes,
+    stride=1,
+    downsample=None,
+    groups=1,
+    base_width=64,
+    dilation=1,
+    norm_layer=nn.BatchNorm2d,
   ):
     super().__init__()
     if groups != 1 or base_width != 64:
@@ -36,10 +77,10 @@ class BasicBlock(nn.Module):
     if dilation > 1:
       raise NotImplementedError('Dilation > 1 not supported in BasicBlock')
     self.conv1 = conv3x3(inplanes, planes, stride)
-    self.bn1 = nn.BatchNorm2d(planes)
+    self.bn1 = norm_layer(planes)
     self.relu = nn.ReLU(inplace=True)
     self.conv2 = conv3x3(planes, planes)
-    self.bn2 = nn.BatchNorm2d(planes)
+    self.bn2 = norm_layer(planes)
     self.downsample = downsample
 
   def forward(self, x):
@@ -55,16 +96,24 @@ class Bottleneck(nn.Module):
   expansion = 4
 
   def __init__(
-    self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1
+    self,
+    inplanes,
+    planes,
+    stride=1,
+    downsample=None,
+    groups=1,
+    base_width=64,
+    dilation=1,
+    norm_layer=nn.BatchNorm2d,
   ):
     super().__init__()
     width = int(planes * (base_width / 64.0)) * groups
     self.conv1 = conv1x1(inplanes, width)
-    self.bn1 = nn.BatchNorm2d(width)
+    self.bn1 = norm_layer(width)
     self.conv2 = conv3x3(width, width, stride, groups, dilation)
-    self.bn2 = nn.BatchNorm2d(width)
+    self.bn2 = norm_layer(width)
     self.conv3 = conv1x1(width, planes * 4)
-    self.bn3 = nn.BatchNorm2d(planes * 4)
+    self.bn3 = norm_layer(planes * 4)
     self.relu = nn.ReLU(inplace=True)
     self.downsample = downsample
 
@@ -87,14 +136,30 @@ class ResNet(nn.Module):
     groups=1,
     width_per_group=64,
     replace_stride_with_dilation=None,
+    norm='batch',
+    stem_type='',
+    stem_width=32,
+    avg_down=False,
   ):
     super().__init__()
     self.inplanes = 64
     self.dilation = 1
     dilate = replace_stride_with_dilation or [False, False, False]
     self.groups, self.base_width = groups, width_per_group
-    self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
+    self.norm_layer, self.avg_down = NORM_LAYERS[norm], avg_down
+    if stem_type == 'deep':  # timm's: conv1 = Sequential(conv, norm, ReLU, conv, norm, ReLU, conv)
+      self.conv1 = nn.Sequential(
+        nn.Conv2d(3, stem_width, 3, stride=2, padding=1, bias=False),
+        self.norm_layer(stem_width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(stem_width, stem_width, 3, stride=1, padding=1, bias=False),
+        self.norm_layer(stem_width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(stem_width, 64, 3, stride=1, padding=1, bias=False),
+      )
+    else:
+      self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    self.bn1 = self.norm_layer(64)
     self.relu = nn.ReLU(inplace=True)
     self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
     self.layer1 = self._make_layer(block, 64, layers[0])
@@ -106,7 +171,7 @@ class ResNet(nn.Module):
     for m in self.modules():
       if isinstance(m, nn.Conv2d):
         nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-      elif isinstance(m, nn.BatchNorm2d):
+      elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
         nn.init.constant_(m.weight, 1)
         nn.init.constant_(m.bias, 0)
 
@@ -117,11 +182,19 @@ class ResNet(nn.Module):
       self.dilation *= stride
       stride = 1
     if stride != 1 or self.inplanes != planes * block.expansion:
-      downsample = nn.Sequential(
-        conv1x1(self.inplanes, planes * block.expansion, stride),
-        nn.BatchNorm2d(planes * block.expansion),
-      )
-    shape = dict(groups=self.groups, base_width=self.base_width)
+      if self.avg_down:  # timm's downsample_avg (undilated)
+        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+        downsample = nn.Sequential(
+          pool if stride > 1 else nn.Identity(),
+          conv1x1(self.inplanes, planes * block.expansion),
+          self.norm_layer(planes * block.expansion),
+        )
+      else:
+        downsample = nn.Sequential(
+          conv1x1(self.inplanes, planes * block.expansion, stride),
+          self.norm_layer(planes * block.expansion),
+        )
+    shape = dict(groups=self.groups, base_width=self.base_width, norm_layer=self.norm_layer)
     layers = [block(self.inplanes, planes, stride, downsample, dilation=previous_dilation, **shape)]
     self.inplanes = planes * block.expansion
     layers += [
@@ -135,6 +208,100 @@ class ResNet(nn.Module):
     return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class PreActBlock(nn.Module):
+  """fb.resnet.torch's pre-activation basicblock and bottleneck (preresnet.lua), its three types
+  as ``preact``: 'given' (no_preact), 'shared' (both_preact: BN-ReLU of the input feeds the
+  shortcut too), 'branch' (preact). The projection is a bare 1x1 conv (downsample.0)."""
+
+  def __init__(self, inplanes, planes, stride, preact, bottleneck, shortcut, stride_in_1x1):
+    super().__init__()
+    self.preact, self.bottleneck = preact, bottleneck
+    out = planes * (4 if bottleneck else 1)
+    if preact != 'given':
+      self.bn1 = nn.BatchNorm2d(inplanes)
+    if bottleneck:
+      s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+      self.conv1 = conv1x1(inplanes, planes, s1)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.conv2 = conv3x3(planes, planes, s3)
+      self.bn3 = nn.BatchNorm2d(planes)
+      self.conv3 = conv1x1(planes, out)
+    else:
+      self.conv1 = conv3x3(inplanes, planes, stride)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.conv2 = conv3x3(planes, planes)
+    self.stride, self.out, self.option = stride, out, shortcut
+    self.downsample = None
+    if shortcut == 'C' or (shortcut == 'B' and (stride != 1 or inplanes != out)):
+      self.downsample = nn.Sequential(conv1x1(inplanes, out, stride))
+
+  def forward(self, x):
+    relu = torch.relu
+    y = x if self.preact == 'given' else relu(self.bn1(x))
+    if self.preact == 'shared':
+      x = y
+    y = self.conv1(y)
+    y = self.conv2(relu(self.bn2(y)))
+    if self.bottleneck:
+      y = self.conv3(relu(self.bn3(y)))
+    if self.downsample is not None:
+      return y + self.downsample(x)
+    x = x[:, :, :: self.stride, :: self.stride]  # option A: strided, zero-padded identity
+    return y + nn.functional.pad(x, (0, 0, 0, 0, 0, self.out - x.shape[1]))
+
+
+class PreActResNet(nn.Module):
+  """preresnet.lua's ImageNet and CIFAR nets (and resnet-pre-act.lua's CIFAR bottleneck nets:
+  the stride on the first 1x1, 16 -> 64 channels): stem (ImageNet: 7x7/2 conv-BN-ReLU-max pool;
+  CIFAR: a bare 3x3 conv), stages whose first block is 'shared' ('given' after the ImageNet
+  stem), then BN-ReLU (final_bn), average pool and the classifier."""
+
+  def __init__(self, bottleneck, layers, num_classes, cifar, shortcut, stride_in_1x1=False):
+    super().__init__()
+    self.cifar = cifar
+    widths = (16, 32, 64) if cifar else (64, 128, 256, 512)
+    if cifar:
+      self.conv1 = conv3x3(3, 16)
+    else:
+      self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+      self.bn1 = nn.BatchNorm2d(64)
+      self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    inplanes = widths[0]
+    for i, (width, count) in enumerate(zip(widths, layers, strict=True)):
+      blocks = []
+      for j in range(count):
+        preact = ('given' if i == 0 and not cifar else 'shared') if j == 0 else 'branch'
+        stride = 2 if i > 0 and j == 0 else 1
+        blocks.append(
+          PreActBlock(inplanes, width, stride, preact, bottleneck, shortcut, stride_in_1x1)
+        )
+        inplanes = blocks[-1].out
+      setattr(self, f'layer{i + 1}', nn.Sequential(*blocks))
+    self.num_stages = len(widths)
+    self.final_bn = nn.BatchNorm2d(inplanes)
+    self.fc = nn.Linear(inplanes, num_classes)
+
+  def forward(self, x):
+    x = self.conv1(x)
+    if not self.cifar:
+      x = self.maxpool(torch.relu(self.bn1(x)))
+    for i in range(self.num_stages):
+      x = getattr(self, f'layer{i + 1}')(x)
+    x = torch.relu(self.final_bn(x))
+    return self.fc(torch.flatten(x.mean((2, 3), keepdim=True), 1))
+
+
+PREACT_ARCHS = {  # name -> PreActResNet arguments
+  'preact_resnet18': (False, [2, 2, 2, 2], dict(cifar=False, shortcut='B')),
+  'preact_resnet50': (True, [3, 4, 6, 3], dict(cifar=False, shortcut='B')),
+  'cifar_preact_resnet20': (False, [3, 3, 3], dict(cifar=True, shortcut='A')),
+  'cifar_preact_resnet164': (
+    True,
+    [18, 18, 18],
+    dict(cifar=True, shortcut='B', stride_in_1x1=True),
+  ),
+}
+
 ARCHS = {  # name -> (block, layers, ResNet keyword arguments), as torchvision's builders
   'resnet18': (BasicBlock, [2, 2, 2, 2], {}),
   'resnet34': (BasicBlock, [3, 4, 6, 3], {}),
@@ -146,11 +313,18 @@ ARCHS = {  # name -> (block, layers, ResNet keyword arguments), as torchvision's
   'resnext101_64x4d': (Bottleneck, [3, 4, 23, 3], dict(groups=64, width_per_group=4)),
   'wide_resnet50_2': (Bottleneck, [3, 4, 6, 3], dict(width_per_group=128)),
   'wide_resnet101_2': (Bottleneck, [3, 4, 23, 3], dict(width_per_group=128)),
+  # timm's Bag of Tricks nets
+  'resnet18d': (BasicBlock, [2, 2, 2, 2], dict(stem_type='deep', avg_down=True)),
+  'resnet50d': (Bottleneck, [3, 4, 6, 3], dict(stem_type='deep', avg_down=True)),
 }
 
 
 def build(name, num_classes=1000, **kwargs):
-  """torchvision's ``models.<name>(num_classes=..., **kwargs)`` with random weights."""
+  """torchvision's ``models.<name>(num_classes=..., **kwargs)`` (timm's for ResNet-C/-D, the
+  Torch code's for pre-activation nets) with random weights."""
+  if name in PREACT_ARCHS:
+    bottleneck, layers, defaults = PREACT_ARCHS[name]
+    return PreActResNet(bottleneck, layers, num_classes, **{**defaults, **kwargs})
   block, layers, defaults = ARCHS[name]
   return ResNet(block, layers, num_classes, **{**defaults, **kwargs})
 

@@ -41,4 +41,7 @@ PAPER = {
   # The family, ImageNet val, one 224 crop.
   'resnext50_32x4d': {'top1': 22.2, 'protocol': 'center', 'source': 'Xie et al. 2017, Table 3'},
   'wide_resnet50_2': {'top1': 21.532, 'protocol': 'center', 'source': "torchvision's V1 weights"},
+  # Pre-activation nets, CIFAR-10 test error (He et al. 2016, "Identity Mappings").
+  'cifar_preact_resnet164': {'top1': 5.46, 'protocol': 'center', 'source': 'He et al. 2016'},
+  'cifar_preact_resnet1001': {'top1': 4.92, 'protocol': 'center', 'source': 'He et al. 2016'},
 }

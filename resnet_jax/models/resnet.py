@@ -1,20 +1,18 @@
-"""Residual and plain networks of He et al. (2015), laid out as torchvision builds them.
+"""Residual and plain networks of He et al. (2015) and their family, laid out as torchvision builds
+them: one ``ResNet`` class whose arguments give ResNeXt, wide, dilated, pre-activation
+(He et al. 2016) and Bag of Tricks' ResNet-C/-D nets, with BatchNorm, GroupNorm or frozen
+BatchNorm. The names that stand for them are ``registry``'s.
 
 Module and parameter names mirror torchvision's ``resnet.py`` with ``.`` replaced by ``_``
-(``layer1_0/conv1/kernel`` is ``layer1.0.conv1.weight``), so converted weights map one to one and
-logits match torchvision's to float precision.
-
-Example:
-  model = get_model('resnet50', num_classes=1000)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
-  logits = model.apply(variables, images, train=False)
+(``layer1_0/conv1/kernel`` is ``layer1.0.conv1.weight``; timm's for the deep stem and the
+average-pool shortcut), so converted weights map one to one and logits match torchvision's to
+float precision.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +22,7 @@ import jax.numpy as jnp
 
 from resnet_jax.cpu import native
 from resnet_jax.models import conv as conv_lowering
-from resnet_jax.models import stem
-from resnet_jax.models.batch_norm import BatchNorm
+from resnet_jax.models import norms, stem
 from resnet_jax.models.block_layout import SCAN_SUFFIX
 
 Dtype = Any
@@ -36,31 +33,46 @@ conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
-def shortcut_path(x, *, features, strides, option, conv, norm, train):
+def shortcut_path(x, *, features, strides, option, conv, norm, avg_down, train):
   """The identity path of a block, per the paper's Table 3 options.
 
   Called inside a block's compact ``__call__``, so a projection gets torchvision's names
-  (``downsample_0`` conv, ``downsample_1`` BN) directly under the block.
+  (``downsample_0`` conv, ``downsample_1`` norm) directly under the block; with ``avg_down``,
+  timm's (``downsample_0`` the pool, ``downsample_1`` conv, ``downsample_2`` norm).
 
   Args:
     x: block input.
     features: block output channels.
     strides: spatial stride of the block.
     option: 'A' (zero-padded identity), 'B' (projection where the shape changes), 'C' (always).
-    conv, norm: the block's conv and BatchNorm constructors.
-    train: BatchNorm mode.
+    conv, norm: the block's conv and norm constructors; ``norm`` None for a bare convolution
+      (pre-activation blocks).
+    avg_down: ResNet-D (He et al. 2019): a projection averages 2x2 windows for the stride, then
+      convolves at stride 1, where ResNet-B's strided 1x1 skips three pixels of four.
+    train: norm mode.
   """
   in_features = x.shape[-1]
   reshaped = strides != 1 or in_features != features
   if option == 'C' or (option == 'B' and reshaped):
-    x = conv(features, (1, 1), (strides, strides), name='downsample_0')(x)
-    return norm(name='downsample_1')(x, train=train)
+    names = ('downsample_0', 'downsample_1')
+    if avg_down:
+      names = ('downsample_1', 'downsample_2')
+      x, strides = (average_pool_2x2(x) if strides > 1 else x), 1
+    x = conv(features, (1, 1), (strides, strides), name=names[0])(x)
+    return x if norm is None else norm(name=names[1])(x, train=train)
   if strides != 1:
     x = x[:, ::strides, ::strides, :]
   if in_features < features:
     # Option A: the extra channels are zeros, appended after the identity channels.
     x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - in_features)))
   return x
+
+
+def average_pool_2x2(x):
+  """torch's ``AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)``, NHWC: an odd last row
+  or column is a window of its own, averaged over the pixels it holds."""
+  pad = ((0, x.shape[1] % 2), (0, x.shape[2] % 2))
+  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding=pad, count_include_pad=False)
 
 
 def _conv(
@@ -72,6 +84,7 @@ def _conv(
   groups=1,
   dilation=1,
   name=None,
+  kernel_init=conv_init,
   lowering=conv_lowering.conv_general_dilated_stored_input,
   cpu_convolution='auto',
 ):
@@ -94,9 +107,18 @@ def _conv(
     conv_general_dilated=conv_lowering.cpu_convolution(lowering, cpu_convolution),
     dtype=dtype,
     param_dtype=jnp.float32,
-    kernel_init=conv_init,
+    kernel_init=kernel_init,
     name=name,
   )
+
+
+# A block's pre-activation (He et al. 2016, "Identity Mappings in Deep Residual Networks"; their
+# fb.resnet.torch code's three block types): '' none, the 2015 post-activation block (conv, norm,
+# ReLU; ReLU after the addition); 'branch': norm-ReLU opens the residual branch, the shortcut
+# takes the block's input as it is; 'shared': norm-ReLU of the input feeds both paths (a stage's
+# first block, whose shortcut reshapes); 'given': the input is already activated (the first
+# block after the ImageNet stem's norm-ReLU).
+PREACT_MODES = ('', 'branch', 'shared', 'given')
 
 
 class _Block(nn.Module):
@@ -107,11 +129,14 @@ class _Block(nn.Module):
     strides: spatial stride of the block (on its first 3x3, or first 1x1 with stride_in_1x1).
     shortcut: 'A', 'B' or 'C'.
     residual: False drops the shortcut (plain nets).
-    conv, norm: conv and BatchNorm constructors configured by the network.
-    zero_init_residual: start the last BN scale at zero so the block starts as the identity.
+    conv, norm: conv and norm constructors configured by the network.
+    zero_init_residual: start the block as the identity: its last norm's scale at zero (the
+      last conv's kernel in a pre-activation block, which ends on it).
     stride_in_1x1: bottleneck only; see Bottleneck.
     groups, width_per_group: bottleneck only; see Bottleneck.
     dilation: bottleneck only: the 3x3's dilation (and padding), torchvision's.
+    preact: one of PREACT_MODES.
+    avg_down: ResNet-D's projection shortcut (see shortcut_path).
   """
 
   features: int
@@ -125,13 +150,26 @@ class _Block(nn.Module):
   groups: int = 1
   width_per_group: int = 64
   dilation: int = 1
+  preact: str = ''
+  avg_down: bool = False
 
   def last_norm(self, name):
     init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     return self.norm(name=name, scale_init=init)
 
+  def last_conv_init(self):
+    return nn.initializers.zeros if self.zero_init_residual else conv_init
+
+  def pre_activate(self, x, train):
+    """(the residual branch's input, the shortcut's input) of a pre-activation block."""
+    if self.preact == 'given':
+      return x, x
+    activated = nn.relu(self.norm(name='bn1')(x, train=train))
+    return activated, (activated if self.preact == 'shared' else x)
+
   def join(self, y, x, *, train):
-    """relu(F(x) + shortcut(x)), or relu(F(x)) for a plain block."""
+    """relu(F(x) + shortcut(x)), or relu(F(x)) for a plain block; no ReLU after a pre-activation
+    block's addition."""
     if self.residual:
       y = y + shortcut_path(
         x,
@@ -139,21 +177,33 @@ class _Block(nn.Module):
         strides=self.strides,
         option=self.shortcut,
         conv=self.conv,
-        norm=self.norm,
+        norm=None if self.preact else self.norm,
+        avg_down=self.avg_down,
         train=train,
       )
-    return nn.relu(y)
+    return y if self.preact else nn.relu(y)
 
 
 class BasicBlock(_Block):
-  """3x3 -> BN -> ReLU -> 3x3 -> BN, (+ shortcut), ReLU. ResNet-18/34 and all CIFAR nets."""
+  """3x3 -> BN -> ReLU -> 3x3 -> BN, (+ shortcut), ReLU. ResNet-18/34 and all CIFAR nets.
+
+  Pre-activation (``preact``): BN -> ReLU -> 3x3 -> BN -> ReLU -> 3x3, + shortcut (its norms
+  ``bn1`` before ``conv1``, ``bn2`` before ``conv2``).
+  """
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     return self.forward(x, train)
 
   def forward(self, x, train: bool):
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), name='conv1')(x)
+    strides = (self.strides, self.strides)
+    if self.preact:
+      y, x = self.pre_activate(x, train)
+      y = self.conv(self.features, (3, 3), strides, name='conv1')(y)
+      y = nn.relu(self.norm(name='bn2')(y, train=train))
+      y = self.conv(self.features, (3, 3), name='conv2', kernel_init=self.last_conv_init())(y)
+      return self.join(y, x, train=train)
+    y = self.conv(self.features, (3, 3), strides, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y, train=train))
     y = self.conv(self.features, (3, 3), name='conv2')(y)
     y = self.last_norm('bn2')(y, train=train)
@@ -167,6 +217,8 @@ class Bottleneck(_Block):
   The inner width is torchvision's ``int(features * width_per_group / 64) * groups``, the 3x3 in
   ``groups`` channel groups: ResNeXt (Xie et al. 2017; 32x4d is groups 32, width_per_group 4) and
   Wide ResNets (Zagoruyko & Komodakis 2016; width_per_group 128) are this block.
+  Pre-activation (``preact``): BN-ReLU before each conv (``bn1``, ``bn2``, ``bn3`` before
+  ``conv1``, ``conv2``, ``conv3``), + shortcut.
   """
 
   @nn.compact
@@ -176,12 +228,19 @@ class Bottleneck(_Block):
   def forward(self, x, train: bool):
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     width = int(self.features * (self.width_per_group / 64.0)) * self.groups
+    conv2 = functools.partial(
+      self.conv, width, (3, 3), (s3, s3), groups=self.groups, dilation=self.dilation, name='conv2'
+    )
+    if self.preact:
+      y, x = self.pre_activate(x, train)
+      y = self.conv(width, (1, 1), (s1, s1), name='conv1')(y)
+      y = conv2()(nn.relu(self.norm(name='bn2')(y, train=train)))
+      y = nn.relu(self.norm(name='bn3')(y, train=train))
+      last = self.conv(self.features * 4, (1, 1), name='conv3', kernel_init=self.last_conv_init())
+      return self.join(last(y), x, train=train)
     y = self.conv(width, (1, 1), (s1, s1), name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y, train=train))
-    y = self.conv(
-      width, (3, 3), (s3, s3), groups=self.groups, dilation=self.dilation, name='conv2'
-    )(y)
-    y = nn.relu(self.norm(name='bn2')(y, train=train))
+    y = nn.relu(self.norm(name='bn2')(conv2()(y), train=train))
     y = self.conv(self.features * 4, (1, 1), name='conv3')(y)
     y = self.last_norm('bn3')(y, train=train)
     return self.join(y, x, train=train)
@@ -210,7 +269,10 @@ class ResNet(nn.Module):
     block_cls: BasicBlock or Bottleneck.
     num_classes: width of the classifier.
     widths: base filters per stage (64/128/256/512 ImageNet, 16/32/64 CIFAR).
-    stem: 'imagenet' (7x7/2 conv + 3x3/2 max pool) or 'cifar' (3x3 conv, no pool).
+    stem: 'imagenet' (7x7/2 conv + 3x3/2 max pool), 'deep' (ResNet-C of He et al. 2019, timm's
+      'deep': three 3x3 convs, the first at stride 2, of stem_width, stem_width and widths[0]
+      filters, then the max pool) or 'cifar' (3x3 conv, no pool).
+    stem_width: the deep stem's first two convs' filters (timm's 32).
     shortcut: 'A', 'B' or 'C' (paper Table 3).
     residual: False builds the plain counterpart (same layers, no shortcuts).
     stride_in_1x1: bottleneck stride placement (see Bottleneck).
@@ -220,7 +282,14 @@ class ResNet(nn.Module):
     replace_stride_with_dilation: for stages 2, 3, 4: True keeps the stage at its input's
       resolution and dilates its 3x3s instead (torchvision's: output stride 16 or 8, as
       segmentation and detection backbones use). Bottleneck nets only.
-    bn_momentum, bn_epsilon: BatchNorm constants (torch's 0.1 momentum is 0.9 here).
+    avg_down: ResNet-D's projection shortcuts (average pool, then a stride-1 1x1; shortcut_path).
+    preact: pre-activation blocks (He et al. 2016: norm-ReLU before each conv, nothing after the
+      addition) and a final norm-ReLU (``final_bn``) before the pool; the CIFAR stem is then a
+      bare conv. Block types as their fb.resnet.torch code (PREACT_MODES).
+    norm: 'batch', 'group' or 'frozen_batch' (``norms``), torchvision's ``norm_layer``.
+    norm_groups: GroupNorm's groups (torch's first argument; Wu & He's 32).
+    bn_momentum, bn_epsilon: BatchNorm constants (torch's 0.1 momentum is 0.9 here); the epsilon
+      is every norm's.
     bn_axis_name, bn_axis_index_groups: share BN statistics across devices (see BatchNorm).
     scan_blocks: run the identical blocks of each stage (all but its first) as one ``nn.scan``
       step, so the compiled program holds one copy of them: compile time independent of depth.
@@ -241,6 +310,7 @@ class ResNet(nn.Module):
   num_classes: int
   widths: Sequence[int] = (64, 128, 256, 512)
   stem: str = 'imagenet'
+  stem_width: int = 32
   shortcut: str = 'B'
   residual: bool = True
   stride_in_1x1: bool = False
@@ -248,6 +318,10 @@ class ResNet(nn.Module):
   groups: int = 1
   width_per_group: int = 64
   replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+  avg_down: bool = False
+  preact: bool = False
+  norm: str = 'batch'
+  norm_groups: int = 32
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None
@@ -279,10 +353,11 @@ class ResNet(nn.Module):
     if unknown:
       raise ValueError(f'Unknown features {unknown}; this net has stem, {", ".join(stages)}.')
     conv = functools.partial(_conv, dtype=self.dtype, cpu_convolution=self.cpu_convolution)
-    norm = functools.partial(
-      BatchNorm,
+    norm = norms.norm_layer(
+      self.norm,
       momentum=self.bn_momentum,
       epsilon=self.bn_epsilon,
+      groups=self.norm_groups,
       axis_name=self.bn_axis_name,
       axis_index_groups=self.bn_axis_index_groups,
       dtype=self.dtype,
@@ -305,17 +380,33 @@ class ResNet(nn.Module):
       )
     if features:
       return {name: outputs[name] for name in features}
-    return self._head(outputs[stages[-1]].astype(jnp.float32), spatial_logits)
+    x = outputs[stages[-1]]
+    if self.preact:
+      x = nn.relu(norm(name='final_bn')(x, train=train))
+    return self._head(x.astype(jnp.float32), spatial_logits)
 
   def _stem(self, x, conv, norm, train):
-    if self.stem == 'imagenet':
-      x = conv(self.widths[0], (7, 7), (2, 2), name='conv1', lowering=stem.stem_conv)(x)
-      x = nn.relu(norm(name='bn1')(x, train=train))
-      return stem.max_pool_3x3(x, native.kernels_for(x, self.cpu_kernels))
     if self.stem == 'cifar':
       x = conv(self.widths[0], (3, 3), name='conv1')(x)
-      return nn.relu(norm(name='bn1')(x, train=train))
-    raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+      return x if self.preact else nn.relu(norm(name='bn1')(x, train=train))
+    if self.stem == 'imagenet':
+      x = conv(self.widths[0], (7, 7), (2, 2), name='conv1', lowering=stem.stem_conv)(x)
+    elif self.stem == 'deep':  # timm's names: conv1 is a Sequential of conv, norm, ReLU, ...
+      x = conv(self.stem_width, (3, 3), (2, 2), name='conv1_0')(x)
+      x = nn.relu(norm(name='conv1_1')(x, train=train))
+      x = conv(self.stem_width, (3, 3), name='conv1_3')(x)
+      x = nn.relu(norm(name='conv1_4')(x, train=train))
+      x = conv(self.widths[0], (3, 3), name='conv1_6')(x)
+    else:
+      raise ValueError(f"stem must be 'imagenet', 'deep' or 'cifar', got {self.stem!r}")
+    x = nn.relu(norm(name='bn1')(x, train=train))
+    return stem.max_pool_3x3(x, native.kernels_for(x, self.cpu_kernels))
+
+  def _preact_modes(self, i):
+    """(stage i's first block's, its other blocks') PREACT_MODES, as fb.resnet.torch's."""
+    if not self.preact:
+      return '', ''
+    return ('given' if i == 0 and self.stem != 'cifar' else 'shared'), 'branch'
 
   def _stage(self, x, i, strides, dilations, conv, norm, train):
     """Stage ``i``: its first block (``strides``, ``dilations[0]``), then the identical others
@@ -331,9 +422,12 @@ class ResNet(nn.Module):
       stride_in_1x1=self.stride_in_1x1,
       groups=self.groups,
       width_per_group=self.width_per_group,
+      avg_down=self.avg_down,
     )
-    x = block(strides=strides, dilation=dilations[0], name=f'layer{i + 1}_0')(x, train=train)
-    block = functools.partial(block, strides=1, dilation=dilations[1])
+    first, others = self._preact_modes(i)
+    first_block = functools.partial(block, strides=strides, dilation=dilations[0], preact=first)
+    x = first_block(name=f'layer{i + 1}_0')(x, train=train)
+    block = functools.partial(block, strides=1, dilation=dilations[1], preact=others)
     num_blocks = self.stage_sizes[i]
     if self.scan_blocks and num_blocks > 1:
       blocks = nn.scan(
@@ -363,109 +457,3 @@ class ResNet(nn.Module):
       name='fc',
     )
     return head(x)
-
-
-_IMAGENET_DEPTHS = {
-  18: (BasicBlock, (2, 2, 2, 2)),
-  34: (BasicBlock, (3, 4, 6, 3)),
-  50: (Bottleneck, (3, 4, 6, 3)),
-  101: (Bottleneck, (3, 4, 23, 3)),
-  152: (Bottleneck, (3, 8, 36, 3)),
-}
-# torchvision's named variants of its ResNet class: (depth, groups, width_per_group).
-_VARIANTS = {
-  'resnext50_32x4d': (50, 32, 4),
-  'resnext101_32x8d': (101, 32, 8),
-  'resnext101_64x4d': (101, 64, 4),
-  'wide_resnet50_2': (50, 1, 128),
-  'wide_resnet101_2': (101, 1, 128),
-}
-PAPER_CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
-_NAME_PATTERN = re.compile(r'^(resnet|plain|cifar_resnet|cifar_plain)(\d+)$')
-VALID_NAMES = (
-  'resnet{18,34,50,101,152}, plain{18,34,50,101,152}, '
-  f'{", ".join(_VARIANTS)}, '
-  'cifar_resnet{6n+2: 20,32,44,56,110,1202,...}, cifar_plain{6n+2}'
-)
-
-
-def model_config(name: str) -> dict[str, Any]:
-  """The constructor arguments that ``name`` stands for (before user overrides).
-
-  Raises:
-    ValueError: for an unknown name or an impossible depth, naming the valid choices.
-  """
-  if name in _VARIANTS:
-    depth, groups, width_per_group = _VARIANTS[name]
-    return dict(model_config(f'resnet{depth}'), groups=groups, width_per_group=width_per_group)
-  match = _NAME_PATTERN.match(name)
-  if not match:
-    raise ValueError(f'Unknown model {name!r}. Valid names: {VALID_NAMES}.')
-  family, depth = match.group(1), int(match.group(2))
-  residual = 'resnet' in family
-  if family.startswith('cifar'):
-    if depth < 8 or (depth - 2) % 6:
-      raise ValueError(
-        f'Impossible CIFAR depth {depth} in {name!r}: depth must be 6n+2 with n >= 1 '
-        f'(the paper uses {", ".join(map(str, PAPER_CIFAR_DEPTHS))}).'
-      )
-    n = (depth - 2) // 6
-    return dict(
-      stage_sizes=(n, n, n),
-      block_cls=BasicBlock,
-      widths=(16, 32, 64),
-      stem='cifar',
-      shortcut='A',
-      residual=residual,
-    )
-  if depth not in _IMAGENET_DEPTHS:
-    raise ValueError(
-      f'Impossible ImageNet depth {depth} in {name!r}: choose one of '
-      f'{sorted(_IMAGENET_DEPTHS)}. Valid names: {VALID_NAMES}.'
-    )
-  block_cls, stage_sizes = _IMAGENET_DEPTHS[depth]
-  return dict(stage_sizes=stage_sizes, block_cls=block_cls, residual=residual)
-
-
-def get_model(name: str, *, num_classes: int, dtype: Dtype = jnp.float32, **overrides) -> ResNet:
-  """Builds a network by name.
-
-  Args:
-    name: ``resnet18|34|50|101|152``, ``plain18..152``, ``resnext50_32x4d``,
-      ``resnext101_32x8d``, ``resnext101_64x4d``, ``wide_resnet50_2``, ``wide_resnet101_2``,
-      ``cifar_resnet<6n+2>``, ``cifar_plain<6n+2>``.
-    num_classes: classifier width.
-    dtype: compute dtype (``jnp.bfloat16`` / ``jnp.float16`` for mixed precision).
-    **overrides: any ResNet attribute, e.g. ``shortcut='C'``, ``zero_init_residual=True``,
-      ``stride_in_1x1=True``, ``groups=32, width_per_group=4``,
-      ``replace_stride_with_dilation=(False, True, True)``, ``bn_axis_name='data'``.
-
-  Returns:
-    The flax module.
-  """
-  kwargs = model_config(name)
-  valid = set(ResNet.__dataclass_fields__) - {'parent', 'name', 'num_classes', 'dtype'}
-  unknown = set(overrides) - valid
-  if unknown:
-    raise ValueError(f'Unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}.')
-  kwargs.update(overrides)
-  if kwargs.get('shortcut', 'B') not in ('A', 'B', 'C'):
-    raise ValueError(f"shortcut must be 'A', 'B' or 'C', got {kwargs['shortcut']!r}.")
-  _check_block_options(name, kwargs)
-  return ResNet(num_classes=num_classes, dtype=dtype, **kwargs)
-
-
-def _check_block_options(name: str, kwargs: dict):
-  """torchvision's rules: grouped, widened and dilated 3x3s exist in the bottleneck only."""
-  groups, width = kwargs.get('groups', 1), kwargs.get('width_per_group', 64)
-  dilation = tuple(kwargs.get('replace_stride_with_dilation', (False,) * 3))
-  if len(dilation) != 3:
-    raise ValueError(f'replace_stride_with_dilation needs 3 values (stages 2-4), got {dilation}.')
-  if groups < 1 or width < 1:
-    raise ValueError(f'groups and width_per_group must be >= 1, got {groups} and {width}.')
-  if kwargs['block_cls'] is BasicBlock and (groups != 1 or width != 64 or any(dilation)):
-    raise ValueError(
-      f'{name} is built of basic blocks, which have no groups, width_per_group or dilation '
-      f'(torchvision: groups=1, width_per_group=64, no dilation); use a bottleneck net '
-      f'(resnet50 and deeper, resnext*, wide_resnet*).'
-    )

@@ -1,4 +1,6 @@
-"""torchvision's ResNet ``state_dict`` <-> this project's Flax variables (names, layouts, shapes).
+"""torchvision's ResNet ``state_dict`` <-> this project's Flax variables (names, layouts, shapes);
+timm's for ResNet-C/-D (its names are torchvision's plus the deep stem's ``conv1.0...conv1.6``
+and the shortcut's ``downsample.1``/``.2``).
 
 torchvision's pretrained weights expect inputs scaled to [0, 1] and normalised per channel, so
 fine-tune or evaluate them with ``--config.normalization=channel_mean_std``. The command that
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_jax.models import block_layout, resnet
+from resnet_jax.models import block_layout, registry
 
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 _LEAF_NAMES = {
@@ -45,6 +47,13 @@ def _flax_path(torch_key: str, rank: int) -> tuple[str, tuple[str, ...]]:
   return collection, (*path, name)
 
 
+def flax_key(torch_key: str) -> tuple[str, ...]:
+  """A torch key's leaf in our flattened variables: 'layer1.0.bn1.running_mean' ->
+  ('batch_stats', 'layer1_0', 'bn1', 'mean')."""
+  collection, path = _flax_path(torch_key, rank=1)
+  return (collection, *path)
+
+
 def _to_flax_layout(value: np.ndarray) -> np.ndarray:
   if value.ndim == 4:  # conv OIHW -> HWIO
     return value.transpose(2, 3, 1, 0)
@@ -62,7 +71,7 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 def expected_variables(name: str, num_classes: int, **overrides) -> dict[str, Any]:
   """Shapes of a model's variables (no compute), for checking converted or restored weights."""
-  model = resnet.get_model(name, num_classes=num_classes, **overrides)
+  model = registry.get_model(name, num_classes=num_classes, **overrides)
   size = 32 if name.startswith('cifar') else 224
   return jax.eval_shape(
     lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
@@ -77,7 +86,7 @@ def from_torchvision(
   Args:
     state_dict: torchvision keys (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``fc.bias``...)
       to torch tensors or numpy arrays.
-    name: model name as for ``resnet.get_model``; the class count is read off ``fc.weight``.
+    name: model name as for ``registry.get_model``; the class count is read off ``fc.weight``.
     **model_overrides: options the weights were trained with (e.g. ``shortcut='C'``), and
       ``scan_blocks=True`` for the stacked layout of a scanned model.
 
@@ -100,6 +109,8 @@ def from_torchvision(
     array = _as_numpy(value)
     collection, path = _flax_path(key, array.ndim)
     flax_key = (collection, *path)
+    if flax_key not in expected and ('batch_stats', *path) in expected:
+      flax_key = ('batch_stats', *path)  # a frozen BatchNorm's scale and bias (norms.py)
     if flax_key not in expected:
       unexpected.append(key)
       continue
@@ -128,13 +139,16 @@ _TORCH_LEAF = {  # flax (collection, leaf) -> torch leaf; the inverse of _flax_p
   ('params', 'bias'): 'bias',
   ('batch_stats', 'mean'): 'running_mean',
   ('batch_stats', 'var'): 'running_var',
+  ('batch_stats', 'scale'): 'weight',  # frozen BatchNorm's (buffers in torch too)
+  ('batch_stats', 'bias'): 'bias',
 }
 
 
 def to_torchvision(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """This project's variables (either layout) as a torchvision ``state_dict`` of numpy arrays,
-  ``num_batches_tracked`` included (0), so torchvision's ``load_state_dict`` takes it strictly;
-  the inverse of ``from_torchvision``. ``torch.from_numpy`` each value to save it with torch."""
+  BatchNorm's ``num_batches_tracked`` included (0), so torchvision's ``load_state_dict`` takes
+  it strictly; the inverse of ``from_torchvision``. ``torch.from_numpy`` each value to save it
+  with torch."""
   flat = traverse_util.flatten_dict(jax.device_get(block_layout.unstack_blocks(dict(variables))))
   state_dict = {}
   for (collection, *path, leaf), value in flat.items():
@@ -145,6 +159,7 @@ def to_torchvision(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     elif array.ndim == 2:  # linear (in, out) -> (out, in)
       array = array.T
     state_dict[f'{modules}.{_TORCH_LEAF[collection, leaf]}'] = np.ascontiguousarray(array)
-    if (collection, leaf) == ('batch_stats', 'mean'):
+    if (collection, leaf) == ('batch_stats', 'mean') and ('params', *path, 'scale') in flat:
+      # BatchNorm2d's counter; torchvision's FrozenBatchNorm2d has none.
       state_dict[f'{modules}.num_batches_tracked'] = np.array(0, np.int64)
   return state_dict

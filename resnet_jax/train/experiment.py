@@ -16,7 +16,7 @@ from flax import traverse_util
 
 from resnet_jax import storage
 from resnet_jax.data import device_pixels, input_pipeline, mean_image, sources
-from resnet_jax.models import block_layout
+from resnet_jax.models import block_layout, norms
 from resnet_jax.train import checkpoint, network, optim, parallel, scoring, steps
 
 LOG = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Experiment:
       abstract,
       self.data_parallel.replicated,
       self.config.init_from_skip,
-      relayout=block_layout.relayout_like,
+      relayout=_relayout_like,
     )
     merged = jax.tree.map(
       lambda new, old: old if new is None else new, loaded, abstract, is_leaf=lambda x: x is None
@@ -132,6 +132,11 @@ class Experiment:
     if self.config.normalization == 'pixel_mean' and self.mean_image is None:
       self.mean_image = mean_image.load_or_compute(self.config, self.train_source)
     return self.mean_image
+
+
+def _relayout_like(saved: dict, like: dict) -> dict:
+  """Another run's variables in this model's block layout and norm collections."""
+  return norms.collections_like(block_layout.relayout_like(saved, like), like)
 
 
 def flat_params(state) -> dict:

@@ -13,29 +13,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import config_check
 from resnet_jax.data import device_pixels
-from resnet_jax.models import resnet
+from resnet_jax.models import registry
 from resnet_jax.train import optim, parallel, steps
 
 
 def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
   """The config's network; ``train_bn_axis=False`` for evaluation (no cross-device BN axis)."""
   overrides = dict(
+    config_check.architecture_overrides(config),
     zero_init_residual=config.zero_init_residual,
-    stride_in_1x1=config.stride_in_1x1,
     scan_blocks=config.scan_blocks,
     bn_momentum=config.bn_momentum,
     bn_epsilon=config.bn_epsilon,
     cpu_convolution=config.cpu_convolution,
     cpu_kernels=config.cpu_kernels,
   )
-  if config.shortcut:
-    overrides['shortcut'] = config.shortcut
-  for field in ('groups', 'width_per_group'):  # 0: the named model's own
-    if config[field]:
-      overrides[field] = config[field]
-  if any(config.replace_stride_with_dilation):
-    overrides['replace_stride_with_dilation'] = tuple(config.replace_stride_with_dilation)
   if train_bn_axis and config.bn_group_size != 1:
     overrides['bn_axis_name'] = parallel.AXIS
     if config.bn_group_size > 1:
@@ -47,7 +41,7 @@ def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
   dtype = jnp.float32
   if config.half_precision:
     dtype = {'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[config.half_dtype]
-  return resnet.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
+  return registry.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
 
 
 def fresh_state(config, model, tx, data_parallel) -> steps.TrainState:

@@ -51,7 +51,7 @@ def create_train_state(model, tx, image_shape, rng, *, fp16_loss_scale: bool) ->
   return TrainState(
     step=jnp.int32(0),
     params=params,
-    batch_stats=variables['batch_stats'],
+    batch_stats=variables.get('batch_stats', {}),  # none under GroupNorm
     opt_state=tx.init(params),
     loss_scale=loss_scale,
   )
@@ -84,18 +84,27 @@ def train_step(
   scale = state.loss_scale.get('scale', 1.0)
   images = batch['image'] if pixel_ops is None else pixel_ops(batch)
 
+  # Only BatchNorm updates statistics in training. GroupNorm has none, and a frozen BatchNorm's
+  # must stay bitwise as loaded (a mean over devices of equal values can round them).
+  running_statistics = config.norm == 'batch'
+
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
-    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+    if not running_statistics:
+      logits, batch_stats = model.apply(variables, images, train=True), state.batch_stats
+    else:
+      logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+      batch_stats = updates['batch_stats']
     loss = cross_entropy(logits, batch['label'], num_classes, config.label_smoothing).mean()
-    return loss * scale, (updates['batch_stats'], logits, loss)
+    return loss * scale, (batch_stats, logits, loss)
 
   grads, (batch_stats, logits, loss) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = lax.pmean(grads, AXIS)
   grads = jax.tree.map(lambda g: g / scale, grads)
-  # Running averages are linear in the batch statistics, so averaging them every step equals
-  # averaging per-device averages at the end: one consistent set to evaluate and save.
-  batch_stats = lax.pmean(batch_stats, AXIS)
+  if running_statistics:
+    # Running averages are linear in the batch statistics, so averaging them every step equals
+    # averaging per-device averages at the end: one consistent set to evaluate and save.
+    batch_stats = lax.pmean(batch_stats, AXIS)
   top1, top5 = topk_errors(logits, batch['label'])
   metrics = {'loss': loss, 'top1_err': top1.mean(), 'top5_err': top5.mean()}
   metrics = lax.pmean(metrics, AXIS)
