@@ -108,6 +108,12 @@ def get_config():
   c.deep_stem = False
   c.stem_width = 0  # 0 = 32 (timm's); needs the deep stem.
   c.avg_down = False
+  # Stochastic depth (Huang et al. 2016; timm's drop_path_rate, "ResNet strikes back" uses 0.05):
+  # in training each example drops each block's residual branch with a rate linear in the block's
+  # depth, 0 for the first block to this for the last; the kept branch is scaled by 1 / (1 - rate).
+  # The draws are keyed on (seed, step, row of the global batch): the same on any number of
+  # processes and after a resume. Residual nets only.
+  c.drop_path_rate = 0.0
   # Compile each stage's identical blocks once (nn.scan): ResNet-152 compiles about as fast as
   # ResNet-50. Same numbers for the same weights; variables stacked under layer{i}_scan, converted
   # to and from the per-block layout on restore and init_from. Costs step time on a GPU (0.62-0.68x

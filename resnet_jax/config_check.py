@@ -159,6 +159,7 @@ RULES: dict[str, Rule] = {
   'deep_stem': boolean,
   'stem_width': NONNEG_INT,
   'avg_down': boolean,
+  'drop_path_rate': number(0.0, 0.99),
   'scan_blocks': boolean,
   'cpu_convolution': one_of('auto', 'onednn', 'xla'),
   'cpu_kernels': one_of('auto', 'native', 'xla'),
@@ -298,6 +299,8 @@ def architecture_overrides(c) -> dict:
     given['stem'] = 'deep'
   if c.avg_down:
     given['avg_down'] = True
+  if c.drop_path_rate:
+    given['drop_path_rate'] = c.drop_path_rate
   return given
 
 

@@ -72,6 +72,11 @@ CASES = [
     'stem_width sets the deep stem',
   ),
   ('avg_down with option A', [*DIGITS, '--config.avg_down=True'], 'average-pool shortcut'),
+  (
+    'stochastic depth without shortcuts',
+    [*DIGITS, '--config.model=cifar_plain20', '--config.drop_path_rate=0.1'],
+    'no shortcuts',
+  ),
   ('batch vs devices', [*DIGITS, '--config.batch_size=60'], 'multiple of the 8 devices'),
   ('momentum above 1', [*DIGITS, '--config.momentum=1.5'], '--config.momentum=1.5'),
   ('smoothing above 1', [*DIGITS, '--config.label_smoothing=2.0'], '--config.label_smoothing'),

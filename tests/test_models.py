@@ -375,6 +375,65 @@ def test_mixed_precision_keeps_params_stats_and_logits_float32(name, options):
   np.testing.assert_allclose(half, full, atol=0.1 * float(jnp.abs(full).max()) + 0.05)
 
 
+def example_keys(count, seed=0):
+  return jax.vmap(lambda row: jax.random.fold_in(jax.random.key(seed), row))(jnp.arange(count))
+
+
+def test_stochastic_depth_is_timms_drop_path_per_example_and_linear_in_depth():
+  assert resnet.drop_path_rates((1, 1, 1), 0.2) == [0.0, 0.1, 0.2]
+  assert resnet.drop_path_rates((3, 4, 6, 3), 0.05)[-1] == 0.05
+  keys, y = example_keys(4000), jnp.full((4000, 2, 2, 3), 2.0)
+  out = np.asarray(resnet.drop_path(y, keys, 5, 0.25))
+  kept = out[:, 0, 0, 0] != 0
+  assert np.all(out[kept] == np.float32(2.0 / 0.75)) and np.all(out[~kept] == 0)
+  assert abs(kept.mean() - 0.75) < 3 * np.sqrt(0.75 * 0.25 / 4000)
+  np.testing.assert_array_equal(resnet.drop_path(y, keys, 5, 0.25), out)  # keyed, not stateful
+  other = np.asarray(resnet.drop_path(y, keys, 6, 0.25))[:, 0, 0, 0] != 0
+  assert 0.5 < (other == kept).mean() < 0.75  # another block draws on its own (0.625 expected)
+  np.testing.assert_array_equal(resnet.drop_path(y, keys, 5, 0.0), y)
+
+  # In a block, a dropped example's output is the shortcut alone: relu(x) for an identity.
+  x = jax.random.normal(jax.random.key(2), (64, 4, 4, 16))
+  conv = functools.partial(resnet._conv, dtype=jnp.float32)
+  block = resnet.BasicBlock(16, 1, 'A', True, conv, batch_norm.BatchNorm, zero_init_residual=False)
+  variables = block.init(jax.random.key(3), x, train=False)
+  drop = (example_keys(64), 7, 0.5)
+  out, _ = block.apply(variables, x, train=True, drop=drop, mutable=['batch_stats'])
+  full, _ = block.apply(variables, x, train=True, mutable=['batch_stats'])
+  dropped = np.asarray(resnet.drop_path(jnp.ones((64, 1)), *drop))[:, 0] == 0
+  assert 16 < dropped.sum() < 48
+  np.testing.assert_array_equal(out[dropped], jax.nn.relu(x)[dropped])
+  assert not np.allclose(out[~dropped], jax.nn.relu(x)[~dropped])
+  assert not np.allclose(out[~dropped], full[~dropped])  # kept branches scaled by 1 / (1 - 0.5)
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'cifar_preact_resnet20'])
+def test_stochastic_depth_trains_only_and_is_the_same_scanned(name):
+  x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+  model = registry.get_model(name, num_classes=10, drop_path_rate=0.5)
+  variables = model.init(jax.random.key(0), x, train=False)
+  plain = registry.get_model(name, num_classes=10)
+  np.testing.assert_array_equal(
+    model.apply(variables, x, train=False), plain.apply(variables, x, train=False)
+  )
+  train = functools.partial(model.apply, x=x, train=True, mutable=['batch_stats'])
+  dropped = train(variables, drop_path_keys=example_keys(8))[0]
+  assert not np.allclose(dropped, plain.apply(variables, x, train=True, mutable=['batch_stats'])[0])
+  scanned = registry.get_model(name, num_classes=10, drop_path_rate=0.5, scan_blocks=True)
+  again = scanned.apply(
+    block_layout.stack_blocks(variables),
+    x,
+    train=True,
+    drop_path_keys=example_keys(8),
+    mutable=['batch_stats'],
+  )[0]
+  np.testing.assert_allclose(again, dropped, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='drop_path_keys'):
+    train(variables)
+  with pytest.raises(ValueError, match='no shortcuts'):
+    registry.get_model('cifar_plain20', num_classes=10, drop_path_rate=0.1)
+
+
 @pytest.mark.parametrize(
   'name, message, choices',
   [

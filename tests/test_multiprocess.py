@@ -44,7 +44,9 @@ def launch_local(tmp_path, workdir, flags, port, wait=True):
 
 def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
   # Evaluations use multi-scale testing: its bucket counts are gathered across processes.
+  # Stochastic depth is on: each example's draws must not depend on which process trains it.
   steps = dict(
+    drop_path_rate=0.3,
     num_train_steps=12,
     eval_every=6,
     checkpoint_every=6,

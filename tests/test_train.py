@@ -16,7 +16,7 @@ from helpers import REPO, TINY, final_params, run_main, tiny, tiny_flags
 from configs import default
 from resnet_jax import evaluate
 from resnet_jax.data import device_pixels, input_pipeline
-from resnet_jax.train import checkpoint, experiment, loop, metrics, network, optim
+from resnet_jax.train import checkpoint, experiment, loop, metrics, network, optim, parallel
 
 
 @pytest.mark.slow
@@ -49,12 +49,16 @@ def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path):
-  config = tiny(tmp_path, schedule='plateau', plateau_patience=0, eval_every=4)
+@pytest.mark.parametrize('drop_path_rate', [0.0, 0.3])
+def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, drop_path_rate):
+  options = dict(
+    schedule='plateau', plateau_patience=0, eval_every=4, drop_path_rate=drop_path_rate
+  )
+  config = tiny(tmp_path, **options)
   straight = str(tmp_path / 'straight')
   loop.train_and_evaluate(config, straight)
   resumed = str(tmp_path / 'resumed')
-  half = tiny(tmp_path, schedule='plateau', plateau_patience=0, eval_every=4, num_train_steps=6)
+  half = tiny(tmp_path, **options, num_train_steps=6)
   loop.train_and_evaluate(half, resumed)
   loop.train_and_evaluate(config, resumed)  # same command again: resumes at step 6
   a, step_a = final_params(straight, config)
@@ -372,3 +376,21 @@ def test_a_checkpoint_written_before_the_package_move_resumes(tmp_path):
   train_steps = [r['step'] for r in metrics.read(workdir) if r['split'] == 'train']
   assert train_steps == [2, 4, 6]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
+
+
+def test_stochastic_depth_draws_are_keyed_on_the_step_and_the_global_row(tmp_path):
+  """The train step's drop-path keys: a fixed function of (seed, step, global row) -- the same
+  step twice gives the same loss; another step (the same weights and batch) changes it."""
+  data_parallel = parallel.DataParallel(parallel.make_mesh(), 'shard_map')
+
+  def first_loss(step=0, **options):
+    config = tiny(tmp_path, batch_size=16, **options)
+    train_step, state = network.example_train_step(config, 10, data_parallel)
+    state = state.replace(step=jax.numpy.int32(step))
+    batch = network.example_batch(data_parallel, config, 10)
+    return float(data_parallel.host(train_step(state, batch)[1])['loss'])
+
+  dropping = first_loss(drop_path_rate=0.5)
+  assert first_loss(drop_path_rate=0.5) == dropping
+  assert first_loss(drop_path_rate=0.0) != dropping
+  assert first_loss(step=1, drop_path_rate=0.5) != dropping

@@ -162,6 +162,11 @@ def _check_block_options(name: str, kwargs: dict):
       f"{name}: pre-activation nets keep the 2016 paper's stem and projections (no ResNet-C/-D "
       f'tweaks).'
     )
+  rate = kwargs.get('drop_path_rate', 0.0)
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f'drop_path_rate must be in [0, 1), got {rate}.')
+  if rate and not kwargs.get('residual', True):
+    raise ValueError(f'{name} has no shortcuts: stochastic depth would drop the whole path.')
   if kwargs.get('stem') == 'deep' and kwargs.get('stem_width', 32) < 1:
     raise ValueError(f'stem_width must be >= 1, got {kwargs["stem_width"]}.')
 

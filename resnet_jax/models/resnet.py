@@ -75,6 +75,23 @@ def average_pool_2x2(x):
   return nn.avg_pool(x, (2, 2), strides=(2, 2), padding=pad, count_include_pad=False)
 
 
+def drop_path(y, keys, block_index, rate):
+  """timm's ``DropPath`` (stochastic depth, Huang et al. 2016) on a block's residual branch: each
+  example keeps it with probability ``1 - rate``, scaled by ``1 / (1 - rate)``, or loses it. An
+  example's draw is a function of its key and ``block_index`` alone (``rate`` may be traced)."""
+  keep = 1.0 - rate
+  draws = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, block_index)))(keys)
+  scale = jnp.where(draws < keep, 1.0 / keep, 0.0).astype(y.dtype)
+  return y * scale.reshape(-1, *(1,) * (y.ndim - 1))
+
+
+def drop_path_rates(stage_sizes, rate: float) -> list[float]:
+  """Each block's rate: linear in its index over the whole net, 0 for the first, ``rate`` for the
+  last (timm's ``drop_path_rate * block / (blocks - 1)``)."""
+  blocks = sum(stage_sizes)
+  return [rate * b / max(blocks - 1, 1) for b in range(blocks)]
+
+
 def _conv(
   features,
   kernel,
@@ -137,6 +154,9 @@ class _Block(nn.Module):
     dilation: bottleneck only: the 3x3's dilation (and padding), torchvision's.
     preact: one of PREACT_MODES.
     avg_down: ResNet-D's projection shortcut (see shortcut_path).
+
+  A block's ``__call__`` takes ``drop=(keys, block_index, rate)`` in training with stochastic
+  depth (``drop_path``), else None.
   """
 
   features: int
@@ -167,9 +187,11 @@ class _Block(nn.Module):
     activated = nn.relu(self.norm(name='bn1')(x, train=train))
     return activated, (activated if self.preact == 'shared' else x)
 
-  def join(self, y, x, *, train):
+  def join(self, y, x, *, train, drop=None):
     """relu(F(x) + shortcut(x)), or relu(F(x)) for a plain block; no ReLU after a pre-activation
-    block's addition."""
+    block's addition. ``drop``: stochastic depth's (keys, block index, rate) for F(x)."""
+    if drop is not None:
+      y = drop_path(y, *drop)
     if self.residual:
       y = y + shortcut_path(
         x,
@@ -192,22 +214,22 @@ class BasicBlock(_Block):
   """
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
-    return self.forward(x, train)
+  def __call__(self, x, *, train: bool, drop=None):
+    return self.forward(x, train, drop)
 
-  def forward(self, x, train: bool):
+  def forward(self, x, train: bool, drop=None):
     strides = (self.strides, self.strides)
     if self.preact:
       y, x = self.pre_activate(x, train)
       y = self.conv(self.features, (3, 3), strides, name='conv1')(y)
       y = nn.relu(self.norm(name='bn2')(y, train=train))
       y = self.conv(self.features, (3, 3), name='conv2', kernel_init=self.last_conv_init())(y)
-      return self.join(y, x, train=train)
+      return self.join(y, x, train=train, drop=drop)
     y = self.conv(self.features, (3, 3), strides, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y, train=train))
     y = self.conv(self.features, (3, 3), name='conv2')(y)
     y = self.last_norm('bn2')(y, train=train)
-    return self.join(y, x, train=train)
+    return self.join(y, x, train=train, drop=drop)
 
 
 class Bottleneck(_Block):
@@ -222,10 +244,10 @@ class Bottleneck(_Block):
   """
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
-    return self.forward(x, train)
+  def __call__(self, x, *, train: bool, drop=None):
+    return self.forward(x, train, drop)
 
-  def forward(self, x, train: bool):
+  def forward(self, x, train: bool, drop=None):
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     width = int(self.features * (self.width_per_group / 64.0)) * self.groups
     conv2 = functools.partial(
@@ -237,13 +259,13 @@ class Bottleneck(_Block):
       y = conv2()(nn.relu(self.norm(name='bn2')(y, train=train)))
       y = nn.relu(self.norm(name='bn3')(y, train=train))
       last = self.conv(self.features * 4, (1, 1), name='conv3', kernel_init=self.last_conv_init())
-      return self.join(last(y), x, train=train)
+      return self.join(last(y), x, train=train, drop=drop)
     y = self.conv(width, (1, 1), (s1, s1), name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y, train=train))
     y = nn.relu(self.norm(name='bn2')(conv2()(y), train=train))
     y = self.conv(self.features * 4, (1, 1), name='conv3')(y)
     y = self.last_norm('bn3')(y, train=train)
-    return self.join(y, x, train=train)
+    return self.join(y, x, train=train, drop=drop)
 
 
 @functools.cache
@@ -252,10 +274,15 @@ def _scan_body(block_cls):
 
   class ScanBody(block_cls):
     train: bool = False
+    drop_rates: Any = None  # per scanned block, with stochastic depth
 
     @nn.compact
-    def __call__(self, x, _):
-      return self.forward(x, self.train), None
+    def __call__(self, x, drop_index, keys):
+      """``drop_index``: this block's index in the net (and in ``drop_rates``), or None."""
+      drop = None
+      if drop_index is not None:
+        drop = (keys, drop_index, jnp.asarray(self.drop_rates)[drop_index])
+      return self.forward(x, self.train, drop), None
 
   ScanBody.__name__ = ScanBody.__qualname__ = f'{block_cls.__name__}ScanBody'
   return ScanBody
@@ -288,6 +315,9 @@ class ResNet(nn.Module):
       bare conv. Block types as their fb.resnet.torch code (PREACT_MODES).
     norm: 'batch', 'group' or 'frozen_batch' (``norms``), torchvision's ``norm_layer``.
     norm_groups: GroupNorm's groups (torch's first argument; Wu & He's 32).
+    drop_path_rate: stochastic depth (Huang et al. 2016) as timm's: in training each example
+      drops a block's residual branch with the block's rate, linear in depth from 0 to this
+      (``drop_path_rates``); needs ``drop_path_keys``. Residual nets only.
     bn_momentum, bn_epsilon: BatchNorm constants (torch's 0.1 momentum is 0.9 here); the epsilon
       is every norm's.
     bn_axis_name, bn_axis_index_groups: share BN statistics across devices (see BatchNorm).
@@ -322,6 +352,7 @@ class ResNet(nn.Module):
   preact: bool = False
   norm: str = 'batch'
   norm_groups: int = 32
+  drop_path_rate: float = 0.0
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None
@@ -332,7 +363,15 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool, spatial_logits: bool = False, features: Sequence[str] = ()):
+  def __call__(
+    self,
+    x,
+    *,
+    train: bool,
+    spatial_logits: bool = False,
+    features: Sequence[str] = (),
+    drop_path_keys=None,
+  ):
     """Applies the network.
 
     Args:
@@ -344,6 +383,9 @@ class ResNet(nn.Module):
         segmentation head (a backbone's C2..C5): 'stem' (after the ImageNet stem's max pool),
         'layer1', 'layer2', ... (torchvision's names). The net runs only as deep as the deepest
         one asked for; initialise the variables without ``features``.
+      drop_path_keys: with ``drop_path_rate`` in training, one PRNG key per example: its
+        stochastic depth draws are functions of its key alone (the train step keys them on the
+        run seed, the step and the example's row in the global batch).
 
     Returns:
       float32 logits, or ``{name: stage output}`` (compute dtype) in the order of ``features``.
@@ -366,6 +408,11 @@ class ResNet(nn.Module):
     outputs = {'stem': self._stem(x.astype(self.dtype), conv, norm, train)}
     dilation = 1
     dilate = (False, *self.replace_stride_with_dilation)
+    drop = None
+    if train and self.drop_path_rate > 0:
+      if drop_path_keys is None:
+        raise ValueError('drop_path_rate > 0 trains with drop_path_keys (one key per example).')
+      drop = (drop_path_keys, drop_path_rates(self.stage_sizes, self.drop_path_rate))
     for i, name in enumerate(stages):
       if features and set(features) <= set(outputs):
         break
@@ -376,7 +423,7 @@ class ResNet(nn.Module):
         strides, dilation = 1, dilation * 2
       dilations = (first_dilation, dilation)
       outputs[name] = self._stage(
-        outputs[stages[i - 1] if i else 'stem'], i, strides, dilations, conv, norm, train
+        outputs[stages[i - 1] if i else 'stem'], i, strides, dilations, conv, norm, train, drop
       )
     if features:
       return {name: outputs[name] for name in features}
@@ -408,9 +455,15 @@ class ResNet(nn.Module):
       return '', ''
     return ('given' if i == 0 and self.stem != 'cifar' else 'shared'), 'branch'
 
-  def _stage(self, x, i, strides, dilations, conv, norm, train):
+  def _stage(self, x, i, strides, dilations, conv, norm, train, drop):
     """Stage ``i``: its first block (``strides``, ``dilations[0]``), then the identical others
-    (``dilations[1]``), per block or as one scanned step."""
+    (``dilations[1]``), per block or as one scanned step. ``drop``: (keys, every block's rate)
+    with stochastic depth, else None."""
+    first_index = sum(self.stage_sizes[:i])  # of the stage's first block in the whole net
+
+    def block_drop(index):
+      return None if drop is None else (drop[0], index, drop[1][index])
+
     block = functools.partial(
       self.block_cls,
       features=self.widths[i],
@@ -426,7 +479,7 @@ class ResNet(nn.Module):
     )
     first, others = self._preact_modes(i)
     first_block = functools.partial(block, strides=strides, dilation=dilations[0], preact=first)
-    x = first_block(name=f'layer{i + 1}_0')(x, train=train)
+    x = first_block(name=f'layer{i + 1}_0')(x, train=train, drop=block_drop(first_index))
     block = functools.partial(block, strides=1, dilation=dilations[1], preact=others)
     num_blocks = self.stage_sizes[i]
     if self.scan_blocks and num_blocks > 1:
@@ -434,14 +487,19 @@ class ResNet(nn.Module):
         _scan_body(self.block_cls),
         variable_axes={'params': 0, 'batch_stats': 0},
         split_rngs={'params': True},
+        in_axes=(0, nn.broadcast),
         length=num_blocks - 1,
       )
       scanned_conv = functools.partial(conv, lowering=conv_lowering.conv_general_dilated)
       keywords = {**block.keywords, 'conv': scanned_conv}
-      x, _ = blocks(**keywords, train=train, name=f'layer{i + 1}{SCAN_SUFFIX}')(x, None)
-      return x
+      indices, keys, rates = None, None, None
+      if drop is not None:
+        indices = jnp.arange(first_index + 1, first_index + num_blocks)
+        keys, rates = drop[0], tuple(drop[1])
+      scanned = blocks(**keywords, train=train, drop_rates=rates, name=f'layer{i + 1}{SCAN_SUFFIX}')
+      return scanned(x, indices, keys)[0]
     for j in range(1, num_blocks):
-      x = block(name=f'layer{i + 1}_{j}')(x, train=train)
+      x = block(name=f'layer{i + 1}_{j}')(x, train=train, drop=block_drop(first_index + j))
     return x
 
   def _head(self, x, spatial_logits):

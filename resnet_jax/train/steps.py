@@ -5,6 +5,7 @@ Both steps are written once and run under parallel.DataParallel (shard_map or pm
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -73,6 +74,19 @@ def topk_errors(scores, labels, mask=None):
   return top1_err, top5_err
 
 
+DROP_PATH_STREAM = 0x5D3F  # folded into the run seed's key: stochastic depth's own draws
+
+
+def example_keys(seed: int, step, images):
+  """One PRNG key per example of this device's rows, a function of the run seed, the step and the
+  example's row in the global batch only (device i of the data axis holds rows i * n ...
+  (i + 1) * n - 1): the same whichever process or device trains it, and after a resume."""
+  local = images.shape[0]
+  rows = lax.axis_index(AXIS) * local + jnp.arange(local)
+  base = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), DROP_PATH_STREAM), step)
+  return jax.vmap(lambda row: jax.random.fold_in(base, row))(rows)
+
+
 def train_step(
   state: TrainState, batch, *, model, tx, config, base_schedule, num_classes, pixel_ops=None
 ):
@@ -88,12 +102,16 @@ def train_step(
   # must stay bitwise as loaded (a mean over devices of equal values can round them).
   running_statistics = config.norm == 'batch'
 
+  apply = functools.partial(model.apply, train=True)
+  if config.drop_path_rate > 0:
+    apply = functools.partial(apply, drop_path_keys=example_keys(config.seed, state.step, images))
+
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
     if not running_statistics:
-      logits, batch_stats = model.apply(variables, images, train=True), state.batch_stats
+      logits, batch_stats = apply(variables, images), state.batch_stats
     else:
-      logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+      logits, updates = apply(variables, images, mutable=['batch_stats'])
       batch_stats = updates['batch_stats']
     loss = cross_entropy(logits, batch['label'], num_classes, config.label_smoothing).mean()
     return loss * scale, (batch_stats, logits, loss)
