@@ -309,8 +309,8 @@ def _check_model_options(c):
   from resnet_jax.models import registry
 
   given = architecture_overrides(c)
-  fields = {'stem': 'deep_stem', 'avg_down': 'avg_down'}
-  flags = ' '.join(f'--config.{fields.get(k, k)}={v!r}' for k, v in given.items())
+  fields = [{'stem': 'deep_stem'}.get(k, k) for k in given]  # the config field that set each
+  flags = ' '.join(f'--config.{field}={c[field]!r}' for field in fields)
   try:
     registry.get_model(c.model, num_classes=1, **given)
   except ValueError as e:

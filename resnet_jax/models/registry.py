@@ -123,7 +123,9 @@ def get_model(name: str, *, num_classes: int, dtype: Dtype = jnp.float32, **over
   if unknown:
     raise ValueError(f'Unknown model option(s) {sorted(unknown)}; valid: {sorted(valid)}.')
   if overrides.get('stem') == 'deep' and kwargs.get('stem') == 'cifar':
-    raise ValueError(f"{name} has the CIFAR 3x3 stem; the deep stem (ResNet-C) is ImageNet nets'.")
+    raise ValueError(
+      f'{name} has the CIFAR 3x3 stem; the deep stem (ResNet-C) replaces an ImageNet one.'
+    )
   kwargs.update(overrides)
   if 'stem_width' in overrides and kwargs.get('stem') != 'deep':
     raise ValueError(
