@@ -81,7 +81,9 @@ def get_config():
   # --- Model (models/registry.py, models/resnet.py) ----------------------------------------------
   # A name of models/registry.py: resnet18..200, plain*, resnext*, wide_resnet*, resnet50c/d,
   # preact_resnet18..200, cifar_resnet<6n+2>, cifar_plain<6n+2>, cifar_preact_resnet<6n+2, or
-  # 9n+2 from 164 with the bottleneck: 164, 1001>.
+  # 9n+2 from 164 with the bottleneck: 164, 1001>; and the paper's comparison nets (torchvision's
+  # models/baselines.py): vgg11, vgg13, vgg16, vgg19, vgg11_bn..vgg19_bn, alexnet. The ResNet
+  # fields below do not apply to those: set away from their defaults, they are refused.
   c.model = 'resnet50'
   c.shortcut = ''  # '' = the model's default (B for ImageNet nets, A for CIFAR); or 'A', 'B', 'C'.
   c.stride_in_1x1 = False  # True: the paper's original bottleneck (stride on the first 1x1).
@@ -114,6 +116,9 @@ def get_config():
   # The draws are keyed on (seed, step, row of the global batch): the same on any number of
   # processes and after a resume. Residual nets only.
   c.drop_path_rate = 0.0
+  # The classifier dropout of vgg* and alexnet (torchvision's 0.5), keyed like stochastic depth.
+  # ResNets have none (their head is a global average pool and one linear layer).
+  c.dropout = 0.5
   # Compile each stage's identical blocks once (nn.scan): ResNet-152 compiles about as fast as
   # ResNet-50. Same numbers for the same weights; variables stacked under layer{i}_scan, converted
   # to and from the per-block layout on restore and init_from. Costs step time on a GPU (0.62-0.68x

@@ -160,6 +160,7 @@ RULES: dict[str, Rule] = {
   'stem_width': NONNEG_INT,
   'avg_down': boolean,
   'drop_path_rate': number(0.0, 0.99),
+  'dropout': number(0.0, 0.99),
   'scan_blocks': boolean,
   'cpu_convolution': one_of('auto', 'onednn', 'xla'),
   'cpu_kernels': one_of('auto', 'native', 'xla'),
@@ -301,7 +302,25 @@ def architecture_overrides(c) -> dict:
     given['avg_down'] = True
   if c.drop_path_rate:
     given['drop_path_rate'] = c.drop_path_rate
+  if c.dropout != 0.5:
+    given['dropout'] = c.dropout
   return given
+
+
+def _check_baseline_sizes(c, model):
+  """VGG's five pools and AlexNet's strides need images of a least size; VGG's dense
+  (multi-scale) evaluation needs its classifier's whole window."""
+  if c.image_size < model.min_image_size:
+    raise ConfigError(
+      f'--config.image_size={c.image_size}: {c.model} needs images of at least '
+      f'{model.min_image_size} pixels (its features shrink them {model.min_image_size}-fold).'
+    )
+  if c.eval_mode == 'multiscale' and min(c.multiscale_sizes) < model.min_dense_image_size:
+    raise ConfigError(
+      f'--config.multiscale_sizes={tuple(c.multiscale_sizes)}: the fully-convolutional '
+      f'{c.model} scores {model.pool_size}x{model.pool_size} windows of its feature map, which '
+      f'needs images of at least {model.min_dense_image_size} pixels.'
+    )
 
 
 def _check_model_options(c):
@@ -309,12 +328,15 @@ def _check_model_options(c):
   from resnet_jax.models import registry
 
   given = architecture_overrides(c)
+  given |= {k: True for k in ('zero_init_residual', 'scan_blocks') if c[k]}  # VGG has neither
   fields = [{'stem': 'deep_stem'}.get(k, k) for k in given]  # the config field that set each
   flags = ' '.join(f'--config.{field}={c[field]!r}' for field in fields)
   try:
-    registry.get_model(c.model, num_classes=1, **given)
+    model = registry.get_model(c.model, num_classes=1, **given)
   except ValueError as e:
     raise ConfigError(f'{flags} with --config.model={c.model}: {e}') from None
+  if registry.is_baseline(c.model):
+    _check_baseline_sizes(c, model)
   if c.norm != 'batch' and c.bn_group_size != 1:
     raise ConfigError(
       f'--config.bn_group_size={c.bn_group_size} shares BatchNorm statistics across devices; '

@@ -13,9 +13,13 @@ at two batch sizes, its arguments (state and batch), outputs and temporaries per
 largest global batch whose step fits that much memory per device (memory grows linearly with the
 batch; the figure is the compiler's, for the device kind this runs on).
 
+Given several models, one line each instead: parameters and mult-adds, and each one's cost as a
+share of the first's (the paper's Fig. 3 comparison: VGG-19 19.6 G, the 34-layer nets 3.6 G).
+
 Usage:
   python -m resnet_jax.summary resnet18 --image-size 224 --batch-size 128
   python -m resnet_jax.summary resnet50 --batch-size 32 --memory=80GB
+  python -m resnet_jax.summary vgg19 plain34 resnet34
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import cli
-from resnet_jax.models import norms, registry
+from resnet_jax.models import baselines, norms, registry
 
 
 @dataclasses.dataclass
@@ -63,7 +67,7 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]
     out = next_fun(*args, **kwargs)
     module = context.module
     if context.method_name == '__call__' and isinstance(
-      module, (nn.Conv, nn.Dense, *norms.NORM_LAYERS)
+      module, (nn.Conv, nn.Dense, baselines.Linear, *norms.NORM_LAYERS)
     ):
       params = _own_param_count(module)
       rows.append(
@@ -203,9 +207,25 @@ def memory_report(name, num_classes, image_size, batch, budget: int) -> str:
   )
 
 
+def comparison(models: dict[str, list[LayerRow]], image_size: int) -> str:
+  """One line per model: its parameters, mult-adds and their share of the first model's."""
+  totals = {name: sum(r.mult_adds for r in rows) for name, rows in models.items()}
+  first = next(iter(models))
+  lines = [f'Per image at {image_size}x{image_size}:']
+  for name, rows in models.items():
+    share = '' if name == first else f", {totals[name] / totals[first]:.1%} of {first}'s"
+    lines.append(
+      f'  {name:<18}{sum(r.params for r in rows):>14,} params'
+      f'{totals[name] / 1e9:>9.2f} G mult-adds{share}'
+    )
+  return '\n'.join(lines)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('model', help='e.g. resnet50, cifar_resnet56, plain34')
+  parser.add_argument(
+    'model', nargs='+', help='e.g. resnet50, cifar_resnet56, plain34; several: one line each'
+  )
   parser.add_argument('--image-size', type=int, default=None, help='224 ImageNet, 32 CIFAR')
   parser.add_argument('--batch-size', type=int, default=1)
   parser.add_argument('--num-classes', type=int, default=None, help='1000 ImageNet, 10 CIFAR')
@@ -224,13 +244,24 @@ def main(argv=None):
   ):
     if value is not None and value < least:
       cli.fail(f'{name} {value}: must be an integer >= {least}.')
-  cifar = args.model.startswith('cifar')
+  cifar = args.model[0].startswith('cifar')
   size = args.image_size or (32 if cifar else 224)
   num_classes = args.num_classes or (10 if cifar else 1000)
-  try:
-    model = registry.get_model(args.model, num_classes=num_classes)
-  except ValueError as e:
-    cli.fail(f'{e}')
+  models = {}
+  for name in args.model:
+    try:
+      models[name] = registry.get_model(name, num_classes=num_classes)
+    except ValueError as e:
+      cli.fail(f'{e}')
+    if registry.is_baseline(name) and size < models[name].min_image_size:
+      cli.fail(f'--image-size {size}: {name} needs at least {models[name].min_image_size}.')
+  if len(models) > 1:
+    if budget is not None:
+      cli.fail("--memory compiles one model's train step: give one model.")
+    rows = {name: layer_rows(model, (1, size, size, 3)) for name, model in models.items()}
+    print(comparison(rows, size))
+    return
+  args.model, model = args.model[0], models[args.model[0]]
   shape = (args.batch_size, size, size, 3)
   rows = layer_rows(model, shape)
   title = f'{args.model}: input {list(shape)}, {num_classes} classes'

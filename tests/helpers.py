@@ -92,6 +92,11 @@ CONFIGURED_NETS = {
   'resnet50_dilated': ('resnet50', dict(replace_stride_with_dilation=(False, True, True))),
   'resnet50_groupnorm': ('resnet50', dict(norm='group')),
   'resnext50_frozen_bn': ('resnext50_32x4d', dict(norm='frozen_batch')),
+  # The paper's comparison nets, without dropout: the train-mode references compare BatchNorm's
+  # batch statistics, not random masks (test_models checks the dropout).
+  'vgg11': ('vgg11', dict(dropout=0.0)),
+  'vgg16_bn': ('vgg16_bn', dict(dropout=0.0)),
+  'alexnet': ('alexnet', dict(dropout=0.0)),
 }
 # Two BN running statistics per net that the references hold (after a train-mode forward).
 STATISTICS = ('layer1.0.bn1.running_mean', 'layer2.0.downsample.1.running_var')
@@ -100,14 +105,15 @@ STATISTICS = ('layer1.0.bn1.running_mean', 'layer2.0.downsample.1.running_var')
 def statistics_keys(keys_and_shapes) -> list[str]:
   """The running statistics of a net's state_dict that the references compare: STATISTICS where
   the net has them, else its first running mean and the first running variance of its second
-  stage (none for GroupNorm). Shallow ones: deeper, float32 rounding grows as in the train-mode
-  logits."""
+  stage (of its third norm for VGG; none for GroupNorm). Shallow ones: deeper, float32 rounding
+  grows as in the train-mode logits."""
   keys = [k for k, _ in keys_and_shapes]
   if all(k in keys for k in STATISTICS):
     return list(STATISTICS)
   means = [k for k in keys if k.endswith('running_mean')]
-  variances = [k for k in keys if k.startswith('layer2.') and k.endswith('running_var')]
-  return [means[0], variances[0]] if means else []
+  variances = [k for k in keys if k.endswith('running_var')]
+  later = [k for k in variances if k.startswith('layer2.')] or variances[2:]  # VGG: third norm's
+  return [means[0], later[0]] if means else []
 
 
 def random_torchvision_weights(keys_and_shapes, seed: int) -> dict[str, np.ndarray]:
@@ -126,8 +132,9 @@ def random_torchvision_weights(keys_and_shapes, seed: int) -> dict[str, np.ndarr
       value = np.zeros(shape, np.int64)
     elif len(shape) == 4:  # conv: He normal
       value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-    elif key.startswith('fc.'):  # torch Linear's default bound, fan-in of the weight
-      bound = 1.0 / np.sqrt(shape[1] if len(shape) == 2 else weights['fc.weight'].shape[1])
+    elif len(shape) == 2 or np.ndim(weights.get(key.removesuffix('bias') + 'weight')) == 2:
+      # A linear layer: torch's default bound, fan-in of its weight.
+      bound = 1.0 / np.sqrt(shape[1] if len(shape) == 2 else weights[key[:-4] + 'weight'].shape[1])
       value = rng.uniform(-bound, bound, shape)
     elif key.endswith('running_var'):
       value = rng.uniform(0.5, 2.0, shape)

@@ -77,6 +77,30 @@ CASES = [
     [*DIGITS, '--config.model=cifar_plain20', '--config.drop_path_rate=0.1'],
     'no shortcuts',
   ),
+  (
+    'dropout on a resnet',
+    [*DIGITS, '--config.dropout=0.2'],
+    '--config.dropout=0.2 with --config.model=cifar_resnet20: cifar_resnet20 has no dropout',
+  ),
+  (
+    'resnet option on vgg',
+    [*DIGITS, '--config.model=vgg11', '--config.norm=group'],
+    'vgg11 is not a ResNet: it has no norm',
+  ),
+  (
+    'scanned vgg',
+    [*DIGITS, '--config.model=vgg11', '--config.scan_blocks=True'],
+    '--config.scan_blocks=True with --config.model=vgg11',
+  ),
+  ('vgg on 16 pixels', [*DIGITS, '--config.model=vgg11'], 'vgg11 needs images of at least 32'),
+  (
+    'dense alexnet on small images',
+    [
+      *(*DIGITS, '--config.model=alexnet', '--config.image_size=64', '--config.eval_resize=64'),
+      '--config.eval_mode=multiscale',
+    ],
+    'needs images of at least 223 pixels',
+  ),
   ('batch vs devices', [*DIGITS, '--config.batch_size=60'], 'multiple of the 8 devices'),
   ('momentum above 1', [*DIGITS, '--config.momentum=1.5'], '--config.momentum=1.5'),
   ('smoothing above 1', [*DIGITS, '--config.label_smoothing=2.0'], '--config.label_smoothing'),
@@ -157,6 +181,11 @@ CASES = [
   ('summary of no model', ['-m', 'resnet_jax.summary', 'resnet19'], 'resnet19'),
   ('summary at size 0', ['-m', 'resnet_jax.summary', 'resnet18', '--image-size=0'], 'size 0'),
   ('summary at size -5', ['-m', 'resnet_jax.summary', 'resnet18', '--image-size=-5'], 'size -5'),
+  (
+    'summary of vgg at 16 pixels',
+    ['-m', 'resnet_jax.summary', 'vgg16', '--image-size=16'],
+    '--image-size 16: vgg16 needs at least 32',
+  ),
   (
     'summary of unknown memory',
     ['-m', 'resnet_jax.summary', 'resnet18', '--memory=lots'],

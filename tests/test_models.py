@@ -36,6 +36,16 @@ TORCHVISION_PARAMS = {
   'resnext101_64x4d': 83_455_272,
   'wide_resnet50_2': 68_883_240,
   'wide_resnet101_2': 126_886_696,
+  # The paper's comparison nets (torchvision's vgg.py, alexnet.py)
+  'vgg11': 132_863_336,
+  'vgg13': 133_047_848,
+  'vgg16': 138_357_544,
+  'vgg19': 143_667_240,
+  'vgg11_bn': 132_868_840,
+  'vgg13_bn': 133_053_736,
+  'vgg16_bn': 138_365_992,
+  'vgg19_bn': 143_678_248,
+  'alexnet': 61_100_840,
 }
 TORCHVISION_GMACS = {  # torchvision's model cards ("GFLOPS", counted as multiply-adds)
   'resnet18': 1.81,
@@ -48,6 +58,11 @@ TORCHVISION_GMACS = {  # torchvision's model cards ("GFLOPS", counted as multipl
   'resnext101_64x4d': 15.46,
   'wide_resnet50_2': 11.40,
   'wide_resnet101_2': 22.75,
+  'vgg11': 7.61,
+  'vgg16': 15.47,
+  'vgg19': 19.63,
+  'vgg16_bn': 15.47,
+  'alexnet': 0.71,
 }
 
 
@@ -417,18 +432,18 @@ def test_stochastic_depth_trains_only_and_is_the_same_scanned(name):
     model.apply(variables, x, train=False), plain.apply(variables, x, train=False)
   )
   train = functools.partial(model.apply, x=x, train=True, mutable=['batch_stats'])
-  dropped = train(variables, drop_path_keys=example_keys(8))[0]
+  dropped = train(variables, example_keys=example_keys(8))[0]
   assert not np.allclose(dropped, plain.apply(variables, x, train=True, mutable=['batch_stats'])[0])
   scanned = registry.get_model(name, num_classes=10, drop_path_rate=0.5, scan_blocks=True)
   again = scanned.apply(
     block_layout.stack_blocks(variables),
     x,
     train=True,
-    drop_path_keys=example_keys(8),
+    example_keys=example_keys(8),
     mutable=['batch_stats'],
   )[0]
   np.testing.assert_allclose(again, dropped, rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match='drop_path_keys'):
+  with pytest.raises(ValueError, match='example_keys'):
     train(variables)
   with pytest.raises(ValueError, match='no shortcuts'):
     registry.get_model('cifar_plain20', num_classes=10, drop_path_rate=0.1)
@@ -442,7 +457,7 @@ def test_stochastic_depth_trains_only_and_is_the_same_scanned(name):
     ('cifar_resnet2', 'Impossible CIFAR depth 2', 'depth must be 6n+2 with n >= 1'),
     ('cifar_preact_resnet165', 'Impossible CIFAR depth 165', 'or 9n+2 from 164 for the bottleneck'),
     ('cifar_resnet20d', "Unknown model 'cifar_resnet20d'", 'the -C/-D tweaks name resnets only'),
-    ('vgg16', "Unknown model 'vgg16'", 'Valid names: resnet{18,34,50,101,152,200}, plain{'),
+    ('vgg12', "Unknown model 'vgg12'", 'Valid names: resnet{18,34,50,101,152,200}, plain{'),
   ],
 )
 def test_bad_names_raise_with_the_valid_choices(name, message, choices):
@@ -614,7 +629,7 @@ def test_to_torchvision_gives_torchvisions_state_dict_and_converts_back_exactly(
   torch's own modules have (committed with the references), and back to the same variables."""
   references = np.load(os.path.join(REPO, 'tests', 'data', 'torchvision_references.npz'))
   names = [k.split('/')[0] for k in references.files if k.endswith('/keys')]
-  assert len(names) == len(REFERENCE_NETS) + len(CONFIGURED_NETS) == 19
+  assert len(names) == len(REFERENCE_NETS) + len(CONFIGURED_NETS) == 22
   for name in names:
     torch_shapes = {k: tuple(shape) for k, shape in json.loads(str(references[f'{name}/keys']))}
     model_name, options = CONFIGURED_NETS.get(name, (name, {}))
@@ -629,6 +644,8 @@ def test_to_torchvision_gives_torchvisions_state_dict_and_converts_back_exactly(
     ('resnet50d', {}),
     ('preact_resnet50', dict(scan_blocks=True)),
     ('resnet18', dict(norm='frozen_batch')),
+    ('vgg11_bn', {}),
+    ('alexnet', {}),
   ]
   for name, options in cases:
     shapes = torchvision_weights.expected_variables(name, num_classes=10, **options)

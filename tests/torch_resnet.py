@@ -2,9 +2,9 @@
 import beside the CPU torch build these machines use). Structure, arguments (groups,
 width_per_group, replace_stride_with_dilation, norm_layer) and initialisation as upstream; with
 timm's ResNet-C/-D arguments (stem_type='deep', stem_width, avg_down) as timm's resnet.py builds
-them, and the pre-activation nets of He et al. 2016 as their Torch code (fb.resnet.torch's
+them, the pre-activation nets of He et al. 2016 as their Torch code (fb.resnet.torch's
 preresnet.lua, and resnet-1k-layers' resnet-pre-act.lua for the CIFAR bottleneck nets) builds
-them."""
+them, and torchvision's VGG and AlexNet (vgg.py, alexnet.py), the paper's comparison nets."""
 
 import numpy as np
 import torch
@@ -319,9 +319,91 @@ ARCHS = {  # name -> (block, layers, ResNet keyword arguments), as torchvision's
 }
 
 
+class VGG(nn.Module):
+  """torchvision's vgg.py: features, a 7x7 adaptive average pool, the dropout classifier."""
+
+  def __init__(self, layers, batch_norm, num_classes=1000, dropout=0.5):
+    super().__init__()
+    modules, channels = [], 3
+    for layer in layers:
+      if layer == 'M':
+        modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        continue
+      modules.append(nn.Conv2d(channels, layer, kernel_size=3, padding=1))
+      if batch_norm:
+        modules.append(nn.BatchNorm2d(layer))
+      modules.append(nn.ReLU(inplace=True))
+      channels = layer
+    self.features = nn.Sequential(*modules)
+    self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+    self.classifier = nn.Sequential(
+      nn.Linear(512 * 7 * 7, 4096),
+      nn.ReLU(True),
+      nn.Dropout(p=dropout),
+      nn.Linear(4096, 4096),
+      nn.ReLU(True),
+      nn.Dropout(p=dropout),
+      nn.Linear(4096, num_classes),
+    )
+
+  def forward(self, x):
+    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class AlexNet(nn.Module):
+  """torchvision's alexnet.py."""
+
+  def __init__(self, num_classes=1000, dropout=0.5):
+    super().__init__()
+    self.features = nn.Sequential(
+      nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+      nn.ReLU(inplace=True),
+      nn.MaxPool2d(kernel_size=3, stride=2),
+      nn.Conv2d(64, 192, kernel_size=5, padding=2),
+      nn.ReLU(inplace=True),
+      nn.MaxPool2d(kernel_size=3, stride=2),
+      nn.Conv2d(192, 384, kernel_size=3, padding=1),
+      nn.ReLU(inplace=True),
+      nn.Conv2d(384, 256, kernel_size=3, padding=1),
+      nn.ReLU(inplace=True),
+      nn.Conv2d(256, 256, kernel_size=3, padding=1),
+      nn.ReLU(inplace=True),
+      nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+    self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+    self.classifier = nn.Sequential(
+      nn.Dropout(p=dropout),
+      nn.Linear(256 * 6 * 6, 4096),
+      nn.ReLU(inplace=True),
+      nn.Dropout(p=dropout),
+      nn.Linear(4096, 4096),
+      nn.ReLU(inplace=True),
+      nn.Linear(4096, num_classes),
+    )
+
+  def forward(self, x):
+    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+VGG_LAYERS = {  # torchvision's cfgs "A", "B", "D", "E"
+  11: [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
+  13: [64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
+  16: [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'],
+  19: [
+    *(64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M'),
+    *(512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'),
+  ],
+}
+
+
 def build(name, num_classes=1000, **kwargs):
   """torchvision's ``models.<name>(num_classes=..., **kwargs)`` (timm's for ResNet-C/-D, the
   Torch code's for pre-activation nets) with random weights."""
+  if name == 'alexnet':
+    return AlexNet(num_classes, **kwargs)
+  if name.startswith('vgg'):
+    depth = int(name[3:].removesuffix('_bn'))
+    return VGG(VGG_LAYERS[depth], name.endswith('_bn'), num_classes, **kwargs)
   if name in PREACT_ARCHS:
     bottleneck, layers, defaults = PREACT_ARCHS[name]
     return PreActResNet(bottleneck, layers, num_classes, **{**defaults, **kwargs})

@@ -2,7 +2,9 @@
 
 Names: torchvision's (``resnet18..152``, ``resnext*``, ``wide_resnet*``), Bag of Tricks' ResNet-C
 and -D as timm names them (``resnet50c``, ``resnet50d``), pre-activation nets (``preact_resnet*``,
-``cifar_preact_resnet*``), the paper's CIFAR nets and every net's plain counterpart.
+``cifar_preact_resnet*``), the paper's CIFAR nets and every net's plain counterpart; and the
+paper's comparison nets, torchvision's ``vgg11..19``, ``vgg11_bn..vgg19_bn`` and ``alexnet``
+(``baselines.ClassicNet``).
 
 Example:
   model = get_model('resnet50', num_classes=1000)
@@ -17,7 +19,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from resnet_jax.models import norms
+from resnet_jax.models import baselines, norms
 from resnet_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 
 Dtype = Any
@@ -53,8 +55,25 @@ VALID_NAMES = (
   'resnet{...}c and resnet{...}d (ResNet-C/-D), '
   f'{", ".join(_VARIANTS)}, '
   'cifar_resnet{6n+2: 20,32,44,56,110,1202,...}, cifar_plain{6n+2}, '
-  'cifar_preact_resnet{6n+2; 9n+2 from 164: 164, 1001 (bottleneck)}'
+  'cifar_preact_resnet{6n+2; 9n+2 from 164: 164, 1001 (bottleneck)}, '
+  'vgg{11,13,16,19}, vgg{...}_bn, alexnet'
 )
+_BASELINE_PATTERN = re.compile(r'^(?:vgg(11|13|16|19)(_bn)?|alexnet)$')
+# What ClassicNet takes from the options that build_model gives every net.
+_BASELINE_OPTIONS = (
+  'dropout',
+  'bn_momentum',
+  'bn_epsilon',
+  'bn_axis_name',
+  'bn_axis_index_groups',
+  'cpu_convolution',
+  'cpu_kernels',
+)
+
+
+def is_baseline(name: str) -> bool:
+  """Whether ``name`` is one of the paper's comparison nets (VGG, AlexNet), not a ResNet."""
+  return bool(_BASELINE_PATTERN.match(name))
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -63,6 +82,12 @@ def model_config(name: str) -> dict[str, Any]:
   Raises:
     ValueError: for an unknown name or an impossible depth, naming the valid choices.
   """
+  baseline = _BASELINE_PATTERN.match(name)
+  if baseline:
+    depth, batch_norm = baseline.groups()
+    if name == 'alexnet':
+      return dict(family='alexnet')
+    return dict(family='vgg', depth=int(depth), batch_norm=bool(batch_norm))
   if name in _VARIANTS:
     depth, groups, width_per_group = _VARIANTS[name]
     return dict(model_config(f'resnet{depth}'), groups=groups, width_per_group=width_per_group)
@@ -102,7 +127,9 @@ def _cifar_config(name, depth, residual, preact):
   return dict(cifar, stage_sizes=(n,) * 3, block_cls=BasicBlock, shortcut='A', residual=residual)
 
 
-def get_model(name: str, *, num_classes: int, dtype: Dtype = jnp.float32, **overrides) -> ResNet:
+def get_model(
+  name: str, *, num_classes: int, dtype: Dtype = jnp.float32, **overrides
+) -> ResNet | baselines.ClassicNet:
   """Builds a network by name.
 
   Args:
@@ -112,12 +139,20 @@ def get_model(name: str, *, num_classes: int, dtype: Dtype = jnp.float32, **over
     **overrides: any ResNet attribute, e.g. ``shortcut='C'``, ``zero_init_residual=True``,
       ``stride_in_1x1=True``, ``groups=32, width_per_group=4``,
       ``replace_stride_with_dilation=(False, True, True)``, ``norm='group'``,
-      ``bn_axis_name='data'``.
+      ``bn_axis_name='data'``; for VGG and AlexNet, ``dropout`` and the BatchNorm and CPU
+      options (ResNet options at their defaults are accepted and mean nothing to them).
 
   Returns:
     The flax module.
   """
   kwargs = model_config(name)
+  if 'family' in kwargs:
+    return _baseline(name, kwargs, num_classes, dtype, overrides)
+  if 'dropout' in overrides:
+    raise ValueError(
+      f'{name} has no dropout (its head is a global average pool and one linear layer); '
+      f'dropout is the classifier of vgg* and alexnet.'
+    )
   valid = set(ResNet.__dataclass_fields__) - {'parent', 'name', 'num_classes', 'dtype'}
   unknown = set(overrides) - valid
   if unknown:
@@ -137,6 +172,24 @@ def get_model(name: str, *, num_classes: int, dtype: Dtype = jnp.float32, **over
   _check_block_options(name, kwargs)
   _check_norm(name, kwargs)
   return ResNet(num_classes=num_classes, dtype=dtype, **kwargs)
+
+
+def _baseline(name, kwargs, num_classes, dtype, overrides) -> baselines.ClassicNet:
+  resnet_defaults = {k: f.default for k, f in ResNet.__dataclass_fields__.items()}
+  changed = sorted(
+    k
+    for k, v in overrides.items()
+    if k not in _BASELINE_OPTIONS and (k not in resnet_defaults or v != resnet_defaults[k])
+  )
+  if changed:
+    raise ValueError(
+      f'{name} is not a ResNet: it has no {", ".join(changed)} (its options: '
+      f'{", ".join(_BASELINE_OPTIONS)}).'
+    )
+  if not 0.0 <= overrides.get('dropout', 0.5) < 1.0:
+    raise ValueError(f'dropout must be in [0, 1), got {overrides["dropout"]}.')
+  options = {k: v for k, v in overrides.items() if k in _BASELINE_OPTIONS}
+  return baselines.ClassicNet(num_classes=num_classes, dtype=dtype, **kwargs, **options)
 
 
 def _check_block_options(name: str, kwargs: dict):

@@ -317,7 +317,7 @@ class ResNet(nn.Module):
     norm_groups: GroupNorm's groups (torch's first argument; Wu & He's 32).
     drop_path_rate: stochastic depth (Huang et al. 2016) as timm's: in training each example
       drops a block's residual branch with the block's rate, linear in depth from 0 to this
-      (``drop_path_rates``); needs ``drop_path_keys``. Residual nets only.
+      (``drop_path_rates``); needs ``example_keys``. Residual nets only.
     bn_momentum, bn_epsilon: BatchNorm constants (torch's 0.1 momentum is 0.9 here); the epsilon
       is every norm's.
     bn_axis_name, bn_axis_index_groups: share BN statistics across devices (see BatchNorm).
@@ -362,6 +362,11 @@ class ResNet(nn.Module):
   cpu_kernels: str = 'auto'
   dtype: Dtype = jnp.float32
 
+  @property
+  def random_in_training(self) -> bool:
+    """Whether training draws (stochastic depth), and so takes ``example_keys``."""
+    return self.drop_path_rate > 0
+
   @nn.compact
   def __call__(
     self,
@@ -370,7 +375,7 @@ class ResNet(nn.Module):
     train: bool,
     spatial_logits: bool = False,
     features: Sequence[str] = (),
-    drop_path_keys=None,
+    example_keys=None,
   ):
     """Applies the network.
 
@@ -383,7 +388,7 @@ class ResNet(nn.Module):
         segmentation head (a backbone's C2..C5): 'stem' (after the ImageNet stem's max pool),
         'layer1', 'layer2', ... (torchvision's names). The net runs only as deep as the deepest
         one asked for; initialise the variables without ``features``.
-      drop_path_keys: with ``drop_path_rate`` in training, one PRNG key per example: its
+      example_keys: with ``drop_path_rate`` in training, one PRNG key per example: its
         stochastic depth draws are functions of its key alone (the train step keys them on the
         run seed, the step and the example's row in the global batch).
 
@@ -410,9 +415,9 @@ class ResNet(nn.Module):
     dilate = (False, *self.replace_stride_with_dilation)
     drop = None
     if train and self.drop_path_rate > 0:
-      if drop_path_keys is None:
-        raise ValueError('drop_path_rate > 0 trains with drop_path_keys (one key per example).')
-      drop = (drop_path_keys, drop_path_rates(self.stage_sizes, self.drop_path_rate))
+      if example_keys is None:
+        raise ValueError('drop_path_rate > 0 trains with example_keys (one key per example).')
+      drop = (example_keys, drop_path_rates(self.stage_sizes, self.drop_path_rate))
     for i, name in enumerate(stages):
       if features and set(features) <= set(outputs):
         break

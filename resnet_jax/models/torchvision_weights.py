@@ -1,6 +1,8 @@
 """torchvision's ResNet ``state_dict`` <-> this project's Flax variables (names, layouts, shapes);
 timm's for ResNet-C/-D (its names are torchvision's plus the deep stem's ``conv1.0...conv1.6``
-and the shortcut's ``downsample.1``/``.2``).
+and the shortcut's ``downsample.1``/``.2``); torchvision's VGG and AlexNet (``features.N``,
+``classifier.N``; their first linear layer's rows in torch's channel-major flatten order, which
+``baselines.ClassicNet`` keeps).
 
 torchvision's pretrained weights expect inputs scaled to [0, 1] and normalised per channel, so
 fine-tune or evaluate them with ``--config.normalization=channel_mean_std``. The command that
@@ -86,7 +88,8 @@ def from_torchvision(
   Args:
     state_dict: torchvision keys (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``fc.bias``...)
       to torch tensors or numpy arrays.
-    name: model name as for ``registry.get_model``; the class count is read off ``fc.weight``.
+    name: model name as for ``registry.get_model``; the class count is read off ``fc.weight``
+      (``classifier.6.weight`` for VGG and AlexNet).
     **model_overrides: options the weights were trained with (e.g. ``shortcut='C'``), and
       ``scan_blocks=True`` for the stacked layout of a scanned model.
 
@@ -96,9 +99,10 @@ def from_torchvision(
   Raises:
     ValueError: naming every missing, unexpected or mis-shaped key.
   """
-  if 'fc.weight' not in state_dict:
-    raise ValueError("state_dict has no 'fc.weight'; is this a torchvision ResNet state_dict?")
-  num_classes = int(np.shape(state_dict['fc.weight'])[0])
+  head = 'classifier.6.weight' if registry.is_baseline(name) else 'fc.weight'
+  if head not in state_dict:
+    raise ValueError(f'state_dict has no {head!r}; is this a torchvision {name} state_dict?')
+  num_classes = int(np.shape(state_dict[head])[0])
   scan_blocks = model_overrides.pop('scan_blocks', False)  # converted per block, then stacked
   expected = traverse_util.flatten_dict(expected_variables(name, num_classes, **model_overrides))
 

@@ -74,7 +74,8 @@ def topk_errors(scores, labels, mask=None):
   return top1_err, top5_err
 
 
-DROP_PATH_STREAM = 0x5D3F  # folded into the run seed's key: stochastic depth's own draws
+# Folded into the run seed's key: the net's own draws (stochastic depth, dropout).
+MODEL_DRAWS_STREAM = 0x5D3F
 
 
 def example_keys(seed: int, step, images):
@@ -83,7 +84,7 @@ def example_keys(seed: int, step, images):
   (i + 1) * n - 1): the same whichever process or device trains it, and after a resume."""
   local = images.shape[0]
   rows = lax.axis_index(AXIS) * local + jnp.arange(local)
-  base = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), DROP_PATH_STREAM), step)
+  base = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), MODEL_DRAWS_STREAM), step)
   return jax.vmap(lambda row: jax.random.fold_in(base, row))(rows)
 
 
@@ -100,11 +101,11 @@ def train_step(
 
   # Only BatchNorm updates statistics in training. GroupNorm has none, and a frozen BatchNorm's
   # must stay bitwise as loaded (a mean over devices of equal values can round them).
-  running_statistics = config.norm == 'batch'
+  running_statistics = config.norm == 'batch' and bool(state.batch_stats)  # VGG-11 has no norms
 
   apply = functools.partial(model.apply, train=True)
-  if config.drop_path_rate > 0:
-    apply = functools.partial(apply, drop_path_keys=example_keys(config.seed, state.step, images))
+  if model.random_in_training:  # stochastic depth, dropout
+    apply = functools.partial(apply, example_keys=example_keys(config.seed, state.step, images))
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
