@@ -1,4 +1,5 @@
-"""Prints constraints.txt: the installed version of every package resnet_jax[dev,convert] needs.
+"""Prints constraints.txt: the installed version of every package resnet_jax[dev,convert,export]
+needs.
 
 python .ci/constraints.py > constraints.txt   (after the test suite has passed)
 """
@@ -40,6 +41,6 @@ if __name__ == '__main__':
     '# Lower bounds live in pyproject.toml. Regenerate: python .ci/constraints.py > constraints.txt'
   )
   for name, version in sorted(
-    closure('resnet_jax', {'dev', 'convert'}).items(), key=lambda item: item[0].lower()
+    closure('resnet_jax', {'dev', 'convert', 'export'}).items(), key=lambda item: item[0].lower()
   ):
     print(f'{name}=={version}')

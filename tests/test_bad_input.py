@@ -204,6 +204,35 @@ CASES = [
     'pip install torch==2.13.0',
   ),
   ('workdir is a file', [*DIGITS[:-1], '--workdir={a_file}'], 'a_file is a file'),
+  ('export without out', ['-m', 'resnet_jax.export', '--workdir={root}'], 'and --out=FILE.onnx'),
+  (
+    'export weights without model',
+    ['-m', 'resnet_jax.export', '--weights={resnet8_weights}', '--out={work}'],
+    'has no config.json: give the net with --model=NAME',
+  ),
+  (
+    'export weights as another net',
+    ['-m', 'resnet_jax.export', '--weights={resnet8_weights}', '--model=resnet18', '--out={work}'],
+    'The weights do not fit resnet18',
+  ),
+  (
+    'export an unknown net',
+    ['-m', 'resnet_jax.export', '--weights={resnet8_weights}', '--model=vgg12', '--out={work}'],
+    "--config.model='vgg12': Unknown model",
+  ),
+  (
+    'export weights as vgg',
+    ['-m', 'resnet_jax.export', '--weights={resnet8_weights}', '--model=vgg11', '--out={work}'],
+    "no 'classifier_6' layer: they are not a vgg11",
+  ),
+  (
+    'export at size 0',
+    [
+      *('-m', 'resnet_jax.export', '--weights={resnet8_weights}', '--model=cifar_resnet8'),
+      *('--image_size=0', '--out={work}'),
+    ],
+    '--image_size=0: must be a positive integer',
+  ),
   ('plot a folder without metrics', ['-m', 'resnet_jax.plot', '{root}'], 'no metrics.jsonl'),
   (
     'mean_image bad size',

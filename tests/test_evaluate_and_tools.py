@@ -9,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 from helpers import REPO, folder_config, tiny, tiny_flags, write_image_folder
 
 from configs import digits
 from resnet_jax import evaluate, plot
-from resnet_jax.models import registry, torchvision_weights
+from resnet_jax.models import block_layout, registry, torchvision_weights
 from resnet_jax.train import checkpoint, experiment, loop, metrics, scoring
 
 
@@ -59,6 +60,30 @@ def test_evaluate_cli_other_protocols_count_every_example(trained, mode):
   assert result['eval_steps'] == 9
   assert 0 <= result['top5_err'] <= result['top1_err'] <= 1
   assert os.path.exists(os.path.join(workdir, f'eval_{mode}.jsonl'))
+
+
+@pytest.mark.slow
+def test_export_cli_writes_the_runs_network_as_onnx(trained):
+  """The command on a trained run's workdir: the graph onnxruntime runs gives the logits the
+  run's checkpoint gives in JAX, for torch's NCHW layout and any batch."""
+  onnxruntime = pytest.importorskip('onnxruntime')
+  _, workdir, tmp_path = trained
+  out = str(tmp_path / 'run.onnx')
+  cmd = [sys.executable, '-m', 'resnet_jax.export', f'--workdir={workdir}', f'--out={out}']
+  result = subprocess.run(
+    [*cmd, '--layout=NCHW'], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Wrote {out}: cifar_resnet8, input images [batch, 3, 8, 8] NCHW float32' in result.stdout
+  assert 'BatchNorm folded into 7 convolutions' in result.stdout  # conv1 and two per block
+  assert 'logits within' in result.stdout and "of JAX's" in result.stdout
+  variables = block_layout.unstack_blocks(checkpoint.read_variables(epath.Path(workdir)))
+  model = registry.get_model('cifar_resnet8', num_classes=10)
+  images = np.random.default_rng(0).standard_normal((5, 8, 8, 3)).astype(np.float32)
+  want = np.asarray(model.apply(variables, images, train=False))
+  session = onnxruntime.InferenceSession(out, providers=['CPUExecutionProvider'])
+  got = session.run(None, {'images': images.transpose(0, 3, 1, 2)})[0]
+  assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_ten_identical_views_score_like_one_view_and_its_flip():

@@ -169,11 +169,14 @@ def test_readme_commands_run_as_written(tmp_path):
     (dry if kind == 'dry' else ran).append((line, result))
   print('\n'.join(f'skipped: {c} ({why})' for c, why in skipped))
   assert len(ran) >= 8 and len(dry) >= 4
-  by_tool = {line.split()[2] if line.startswith('python') else line: r for line, r in ran}
-  assert '11,689,512' in by_tool['resnet_jax.summary'].stdout
-  assert (
-    'Largest global batch that fits 16.00 GB per device' in by_tool['resnet_jax.summary'].stdout
-  )
+  by_tool = {}  # each tool's commands' output, together
+  for line, result in ran:
+    tool = line.split()[2] if line.startswith('python') else line
+    by_tool[tool] = by_tool.get(tool, '') + result.stdout
+  assert '11,689,512' in by_tool['resnet_jax.summary']
+  assert 'Largest global batch that fits 16.00 GB per device' in by_tool['resnet_jax.summary']
+  assert "3.66 G mult-adds, 18.7% of vgg19's" in by_tool['resnet_jax.summary']
+  assert 'logits within' in by_tool['resnet_jax.export']
   assert os.path.getsize(tmp_path / 'digits' / 'curves.png') > 10_000
   assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
   if not needs_torch:  # the digits run's weights, as a torch state_dict
@@ -189,7 +192,7 @@ def test_readme_commands_run_as_written(tmp_path):
     assert os.path.isdir(tmp_path / 'r50_tv')
     assert os.path.isdir(tmp_path / 'dir' / 'checkpoints' / '2')  # the init_from fine-tune ran
   assert os.path.isdir(tmp_path / 'digits_2proc' / 'checkpoints' / '8')  # two processes
-  assert 'train 12, validation 8 examples' in by_tool['resnet_jax.prepare'].stdout
+  assert 'train 12, validation 8 examples' in by_tool['resnet_jax.prepare']
   for line, result in dry:  # the user's training flags reach the command a cluster would run
     if '--config=' in line:
       assert '--config=configs/r50.py' in result.stdout + result.stderr, line
