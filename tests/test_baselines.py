@@ -13,23 +13,23 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-from resnet_jax.models import baselines, registry
+from resnet_jax.models import baselines, example_draws, registry
 from resnet_jax.train import steps
 
 
 def test_example_dropout_is_torchs_and_a_function_of_each_examples_key():
   x = jnp.ones((4, 20_000))
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(7), i))(jnp.arange(4))
-  y = np.asarray(baselines.example_dropout(x, keys, 2, 0.5))
+  y = np.asarray(example_draws.dropout(x, keys, 2, 0.5))
   assert set(np.unique(y)) == {0.0, 2.0}  # kept units scaled by 1 / (1 - p)
   assert abs((y == 0).mean() - 0.5) < 0.01
   # Row 2's mask depends on its key alone: alone, or beside other rows, it is the same.
-  alone = baselines.example_dropout(x[2:3], keys[2:3], 2, 0.5)
+  alone = example_draws.dropout(x[2:3], keys[2:3], 2, 0.5)
   np.testing.assert_array_equal(alone[0], y[2])
   assert not np.array_equal(y[0], y[1])  # rows draw apart
-  other_layer = np.asarray(baselines.example_dropout(x, keys, 5, 0.5))
+  other_layer = np.asarray(example_draws.dropout(x, keys, 5, 0.5))
   assert not np.array_equal(other_layer, y)  # each dropout layer draws apart
-  np.testing.assert_array_equal(baselines.example_dropout(x, keys, 2, 0.0), x)
+  np.testing.assert_array_equal(example_draws.dropout(x, keys, 2, 0.0), x)
 
 
 @pytest.mark.parametrize('size, out', [(2, 7), (7, 7), (13, 6), (5, 3)])

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.models import conv, registry, resnet
+from resnet_jax.models import conv, layers, registry
 
 
 def _layer(lowering, x, w, scale, strides, pad):
@@ -77,12 +77,12 @@ def _network_gradient(lowering, scan_blocks=False):
     )
     return jnp.sum(logits**2)
 
-  default = resnet._conv.__kwdefaults__['lowering']
-  resnet._conv.__kwdefaults__['lowering'] = lowering
+  default = layers.conv.__kwdefaults__['lowering']
+  layers.conv.__kwdefaults__['lowering'] = lowering
   try:
     compiled = jax.jit(jax.grad(loss)).lower(variables['params']).compile()
   finally:
-    resnet._conv.__kwdefaults__['lowering'] = default
+    layers.conv.__kwdefaults__['lowering'] = default
   text = compiled.as_text()
   bodies = dict(re.findall(r'^(%\S+) \(.*?\{\n(.*?)\n\}', text, flags=re.S | re.M))
   called = re.findall(r'= \S+ fusion\(.*?calls=(%[\w.\-]+)', text)
@@ -94,7 +94,7 @@ def test_kernel_gradients_transpose_stored_activations_on_cpu():
   """The speed-up's mechanism, read from the compiled program: with lax's convolution XLA:CPU
   recomputes ReLUs inside the kernel gradients' transposes; with ours none does. The whole
   network's gradient stays bitwise lax's."""
-  assert resnet._conv.__kwdefaults__['lowering'] is conv.conv_general_dilated_stored_input
+  assert layers.conv.__kwdefaults__['lowering'] is conv.conv_general_dilated_stored_input
   reference, recomputing = _network_gradient(jax.lax.conv_general_dilated)
   ours, none = _network_gradient(conv.conv_general_dilated_stored_input)
   assert recomputing > 0 and none == 0

@@ -19,6 +19,8 @@ from resnet_jax import summary
 from resnet_jax.models import (
   batch_norm,
   block_layout,
+  example_draws,
+  layers,
   norms,
   registry,
   resnet,
@@ -201,7 +203,7 @@ def test_resnet_d_shortcut_averages_then_projects():
   """ResNet-D's average pool: torch's AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
   an odd edge a window of its own."""
   x = np.arange(2 * 5 * 3 * 2, dtype=np.float32).reshape(2, 5, 3, 2)
-  y = np.asarray(resnet.average_pool_2x2(jnp.asarray(x)))
+  y = np.asarray(layers.average_pool_2x2(jnp.asarray(x)))
   assert y.shape == (2, 3, 2, 2)
   np.testing.assert_allclose(y[:, 0, 0], x[:, 0:2, 0:2].mean(axis=(1, 2)))
   np.testing.assert_allclose(y[:, 2, 1], x[:, 4, 2])  # the corner window holds one pixel
@@ -364,7 +366,7 @@ def test_initialisation_matches_torchvision_statistics():
 
 def test_zero_init_residual_blocks_start_as_identity_of_the_shortcut():
   trunk = jax.random.normal(jax.random.key(2), (2, 32, 32, 16))
-  conv = functools.partial(resnet._conv, dtype=jnp.float32)
+  conv = functools.partial(layers.conv, dtype=jnp.float32)
   for block_cls, width in [(resnet.BasicBlock, 16), (resnet.Bottleneck, 4)]:
     block = block_cls(width, 1, 'B', True, conv, batch_norm.BatchNorm, zero_init_residual=True)
     bv = block.init(jax.random.key(3), trunk, train=False)
@@ -395,27 +397,28 @@ def example_keys(count, seed=0):
 
 
 def test_stochastic_depth_is_timms_drop_path_per_example_and_linear_in_depth():
-  assert resnet.drop_path_rates((1, 1, 1), 0.2) == [0.0, 0.1, 0.2]
-  assert resnet.drop_path_rates((3, 4, 6, 3), 0.05)[-1] == 0.05
+  assert example_draws.drop_path_rates((1, 1, 1), 0.2) == [0.0, 0.1, 0.2]
+  assert example_draws.drop_path_rates((3, 4, 6, 3), 0.05)[-1] == 0.05
   keys, y = example_keys(4000), jnp.full((4000, 2, 2, 3), 2.0)
-  out = np.asarray(resnet.drop_path(y, keys, 5, 0.25))
+  out = np.asarray(example_draws.drop_path(y, keys, 5, 0.25))
   kept = out[:, 0, 0, 0] != 0
   assert np.all(out[kept] == np.float32(2.0 / 0.75)) and np.all(out[~kept] == 0)
   assert abs(kept.mean() - 0.75) < 3 * np.sqrt(0.75 * 0.25 / 4000)
-  np.testing.assert_array_equal(resnet.drop_path(y, keys, 5, 0.25), out)  # keyed, not stateful
-  other = np.asarray(resnet.drop_path(y, keys, 6, 0.25))[:, 0, 0, 0] != 0
+  again = example_draws.drop_path(y, keys, 5, 0.25)
+  np.testing.assert_array_equal(again, out)  # keyed, not stateful
+  other = np.asarray(example_draws.drop_path(y, keys, 6, 0.25))[:, 0, 0, 0] != 0
   assert 0.5 < (other == kept).mean() < 0.75  # another block draws on its own (0.625 expected)
-  np.testing.assert_array_equal(resnet.drop_path(y, keys, 5, 0.0), y)
+  np.testing.assert_array_equal(example_draws.drop_path(y, keys, 5, 0.0), y)
 
   # In a block, a dropped example's output is the shortcut alone: relu(x) for an identity.
   x = jax.random.normal(jax.random.key(2), (64, 4, 4, 16))
-  conv = functools.partial(resnet._conv, dtype=jnp.float32)
+  conv = functools.partial(layers.conv, dtype=jnp.float32)
   block = resnet.BasicBlock(16, 1, 'A', True, conv, batch_norm.BatchNorm, zero_init_residual=False)
   variables = block.init(jax.random.key(3), x, train=False)
   drop = (example_keys(64), 7, 0.5)
   out, _ = block.apply(variables, x, train=True, drop=drop, mutable=['batch_stats'])
   full, _ = block.apply(variables, x, train=True, mutable=['batch_stats'])
-  dropped = np.asarray(resnet.drop_path(jnp.ones((64, 1)), *drop))[:, 0] == 0
+  dropped = np.asarray(example_draws.drop_path(jnp.ones((64, 1)), *drop))[:, 0] == 0
   assert 16 < dropped.sum() < 48
   np.testing.assert_array_equal(out[dropped], jax.nn.relu(x)[dropped])
   assert not np.allclose(out[~dropped], jax.nn.relu(x)[~dropped])

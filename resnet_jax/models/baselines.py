@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models import conv as conv_lowering
-from resnet_jax.models import norms
+from resnet_jax.models import example_draws, layers, norms
 
 Dtype = Any
 POOL = 'M'
@@ -39,11 +39,10 @@ VGG_LAYERS = {
 ALEXNET_CONVS = ((64, 11, 4, 2), (192, 5, 1, 2), (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1))
 ALEXNET_POOL_AFTER = (0, 1, 4)
 
-# torchvision's VGG init: kaiming_normal_(fan_out, relu) convs, N(0, 0.01) linears, zero biases.
-vgg_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# torchvision's VGG init: its ResNet's kaiming_normal_ convs (layers.conv_init), N(0, 0.01)
+# linears, zero biases. AlexNet keeps torch's defaults (layers.dense_kernel_init for every weight,
+# torch_default_bias).
 vgg_dense_init = nn.initializers.normal(0.01)
-# AlexNet keeps torch's defaults: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
-torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
 def torch_default_bias(fan_in: int):
@@ -77,20 +76,6 @@ def adaptive_average_pool(x, size: int):
   if x.shape[1] == x.shape[2] == size:
     return x
   return pool(pool(x, 1), 2)
-
-
-def example_dropout(x, keys, index: int, rate: float):
-  """torch's ``Dropout(rate)`` in training, each example's mask a function of its key and the
-  layer ``index`` alone: kept units scaled by 1 / (1 - rate)."""
-  if rate == 0.0:
-    return x
-  keep = 1.0 - rate
-
-  def mask(key):
-    return jax.random.bernoulli(jax.random.fold_in(key, index), keep, x.shape[1:])
-
-  masks = jax.vmap(mask)(keys)
-  return jnp.where(masks, x / keep, 0.0).astype(x.dtype)
 
 
 class Linear(nn.Module):
@@ -204,9 +189,12 @@ class ClassicNet(nn.Module):
 
   def _conv(self, features, kernel, stride, padding, in_channels, name):
     if self.family == 'vgg':
-      kernel_init, bias_init = vgg_conv_init, nn.initializers.zeros
+      kernel_init, bias_init = layers.conv_init, nn.initializers.zeros
     else:
-      kernel_init, bias_init = torch_default_init, torch_default_bias(kernel * kernel * in_channels)
+      kernel_init, bias_init = (
+        layers.dense_kernel_init,
+        torch_default_bias(kernel * kernel * in_channels),
+      )
     lowering = conv_lowering.conv_general_dilated_stored_input
     return nn.Conv(
       features,
@@ -262,18 +250,19 @@ class ClassicNet(nn.Module):
     """torchvision's classifier Sequential: the three linear layers by their index in it, each
     with the index of the dropout before it (None: none)."""
     if self.family == 'alexnet':  # Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear
-      layers = ((1, 0), (4, 3), (6, None))
+      linear_layers = ((1, 0), (4, 3), (6, None))
     else:  # Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
-      layers = ((0, None), (3, 2), (6, 5))
+      linear_layers = ((0, None), (3, 2), (6, 5))
     widths = (4096, 4096, self.num_classes)
-    for layer, ((index, dropout_index), width) in enumerate(zip(layers, widths, strict=True)):
+    pairs = zip(linear_layers, widths, strict=True)
+    for layer, ((index, dropout_index), width) in enumerate(pairs):
       if train and dropout_index is not None:
-        x = example_dropout(x, example_keys, dropout_index, self.dropout)
+        x = example_draws.dropout(x, example_keys, dropout_index, self.dropout)
       fan_in = x.shape[-1] * (window * window if layer == 0 and window else 1)
       if self.family == 'vgg':
         kernel_init, bias_init = vgg_dense_init, nn.initializers.zeros
       else:
-        kernel_init, bias_init = torch_default_init, torch_default_bias(fan_in)
+        kernel_init, bias_init = layers.dense_kernel_init, torch_default_bias(fan_in)
       linear = Linear(width, kernel_init, bias_init, name=f'classifier_{index}')
       x = linear(x, window if layer == 0 else 0)
       if layer < 2:

@@ -22,15 +22,10 @@ import jax.numpy as jnp
 
 from resnet_jax.cpu import native
 from resnet_jax.models import conv as conv_lowering
-from resnet_jax.models import norms, stem
+from resnet_jax.models import example_draws, layers, norms, stem
 from resnet_jax.models.block_layout import SCAN_SUFFIX
 
 Dtype = Any
-
-# torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / fan_out) untruncated.
-conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-# torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias.
-dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
 def shortcut_path(x, *, features, strides, option, conv, norm, avg_down, train):
@@ -57,7 +52,7 @@ def shortcut_path(x, *, features, strides, option, conv, norm, avg_down, train):
     names = ('downsample_0', 'downsample_1')
     if avg_down:
       names = ('downsample_1', 'downsample_2')
-      x, strides = (average_pool_2x2(x) if strides > 1 else x), 1
+      x, strides = (layers.average_pool_2x2(x) if strides > 1 else x), 1
     x = conv(features, (1, 1), (strides, strides), name=names[0])(x)
     return x if norm is None else norm(name=names[1])(x, train=train)
   if strides != 1:
@@ -66,67 +61,6 @@ def shortcut_path(x, *, features, strides, option, conv, norm, avg_down, train):
     # Option A: the extra channels are zeros, appended after the identity channels.
     x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - in_features)))
   return x
-
-
-def average_pool_2x2(x):
-  """torch's ``AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)``, NHWC: an odd last row
-  or column is a window of its own, averaged over the pixels it holds."""
-  pad = ((0, x.shape[1] % 2), (0, x.shape[2] % 2))
-  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding=pad, count_include_pad=False)
-
-
-def drop_path(y, keys, block_index, rate):
-  """timm's ``DropPath`` (stochastic depth, Huang et al. 2016) on a block's residual branch: each
-  example keeps it with probability ``1 - rate``, scaled by ``1 / (1 - rate)``, or loses it. An
-  example's draw is a function of its key and ``block_index`` alone (``rate`` may be traced)."""
-  keep = 1.0 - rate
-  draws = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, block_index)))(keys)
-  scale = jnp.where(draws < keep, 1.0 / keep, 0.0).astype(y.dtype)
-  return y * scale.reshape(-1, *(1,) * (y.ndim - 1))
-
-
-def drop_path_rates(stage_sizes, rate: float) -> list[float]:
-  """Each block's rate: linear in its index over the whole net, 0 for the first, ``rate`` for the
-  last (timm's ``drop_path_rate * block / (blocks - 1)``)."""
-  blocks = sum(stage_sizes)
-  return [rate * b / max(blocks - 1, 1) for b in range(blocks)]
-
-
-def _conv(
-  features,
-  kernel,
-  strides=(1, 1),
-  *,
-  dtype,
-  groups=1,
-  dilation=1,
-  name=None,
-  kernel_init=conv_init,
-  lowering=conv_lowering.conv_general_dilated_stored_input,
-  cpu_convolution='auto',
-):
-  """A bias-free conv with torch's symmetric padding of dilation * (k // 2) (never XLA's
-  asymmetric SAME), ``groups`` channel groups and a ``dilation``-spaced kernel (torch's).
-
-  ``lowering`` runs it (``lax.conv_general_dilated``'s signature), except the gradients of the
-  float32 convolutions lowered for the CPU that oneDNN takes under ``cpu_convolution``
-  (``conv.cpu_convolution``; ungrouped, undilated ones only).
-  """
-  pad = dilation * (kernel[0] // 2)
-  return nn.Conv(
-    features,
-    kernel,
-    strides,
-    padding=((pad, pad), (pad, pad)),
-    feature_group_count=groups,
-    kernel_dilation=(dilation, dilation),
-    use_bias=False,
-    conv_general_dilated=conv_lowering.cpu_convolution(lowering, cpu_convolution),
-    dtype=dtype,
-    param_dtype=jnp.float32,
-    kernel_init=kernel_init,
-    name=name,
-  )
 
 
 # A block's pre-activation (He et al. 2016, "Identity Mappings in Deep Residual Networks"; their
@@ -178,7 +112,7 @@ class _Block(nn.Module):
     return self.norm(name=name, scale_init=init)
 
   def last_conv_init(self):
-    return nn.initializers.zeros if self.zero_init_residual else conv_init
+    return nn.initializers.zeros if self.zero_init_residual else layers.conv_init
 
   def pre_activate(self, x, train):
     """(the residual branch's input, the shortcut's input) of a pre-activation block."""
@@ -191,7 +125,7 @@ class _Block(nn.Module):
     """relu(F(x) + shortcut(x)), or relu(F(x)) for a plain block; no ReLU after a pre-activation
     block's addition. ``drop``: stochastic depth's (keys, block index, rate) for F(x)."""
     if drop is not None:
-      y = drop_path(y, *drop)
+      y = example_draws.drop_path(y, *drop)
     if self.residual:
       y = y + shortcut_path(
         x,
@@ -399,7 +333,7 @@ class ResNet(nn.Module):
     unknown = sorted(set(features) - {'stem', *stages})
     if unknown:
       raise ValueError(f'Unknown features {unknown}; this net has stem, {", ".join(stages)}.')
-    conv = functools.partial(_conv, dtype=self.dtype, cpu_convolution=self.cpu_convolution)
+    conv = functools.partial(layers.conv, dtype=self.dtype, cpu_convolution=self.cpu_convolution)
     norm = norms.norm_layer(
       self.norm,
       momentum=self.bn_momentum,
@@ -417,7 +351,7 @@ class ResNet(nn.Module):
     if train and self.drop_path_rate > 0:
       if example_keys is None:
         raise ValueError('drop_path_rate > 0 trains with example_keys (one key per example).')
-      drop = (example_keys, drop_path_rates(self.stage_sizes, self.drop_path_rate))
+      drop = (example_keys, example_draws.drop_path_rates(self.stage_sizes, self.drop_path_rate))
     for i, name in enumerate(stages):
       if features and set(features) <= set(outputs):
         break
@@ -515,7 +449,7 @@ class ResNet(nn.Module):
       self.num_classes,
       dtype=jnp.float32,
       param_dtype=jnp.float32,
-      kernel_init=dense_kernel_init,
+      kernel_init=layers.dense_kernel_init,
       bias_init=lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
       name='fc',
     )

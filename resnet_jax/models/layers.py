@@ -1,0 +1,58 @@
+"""Layers the nets share: torch's convolution (symmetric padding, its initialisation), torch's
+default linear initialisation, and ResNet-D's 2x2 average pool."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from resnet_jax.models import conv as conv_lowering
+
+# torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / fan_out) untruncated.
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias.
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def conv(
+  features,
+  kernel,
+  strides=(1, 1),
+  *,
+  dtype,
+  groups=1,
+  dilation=1,
+  name=None,
+  kernel_init=conv_init,
+  lowering=conv_lowering.conv_general_dilated_stored_input,
+  cpu_convolution='auto',
+):
+  """A bias-free conv with torch's symmetric padding of dilation * (k // 2) (never XLA's
+  asymmetric SAME), ``groups`` channel groups and a ``dilation``-spaced kernel (torch's).
+
+  ``lowering`` runs it (``lax.conv_general_dilated``'s signature), except the gradients of the
+  float32 convolutions lowered for the CPU that oneDNN takes under ``cpu_convolution``
+  (``conv.cpu_convolution``; ungrouped, undilated ones only).
+  """
+  pad = dilation * (kernel[0] // 2)
+  return nn.Conv(
+    features,
+    kernel,
+    strides,
+    padding=((pad, pad), (pad, pad)),
+    feature_group_count=groups,
+    kernel_dilation=(dilation, dilation),
+    use_bias=False,
+    conv_general_dilated=conv_lowering.cpu_convolution(lowering, cpu_convolution),
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=kernel_init,
+    name=name,
+  )
+
+
+def average_pool_2x2(x):
+  """torch's ``AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)``, NHWC: an odd last row
+  or column is a window of its own, averaged over the pixels it holds."""
+  pad = ((0, x.shape[1] % 2), (0, x.shape[2] % 2))
+  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding=pad, count_include_pad=False)
