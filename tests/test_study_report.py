@@ -108,6 +108,8 @@ def test_paper_numbers_are_found_for_the_papers_experiments():
   cifar = {'dataset': 'cifar10', 'norm': 'batch'}
   preact = report.paper_key({**cifar, 'model': 'cifar_preact_resnet1001'}, 'center')
   assert paper.PAPER[preact]['top1'] == 4.92
+  vgg = paper.PAPER[report.paper_key({**imagenet, 'model': 'vgg16'}, '10crop')]
+  assert (vgg['top1'], vgg['top5'], vgg['source']) == (28.07, 9.33, 'Table 3')
 
 
 def colour_pixels(png, rgb, tolerance=40):

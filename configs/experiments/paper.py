@@ -25,6 +25,7 @@ PAPER = {
   'resnet50': {'top1': 22.85, 'top5': 6.71, 'protocol': '10crop', 'source': 'Table 3'},
   'resnet101': {'top1': 21.75, 'top5': 6.05, 'protocol': '10crop', 'source': 'Table 3'},
   'resnet152': {'top1': 21.43, 'top5': 5.71, 'protocol': '10crop', 'source': 'Table 3'},
+  'vgg16': {'top1': 28.07, 'top5': 9.33, 'protocol': '10crop', 'source': 'Table 3'},
   # ImageNet val, Table 4 (single model, fully-convolutional multi-scale testing).
   'resnet50@multiscale': {
     'top1': 20.74,
