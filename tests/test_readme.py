@@ -74,7 +74,7 @@ RULES = [
   # The committed figure is left alone: the plot goes to the test's folder (argparse: last wins).
   (r'^python -m resnet_jax\.plot /tmp/photos', ('run', ['--out={tmp}/photos.png'])),
   (r'^python -m resnet_jax\.main --config=configs/r50\.py .*init_from', ('run', TINY_IMAGENET)),
-  (r'^python -m resnet_jax\.(evaluate|plot|summary|convert) ', ('run', [])),
+  (r'^python -m resnet_jax\.(evaluate|plot|summary|convert|export) ', ('run', [])),
   (r'^python -m resnet_jax\.report /tmp/digits ', ('run', [])),
   (r'^python -m resnet_jax\.report gs://', 'skip: reads runs of a paper study on a bucket'),
   (
