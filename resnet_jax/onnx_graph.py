@@ -77,9 +77,7 @@ class _Builder:
 
   def node(self, op: str, inputs, batched: bool, **attributes) -> _Tensor:
     output = self.fresh(op)
-    self.nodes.append(
-      helper.make_node(op, list(inputs), [output], name=output, **attributes)
-    )
+    self.nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attributes))
     return _Tensor(output, batched)
 
 
