@@ -35,10 +35,6 @@ flags.DEFINE_integer('image_size', None, "Input height and width; default the ru
 flags.DEFINE_enum('layout', 'NHWC', ['NHWC', 'NCHW'], 'Input layout of the graph.')
 flags.DEFINE_bool('fold_batch_norm', True, 'Fold BatchNorm into the convolutions.')
 
-# What JAX's and onnxruntime's float32 logits may differ by, relative to the largest logit: they
-# sum in different orders (measured up to 2e-6 over the family; tests/test_export.py).
-TOLERANCE = 1e-5
-
 
 def _onnx():
   try:
@@ -128,6 +124,8 @@ def export(source, config, image_size: int, layout: str, fold: bool):
 
 def runtime_check(graph, forward, variables, shape) -> str:
   """onnxruntime's logits against JAX's on a random batch of two, as a sentence."""
+  from resnet_jax import onnx_graph
+
   try:
     import onnxruntime
   except ImportError:
@@ -139,10 +137,11 @@ def runtime_check(graph, forward, variables, shape) -> str:
   )
   got = session.run(None, {'images': images})[0]
   error, scale = float(np.abs(got - want).max()), float(np.abs(want).max())
-  verdict = 'within' if error <= TOLERANCE * max(scale, 1e-6) else 'NOT within'
+  tolerance = onnx_graph.LOGIT_TOLERANCE
+  verdict = 'within' if error <= tolerance * max(scale, 1e-6) else 'NOT within'
   return (
     f"onnxruntime {onnxruntime.__version__}: logits {verdict} {error:.2g} of JAX's "
-    f'(largest |logit| {scale:.3g}, tolerance {TOLERANCE:g} of it) on a random batch of 2.'
+    f'(largest |logit| {scale:.3g}, tolerance {tolerance:g} of it) on a random batch of 2.'
   )
 
 
