@@ -261,10 +261,10 @@ def main(argv=None):
     rows = {name: layer_rows(model, (1, size, size, 3)) for name, model in models.items()}
     print(comparison(rows, size))
     return
-  args.model, model = args.model[0], models[args.model[0]]
+  ((name, model),) = models.items()
   shape = (args.batch_size, size, size, 3)
   rows = layer_rows(model, shape)
-  title = f'{args.model}: input {list(shape)}, {num_classes} classes'
+  title = f'{name}: input {list(shape)}, {num_classes} classes'
   print(format_table(rows, title))
   print('\n'.join(f'{k}: {v:.2f}' for k, v in torchinfo_memory(rows, shape).items()))
   if budget is not None:
@@ -272,7 +272,7 @@ def main(argv=None):
       cli.fail(
         f'--batch-size {args.batch_size}: must be a multiple of the {jax.device_count()} devices.'
       )
-    print(memory_report(args.model, num_classes, size, args.batch_size, budget))
+    print(memory_report(name, num_classes, size, args.batch_size, budget))
 
 
 if __name__ == '__main__':

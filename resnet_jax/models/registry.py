@@ -59,15 +59,11 @@ VALID_NAMES = (
   'vgg{11,13,16,19}, vgg{...}_bn, alexnet'
 )
 _BASELINE_PATTERN = re.compile(r'^(?:vgg(11|13|16|19)(_bn)?|alexnet)$')
-# What ClassicNet takes from the options that build_model gives every net.
-_BASELINE_OPTIONS = (
-  'dropout',
-  'bn_momentum',
-  'bn_epsilon',
-  'bn_axis_name',
-  'bn_axis_index_groups',
-  'cpu_convolution',
-  'cpu_kernels',
+# What ClassicNet takes as options: its fields less those its name and the caller set.
+_BASELINE_OPTIONS = tuple(
+  field
+  for field in baselines.ClassicNet.__dataclass_fields__
+  if field not in ('family', 'depth', 'batch_norm', 'num_classes', 'dtype', 'parent', 'name')
 )
 
 
