@@ -148,6 +148,7 @@ def get_config():
   c.half_precision = False  # Compute in half_dtype; params, BN statistics, logits stay float32.
   c.half_dtype = 'bfloat16'  # 'bfloat16' (TPU, Ampere+) or 'float16' (dynamic loss scaling).
   c.init_from = ''  # A workdir or a converted checkpoint (resnet_jax.convert) to start from.
+  c.init_from_ema = False  # True: start from the workdir's averaged weights (its ema_decay > 0).
   # Comma-separated parameter path prefixes that init_from may leave freshly initialised (e.g.
   # 'fc,layer4'); every other tensor must load. '' = only the classifier head ('fc'), and only
   # when its class count differs.
@@ -164,6 +165,42 @@ def get_config():
   c.weight_decay = 1e-4
   c.weight_decay_bn_and_bias = False  # False: decay conv/dense kernels only.
   c.label_smoothing = 0.0
+  # 'sgd' (the paper's; torch's SGD), 'lars' (You et al. 2017: large batches, MLPerf's ResNet-50)
+  # or 'lamb' (You et al. 2020: "ResNet strikes back"), as optax's transforms (train/optim.py).
+  # momentum and nesterov are SGD's and LARS's; adam_betas and adam_eps LAMB's.
+  c.optimizer = 'sgd'
+  c.adam_betas = (0.9, 0.999)
+  c.adam_eps = 1e-6
+  c.lars_trust_coefficient = 0.001
+  # False: LARS's and LAMB's layer-wise trust ratio scales conv/dense kernels only; norm scales,
+  # shifts and biases take the plain update (timm's and the LARS paper's exclusion).
+  c.trust_ratio_bn_and_bias = False
+  # Each step's rows as k micro-batches run in turn, their gradients averaged: batch_size images
+  # per update with the activation memory of batch_size / k. BatchNorm normalises each
+  # micro-batch by its own statistics and updates its running averages once per micro-batch.
+  c.grad_accum_steps = 1
+  # 'softmax': softmax cross-entropy. 'bce': binary cross-entropy per class, averaged over classes
+  # (timm's BinaryCrossEntropy, "ResNet strikes back"); with bce_target_threshold > 0 a (mixed,
+  # smoothed) target above it counts as 1, the rest as 0.
+  c.loss = 'softmax'
+  c.bce_target_threshold = 0.0
+  # Mixup and CutMix on the devices over the global batch (data/batch_mixing.py): each step draws
+  # once, from (seed, step), whether to mix (mix_prob), which (both alphas > 0: CutMix with
+  # mix_switch_prob, torchvision's RandomChoice is 0.5), and Beta(alpha, alpha)'s ratio; each row
+  # is mixed with the row before it in the global batch, targets alike. 0 disables either.
+  # torchvision's recipe: 0.2 and 1.0; "ResNet strikes back": A1 0.2 and 1.0, A2 and A3 0.1 and 1.0.
+  c.mixup_alpha = 0.0
+  c.cutmix_alpha = 0.0
+  c.mix_prob = 1.0
+  c.mix_switch_prob = 0.5
+  # A moving average of the weights and BN statistics (train/ema.py), updated every ema_every
+  # steps with this decay; 0 = off. Evaluations score the raw and the averaged weights (ema_*
+  # fields of metrics.jsonl). ema_warmup: the decay of update n is min(ema_decay,
+  # 1 - (1 + n)^(-2/3)) (timm's ModelEmaV3). torchvision's recipe: every 32 steps, decay 0.99998
+  # adjusted to 1 - (1 - 0.99998) * batch_size * 32 / epochs.
+  c.ema_decay = 0.0
+  c.ema_every = 1
+  c.ema_warmup = False
   # 'step': x lr_decay_factor at each of lr_boundaries. 'plateau': x lr_decay_factor when the
   # plateau_metric of evaluation has not improved by plateau_min_delta for plateau_patience
   # evaluations (then plateau_cooldown evaluations of rest; never below plateau_min_lr).
@@ -172,7 +209,7 @@ def get_config():
   c.lr_boundaries = (30.0, 60.0, 90.0)
   c.lr_boundaries_unit = 'epochs'  # 'epochs' or 'steps'.
   c.lr_decay_factor = 0.1
-  c.plateau_metric = 'top1_err'
+  c.plateau_metric = 'top1_err'  # Or 'top5_err', 'loss', or their ema_ forms (ema_decay > 0).
   c.plateau_patience = 3
   c.plateau_min_delta = 1e-3
   c.plateau_cooldown = 0
@@ -194,7 +231,10 @@ def get_config():
   c.eval_every = -1  # Steps between evaluations; -1 = once per epoch.
   c.checkpoint_every = 1000  # Steps between checkpoints (and always at the end and on SIGTERM).
   c.keep_checkpoints = 3  # Latest checkpoints kept...
-  c.keep_best = 1  # ...plus this many best by eval top-1 error.
+  c.keep_best = 1  # ...plus this many best by best_metric.
+  # What ranks the best checkpoints: the eval's 'top1_err', or 'ema_top1_err' (the averaged
+  # weights' error; needs ema_decay > 0).
+  c.best_metric = 'top1_err'
   c.async_checkpoints = True
   # A step whose loss (or, but under float16 loss scaling, gradients) is not finite is never
   # applied, so no checkpoint holds NaNs. 'stop': the first one ends the run with one line (step,

@@ -108,6 +108,7 @@ POSITIVE_INT = number(1, integer=True)
 NONNEG_INT = number(0, integer=True)
 FRACTION = number(0.0, 1.0)
 PIXEL = number(0.0, 255.0)
+EVAL_METRICS = ('top1_err', 'top5_err', 'loss')
 
 RULES: dict[str, Rule] = {
   # Data
@@ -170,6 +171,7 @@ RULES: dict[str, Rule] = {
   'half_precision': boolean,
   'half_dtype': one_of('bfloat16', 'float16'),
   'init_from': text(),
+  'init_from_ema': boolean,
   'compilation_cache_dir': text(),
   'init_from_skip': text(),
   # Optimisation
@@ -183,11 +185,26 @@ RULES: dict[str, Rule] = {
   'weight_decay': number(0.0),
   'weight_decay_bn_and_bias': boolean,
   'label_smoothing': number(0.0, 1.0),
+  'optimizer': one_of('sgd', 'lars', 'lamb'),
+  'adam_betas': numbers(2, number(0.0, 1.0)),
+  'adam_eps': number(0.0, open_lo=True),
+  'lars_trust_coefficient': number(0.0, open_lo=True),
+  'trust_ratio_bn_and_bias': boolean,
+  'grad_accum_steps': POSITIVE_INT,
+  'loss': one_of('softmax', 'bce'),
+  'bce_target_threshold': number(0.0, 1.0),
+  'mixup_alpha': number(0.0),
+  'cutmix_alpha': number(0.0),
+  'mix_prob': FRACTION,
+  'mix_switch_prob': FRACTION,
+  'ema_decay': number(0.0, 1.0),
+  'ema_every': POSITIVE_INT,
+  'ema_warmup': boolean,
   'schedule': one_of('step', 'plateau', 'cosine'),
   'lr_boundaries': numbers(None, number(0.0, open_lo=True), increasing=True, nonempty=False),
   'lr_boundaries_unit': one_of('epochs', 'steps'),
   'lr_decay_factor': number(0.0, 1.0, open_lo=True),
-  'plateau_metric': one_of('top1_err', 'top5_err', 'loss'),
+  'plateau_metric': one_of(*EVAL_METRICS, *(f'ema_{m}' for m in EVAL_METRICS)),
   'plateau_patience': NONNEG_INT,
   'plateau_min_delta': number(0.0),
   'plateau_cooldown': NONNEG_INT,
@@ -205,6 +222,7 @@ RULES: dict[str, Rule] = {
   'checkpoint_every': POSITIVE_INT,
   'keep_checkpoints': POSITIVE_INT,
   'keep_best': NONNEG_INT,
+  'best_metric': one_of('top1_err', 'ema_top1_err'),
   'async_checkpoints': boolean,
   'on_nonfinite': one_of('stop', 'skip'),
   'nonfinite_skip_limit': POSITIVE_INT,
@@ -265,6 +283,7 @@ def _check_combinations(c, num_devices: int, num_processes: int):
   if c.multiscale_aspects[0] != 1.0:
     _fail('multiscale_aspects', tuple(c.multiscale_aspects), 'increasing from 1.0 (square images)')
   _check_model_options(c)
+  _check_recipe(c, num_devices)
   if c.init_from_skip and not c.init_from:
     raise ConfigError('--config.init_from_skip is set but --config.init_from is empty.')
   if c.cpu_convolution == 'onednn':
@@ -280,6 +299,39 @@ def _check_combinations(c, num_devices: int, num_processes: int):
       f'--config.lock_heartbeat_seconds={c.lock_heartbeat_seconds} must be shorter than '
       f'lock_stale_seconds={c.lock_stale_seconds}, or live runs would look abandoned.'
     )
+
+
+def _check_recipe(c, num_devices: int):
+  """The training recipe's combinations: accumulation, the loss, mixing, the weights' average."""
+  rows = c.batch_size // max(num_devices, 1)
+  if c.grad_accum_steps > 1 and rows % c.grad_accum_steps:
+    raise ConfigError(
+      f'--config.grad_accum_steps={c.grad_accum_steps} must divide each device\'s '
+      f'{rows} rows of batch_size={c.batch_size} ({num_devices} devices), e.g. '
+      f'{math.gcd(rows, c.grad_accum_steps)}.'
+    )
+  if c.bce_target_threshold and c.loss != 'bce':
+    raise ConfigError(
+      f"--config.bce_target_threshold={c.bce_target_threshold} needs --config.loss='bce'."
+    )
+  mixing = c.mixup_alpha > 0 or c.cutmix_alpha > 0
+  if not mixing and (c.mix_prob != 1.0 or c.mix_switch_prob != 0.5):
+    raise ConfigError(
+      '--config.mix_prob and mix_switch_prob need --config.mixup_alpha or cutmix_alpha > 0.'
+    )
+  if c.ema_decay == 0:
+    if c.ema_every != 1 or c.ema_warmup:
+      raise ConfigError('--config.ema_every and ema_warmup need --config.ema_decay > 0.')
+    for name in ('best_metric', 'plateau_metric'):
+      if c[name].startswith('ema_'):
+        raise ConfigError(
+          f'--config.{name}={c[name]!r} ranks the averaged weights: set --config.ema_decay > 0 '
+          f'(e.g. 0.9999), or use {c[name][4:]!r}.'
+        )
+  if c.ema_decay == 1.0:
+    _fail('ema_decay', 1.0, 'below 1 (1 never moves the average from the initial weights)')
+  if c.init_from_ema and not c.init_from:
+    raise ConfigError('--config.init_from_ema is set but --config.init_from is empty.')
 
 
 def architecture_overrides(c) -> dict:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 from helpers import REPO, folder_config, tiny, write_image_folder
 from PIL import Image
 
@@ -155,6 +156,24 @@ CASES = [
   ),
   ('init_from another net', [*DIGITS, '--config.init_from={resnet8_weights}'], 'do not fit'),
   ('init_from nowhere', [*DIGITS, '--config.init_from={work}_nothing'], '_nothing'),
+  (
+    'averaged weights of converted weights',
+    [*DIGITS, '--config.init_from={resnet8_weights}', '--config.init_from_ema=True'],
+    'not a run workdir',
+  ),
+  ('unknown optimizer', [*DIGITS, '--config.optimizer=adam'], "--config.optimizer='adam'"),
+  (
+    'accumulation that does not divide the batch',
+    [*DIGITS, '--config.grad_accum_steps=3'],
+    "must divide each device's 64 rows",
+  ),
+  (
+    'best by an average that is off',
+    [*DIGITS, '--config.best_metric=ema_top1_err'],
+    'set --config.ema_decay > 0',
+  ),
+  ('an average that never moves', [*DIGITS, '--config.ema_decay=1.0'], 'below 1'),
+  ('mixing odds without mixing', [*DIGITS, '--config.mix_prob=0.5'], 'mixup_alpha or cutmix'),
   ('evaluate an empty workdir', EVALUATE, 'No checkpoints in'),
   ('evaluate a bad protocol', [*EVALUATE, '--config.eval_mode=best'], "--config.eval_mode='best'"),
   (
@@ -389,3 +408,26 @@ def test_init_from_is_strict_unless_told_what_may_stay_fresh(tmp_path):
   np.testing.assert_array_equal(
     experiment.flat_params(state)['layer2_0/conv1/kernel'], src['layer2_0/conv1/kernel']
   )
+
+
+def test_init_from_ema_takes_the_average_and_refuses_a_run_without_one(tmp_path):
+  plain, averaged = str(tmp_path / 'plain'), str(tmp_path / 'averaged')
+  loop.train_and_evaluate(tiny(tmp_path, num_train_steps=2, eval_every=2), plain)
+  loop.train_and_evaluate(
+    tiny(tmp_path, num_train_steps=4, eval_every=4, ema_decay=0.5), averaged
+  )
+  config = tiny(tmp_path, num_train_steps=1, init_from=plain, init_from_ema=True)
+  with pytest.raises(checkpoint.CheckpointError, match=r'has no averaged weights \(its run had'):
+    experiment.Experiment(config, str(tmp_path / 'a')).initial_state()
+  config.init_from = averaged
+  run = experiment.Experiment(config, str(tmp_path / 'b'))
+  started = experiment.flat_params(run.initial_state())
+  run.checkpointer.close()
+  source = experiment.Experiment(tiny(tmp_path, ema_decay=0.5), averaged)
+  saved = source.data_parallel.host(source.initial_state())
+  source.checkpointer.close()
+  average = traverse_util.flatten_dict(saved.ema['params'], sep='/')
+  raw = experiment.flat_params(saved)
+  for key, value in average.items():
+    np.testing.assert_array_equal(started[key], value, err_msg=key)
+  assert any(not np.array_equal(average[k], raw[k]) for k in raw)  # the two differ

@@ -45,8 +45,14 @@ def launch_local(tmp_path, workdir, flags, port, wait=True):
 def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
   # Evaluations use multi-scale testing: its bucket counts are gathered across processes.
   # Stochastic depth is on: each example's draws must not depend on which process trains it.
+  # So are mixup and CutMix (each row mixed with its global predecessor, across processes),
+  # accumulation and the weights' average.
   steps = dict(
     drop_path_rate=0.3,
+    mixup_alpha=0.2,
+    cutmix_alpha=1.0,
+    grad_accum_steps=2,
+    ema_decay=0.9,
     num_train_steps=12,
     eval_every=6,
     checkpoint_every=6,
@@ -72,6 +78,7 @@ def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
   for ours, theirs in zip(evals, single_evals, strict=True):
     assert abs(ours['top1_err'] - theirs['top1_err']) <= 1 / 360 + 1e-9
     assert ours['loss'] == pytest.approx(theirs['loss'], rel=1e-3)
+    assert abs(ours['ema_top1_err'] - theirs['ema_top1_err']) <= 1 / 360 + 1e-9
 
 
 def _process_ids(pattern: str, launcher_pid: int) -> dict[int, int]:

@@ -48,12 +48,26 @@ def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
     np.testing.assert_allclose(params['pmap'][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+# Today's recipe parts: mixup and CutMix (drawn per step), LAMB, BCE, accumulation, the average.
+MODERN = dict(
+  mixup_alpha=0.2,
+  cutmix_alpha=1.0,
+  optimizer='lamb',
+  learning_rate=0.01,
+  loss='bce',
+  grad_accum_steps=2,
+  ema_decay=0.9,
+  ema_every=2,
+  best_metric='ema_top1_err',
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('drop_path_rate', [0.0, 0.3])
-def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, drop_path_rate):
-  options = dict(
-    schedule='plateau', plateau_patience=0, eval_every=4, drop_path_rate=drop_path_rate
-  )
+@pytest.mark.parametrize(
+  'recipe', [{}, {'drop_path_rate': 0.3}, MODERN], ids=['paper', 'drop_path', 'modern']
+)
+def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, recipe):
+  options = dict(schedule='plateau', plateau_patience=0, eval_every=4, **recipe)
   config = tiny(tmp_path, **options)
   straight = str(tmp_path / 'straight')
   loop.train_and_evaluate(config, straight)
@@ -68,7 +82,7 @@ def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, drop_path_rate):
     assert np.array_equal(a[key], b[key]), key
   evals = {
     name: {
-      r['step']: (r['learning_rate'], r['top1_err'])
+      r['step']: (r['learning_rate'], r['top1_err'], r.get('ema_top1_err'), r.get('ema_loss'))
       for r in metrics.read(d)
       if r['split'] == 'eval'
     }
@@ -76,6 +90,7 @@ def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, drop_path_rate):
   }
   assert evals['resumed'][8] == evals['straight'][8]
   assert evals['resumed'][12] == evals['straight'][12]
+  assert (evals['straight'][12][2] is None) == ('ema_decay' not in recipe)
 
 
 def test_plateau_rule_and_its_counters():

@@ -29,6 +29,8 @@ from resnet_jax.errors import UserError
 LOG = logging.getLogger(__name__)
 
 DAMAGED_DIR = 'checkpoints_damaged'
+# What checkpoints saved before a metadata field existed hold for it (their optimiser was SGD).
+META_BEFORE_FIELDS = {'optimizer': 'sgd'}
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'  # where orbax writes a step until it is complete
 
 
@@ -44,10 +46,15 @@ class DamagedCheckpointError(CheckpointError):
     self.reason = reason
 
 
-def _ranking_error(metrics: dict) -> float:
-  """The error that ranks checkpoints for keep_best (a NaN ranks last)."""
-  error = float(metrics['top1_err'])
-  return error if math.isfinite(error) else math.inf
+def _ranking_error(metric: str):
+  """The error that ranks checkpoints for keep_best: ``metric`` of the evaluation stored with
+  each step (a NaN, or a step saved without that metric, ranks last)."""
+
+  def error(metrics: dict) -> float:
+    value = float(metrics.get(metric, math.inf))
+    return value if math.isfinite(value) else math.inf
+
+  return error
 
 
 class _WithoutMetricWarning(logging.Filter):
@@ -72,20 +79,28 @@ class Checkpointer:
   Args:
     directory: ``workdir/checkpoints`` (local or cloud).
     keep: latest checkpoints kept.
-    keep_best: additionally kept, lowest ``top1_err`` of the evaluation passed to ``save``.
+    keep_best: additionally kept, lowest ``best_metric`` of the evaluation passed to ``save``.
+    best_metric: 'top1_err' or 'ema_top1_err' (the averaged weights').
     async_save: write in a background thread while training continues.
     reader: only restores (e.g. evaluate while the run trains): leaves temporary dirs alone.
   """
 
   def __init__(
-    self, directory: str, *, keep: int = 3, keep_best: int = 1, async_save=True, reader=False
+    self,
+    directory: str,
+    *,
+    keep: int = 3,
+    keep_best: int = 1,
+    best_metric: str = 'top1_err',
+    async_save=True,
+    reader=False,
   ):
     self.directory = storage.path(directory)
     preservation = [policies.preservation_policy.LatestN(n=keep)]
     if keep_best > 0:
       preservation.append(
         policies.preservation_policy.BestN(
-          get_metric_fn=_ranking_error,
+          get_metric_fn=_ranking_error(best_metric),
           reverse=True,  # descending, keep the tail: the lowest errors
           n=keep_best,
           keep_checkpoints_without_metrics=False,
@@ -97,7 +112,7 @@ class Checkpointer:
       # orbax writes a step's metrics (WORKDIR/checkpoints/<step>/metrics) only when best_fn is
       # set, and reads them back on start-up: without it a resumed run forgets which step was
       # best and deletes it. The preservation policy above decides what is kept.
-      best_fn=_ranking_error if keep_best > 0 else None,
+      best_fn=_ranking_error(best_metric) if keep_best > 0 else None,
       best_mode='min',
       # A reader (evaluate beside a training run) must not delete the trainer's save in progress.
       cleanup_tmp_directories=not reader,
@@ -199,6 +214,7 @@ class Checkpointer:
       meta = meta['meta']
     except Exception as e:
       raise DamagedCheckpointError(path, f'metadata unreadable ({_first_line(e)})') from e
+    meta = {**META_BEFORE_FIELDS, **meta}
     mismatched = {k: (meta.get(k), v) for k, v in expected_meta.items() if meta.get(k) != v}
     if mismatched:
       details = ', '.join(f'{k}: saved {a!r}, this run {b!r}' for k, (a, b) in mismatched.items())
@@ -276,9 +292,10 @@ def save_variables(directory: str, variables: dict):
 
 
 def load_variables(
-  path: str, abstract_variables, sharding, allow_fresh: str = '', relayout=None
+  path: str, abstract_variables, sharding, allow_fresh: str = '', relayout=None, use_ema=False
 ) -> dict:
-  """{'params', 'batch_stats'} from a converted checkpoint or from another run's workdir.
+  """{'params', 'batch_stats'} from a converted checkpoint or from another run's workdir (its
+  moving average of them with ``use_ema``).
 
   Every tensor of ``abstract_variables`` must load, except those under the comma-separated
   ``allow_fresh`` prefixes (e.g. 'fc,layer4'; '' allows only a classifier head 'fc' whose class
@@ -291,7 +308,7 @@ def load_variables(
     CheckpointError: when the weights cannot be read, or tensors outside ``allow_fresh`` are
       missing or mis-shaped (listing them).
   """
-  saved = read_variables(storage.path(path), sharding)
+  saved = read_variables(storage.path(path), sharding, use_ema)
   if relayout is not None:
     saved = relayout(saved, abstract_variables)
   flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
@@ -323,10 +340,15 @@ def load_variables(
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def read_variables(path, sharding=None) -> dict:
+def read_variables(path, sharding=None, use_ema: bool = False) -> dict:
   """The {'params', 'batch_stats'} of a run's latest checkpoint or of a converted one, on
-  ``sharding`` (None: the default device)."""
+  ``sharding`` (None: the default device); with ``use_ema`` the run's moving average of them."""
   run_checkpoints = path / 'checkpoints'
+  if use_ema and not run_checkpoints.is_dir():
+    raise CheckpointError(
+      f'init_from_ema: {path} is not a run workdir; only a run trained with ema_decay > 0 has '
+      f'averaged weights.'
+    )
   try:
     if run_checkpoints.is_dir():
       handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
@@ -337,7 +359,15 @@ def read_variables(path, sharding=None) -> dict:
       target = _target_like(manager.item_metadata(step)['state'], sharding)
       state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
       manager.close()
-      return {k: state['state'][k] for k in ('params', 'batch_stats')}
+      state = state['state']
+      if use_ema:
+        if not state.get('ema'):
+          raise CheckpointError(
+            f'init_from_ema: step {step} of {run_checkpoints} has no averaged weights (its run '
+            f'had ema_decay 0); drop --config.init_from_ema to start from its weights.'
+          )
+        state = state['ema']
+      return {k: state[k] for k in ('params', 'batch_stats')}
     if not path.exists():
       raise CheckpointError(
         f'init_from {path}: no such directory (give a run workdir or a resnet_jax.convert output).'

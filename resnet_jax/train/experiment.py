@@ -17,7 +17,7 @@ from flax import traverse_util
 from resnet_jax import storage
 from resnet_jax.data import device_pixels, input_pipeline, mean_image, sources
 from resnet_jax.models import block_layout, norms
-from resnet_jax.train import checkpoint, network, optim, parallel, scoring, steps
+from resnet_jax.train import checkpoint, ema, network, optim, parallel, scoring, steps
 
 LOG = logging.getLogger(__name__)
 
@@ -50,10 +50,16 @@ class Experiment:
       storage.path(workdir) / 'checkpoints',
       keep=config.keep_checkpoints,
       keep_best=config.keep_best,
+      best_metric=config.best_metric,
       async_save=config.async_checkpoints,
       reader=reader,
     )
-    self.meta = {'model': config.model, 'num_classes': self.num_classes}
+    # A checkpoint restores only into the same net and optimiser (the state's shapes and types).
+    self.meta = {
+      'model': config.model,
+      'num_classes': self.num_classes,
+      'optimizer': config.optimizer,
+    }
 
   @functools.cached_property
   def train_fn(self):
@@ -115,17 +121,28 @@ class Experiment:
       self.data_parallel.replicated,
       self.config.init_from_skip,
       relayout=_relayout_like,
+      use_ema=self.config.init_from_ema,
     )
     merged = jax.tree.map(
       lambda new, old: old if new is None else new, loaded, abstract, is_leaf=lambda x: x is None
     )
-    return state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
+    state = state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
+    if state.ema:  # this run's own average starts from the weights it starts from
+      state = state.replace(ema=ema.initial(state.params, state.batch_stats))
+    return state
 
   def evaluate(self, state) -> dict:
-    """Scores the eval split; ``state`` as ``initial_state`` returns it."""
-    return scoring.score_split(
-      self.data_parallel, state, self.eval_fn, self.config, self.eval_source, self.pixel_mean()
+    """Scores the eval split; ``state`` as ``initial_state`` returns it. With a moving average of
+    the weights, scores it too: its figures are the ``ema_``-prefixed ones."""
+    score = lambda s: scoring.score_split(  # noqa: E731
+      self.data_parallel, s, self.eval_fn, self.config, self.eval_source, self.pixel_mean()
     )
+    result = score(state)
+    if ema.enabled(self.config):
+      averaged = score(ema.weights_of(state, True))
+      result.update({f'ema_{k}': averaged[k] for k in ('loss', 'top1_err', 'top5_err')})
+      result['eval_time_s'] += averaged['eval_time_s']
+    return result
 
   def pixel_mean(self):
     """The training split's mean image (None unless normalization is 'pixel_mean')."""

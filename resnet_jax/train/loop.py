@@ -190,7 +190,9 @@ def _steps(experiment, writer, stop, state, start_step: int) -> dict:
     stopping = stop.reached(step)
     if step % config.checkpoint_every == 0 or step == experiment.total_steps or stopping:
       settle(0)
-      metric = {'top1_err': last_eval['top1_err']} if last_eval.get('step') == step else None
+      metric = None
+      if last_eval.get('step') == step:  # every error, so a resume may rank by another
+        metric = {k: last_eval[k] for k in ('top1_err', 'ema_top1_err') if k in last_eval}
       experiment.save(step, state, metric)
     if stopping:
       LOG.info('Saved step %d after %s; exiting.', step, stop.received or 'SIGTERM')
@@ -247,11 +249,12 @@ def _evaluate(experiment, writer, state, step) -> dict:
   writer.write(record)
   if jax.process_index() == 0:
     LOG.info(
-      'eval step %d: top1_err %.4f top5_err %.4f loss %.4f over %d examples',
+      'eval step %d: top1_err %.4f top5_err %.4f loss %.4f over %d examples%s',
       step,
       result['top1_err'],
       result['top5_err'],
       result['loss'],
       result['num_examples'],
+      f"; EMA top1_err {result['ema_top1_err']:.4f}" if 'ema_top1_err' in result else '',
     )
   return record

@@ -16,7 +16,7 @@ import numpy as np
 from resnet_jax import config_check
 from resnet_jax.data import device_pixels
 from resnet_jax.models import registry
-from resnet_jax.train import optim, parallel, steps
+from resnet_jax.train import ema, optim, parallel, steps
 
 
 def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
@@ -52,6 +52,7 @@ def fresh_state(config, model, tx, data_parallel) -> steps.TrainState:
     tx,
     (config.image_size, config.image_size, 3),
     fp16_loss_scale=config.half_precision and config.half_dtype == 'float16',
+    with_ema=ema.enabled(config),
   )
   return jax.jit(init, out_shardings=data_parallel.replicated)(jax.random.key(config.seed))
 

@@ -1,4 +1,5 @@
-"""SGD with momentum and weight decay, and the learning-rate schedules of the paper and after.
+"""The optimisers (SGD with momentum and weight decay, LARS, LAMB) and the learning-rate schedules
+of the paper and after.
 
 The learning rate of a step is ``learning_rate(config, base_schedule, state)``, the one place it is
 assembled: ``peak * base_schedule(count) * lr_scale * warm``, where ``base_schedule`` is the step
@@ -152,24 +153,49 @@ def scale_by_learning_rate(config, base_schedule) -> optax.GradientTransformatio
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _decay_mask(params, include_bn_and_bias: bool):
+def bn_and_bias_mask(params, include_bn_and_bias: bool):
+  """True for the tensors a decay (or a trust ratio) applies to: conv and dense kernels, and with
+  ``include_bn_and_bias`` every tensor (norm scales and biases, biases)."""
   flat = traverse_util.flatten_dict(params)
   mask = {path: include_bn_and_bias or path[-1] == 'kernel' for path in flat}
   return traverse_util.unflatten_dict(mask)
 
 
 def create_optimizer(config, base_schedule) -> optax.GradientTransformationExtraArgs:
-  """torch's SGD (weight decay added to the gradient, then momentum), then the learning rate.
+  """The config's optimiser (optax transforms), then the learning rate.
+
+  - 'sgd': torch's SGD: weight decay added to the gradient, then momentum.
+  - 'lars': You et al. 2017 as optax's ``lars``: decay added, the update scaled by its layer's
+    trust ratio ``lars_trust_coefficient * |w| / |g + decay * w|``, then momentum. The learning
+    rate scales the momentum buffer where it is used (torch's SGD and timm's LARS), not where it
+    is accumulated (optax's): the same under a constant rate.
+  - 'lamb': You et al. 2020 as optax's ``lamb``: Adam's direction, decoupled decay added, then the
+    layer's trust ratio ``|w| / |update|``.
+  BN scales and shifts and biases are left out of the decay (``weight_decay_bn_and_bias``) and of
+  the trust ratio (``trust_ratio_bn_and_bias``; timm and the LARS paper): their update is the
+  plain direction times the learning rate.
 
   The chain's last state is the ``ScheduleState``: ``schedule_state(opt_state)`` reads it and
   ``with_schedule_state`` replaces it (the plateau rule, between steps).
   """
   decay = optax.add_decayed_weights(
     config.weight_decay,
-    mask=lambda params: _decay_mask(params, config.weight_decay_bn_and_bias),
+    mask=lambda params: bn_and_bias_mask(params, config.weight_decay_bn_and_bias),
   )
+  trust_mask = lambda params: bn_and_bias_mask(params, config.trust_ratio_bn_and_bias)  # noqa: E731
+  learning_rate = scale_by_learning_rate(config, base_schedule)
   momentum = optax.trace(decay=config.momentum, nesterov=config.nesterov)
-  return optax.chain(decay, momentum, scale_by_learning_rate(config, base_schedule))
+  if config.optimizer == 'sgd':
+    return optax.chain(decay, momentum, learning_rate)
+  if config.optimizer == 'lars':
+    trust = optax.scale_by_trust_ratio(trust_coefficient=config.lars_trust_coefficient)
+    return optax.chain(decay, optax.masked(trust, trust_mask), momentum, learning_rate)
+  if config.optimizer == 'lamb':
+    b1, b2 = config.adam_betas
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=config.adam_eps)
+    trust = optax.masked(optax.scale_by_trust_ratio(), trust_mask)
+    return optax.chain(adam, decay, trust, learning_rate)
+  raise ValueError(f"optimizer must be 'sgd', 'lars' or 'lamb', got {config.optimizer!r}.")
 
 
 def schedule_state(opt_state) -> ScheduleState:

@@ -15,8 +15,9 @@ import numpy as np
 import optax
 from jax import lax
 
+from resnet_jax.data import batch_mixing
 from resnet_jax.models import block_layout
-from resnet_jax.train import optim
+from resnet_jax.train import ema, losses, optim
 from resnet_jax.train.divergence import NONFINITE_GRADIENTS, NONFINITE_LOSS
 from resnet_jax.train.parallel import AXIS
 
@@ -27,9 +28,11 @@ class TrainState(flax.struct.PyTreeNode):
   Attributes:
     step: optimisation steps taken.
     params, batch_stats: model variables (float32).
-    opt_state: optax state: momentum buffers, then optim.ScheduleState (the learning rate's
-      update count, plateau factor and counters, warmup phase).
+    opt_state: optax state: the optimiser's (momentum buffers; Adam's moments), then
+      optim.ScheduleState (the learning rate's update count, plateau factor and counters, warmup
+      phase).
     loss_scale: {'scale', 'good_steps'} for float16 dynamic loss scaling, else {}.
+    ema: {'params', 'batch_stats'}, the moving average of the weights (train/ema.py), else {}.
   """
 
   step: jax.Array
@@ -37,30 +40,30 @@ class TrainState(flax.struct.PyTreeNode):
   batch_stats: Any
   opt_state: Any
   loss_scale: dict
+  ema: dict = flax.struct.field(default_factory=dict)
 
 
 LOSS_SCALE_PERIOD = 2000  # Steps of finite gradients before the float16 loss scale doubles.
 INITIAL_LOSS_SCALE = 2.0**15  # float16 gradients of typical losses stay finite at this scale.
 
 
-def create_train_state(model, tx, image_shape, rng, *, fp16_loss_scale: bool) -> TrainState:
+def create_train_state(
+  model, tx, image_shape, rng, *, fp16_loss_scale: bool, with_ema: bool = False
+) -> TrainState:
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables['params']
+  batch_stats = variables.get('batch_stats', {})  # none under GroupNorm
   loss_scale = {}
   if fp16_loss_scale:
     loss_scale = {'scale': jnp.float32(INITIAL_LOSS_SCALE), 'good_steps': jnp.int32(0)}
   return TrainState(
     step=jnp.int32(0),
     params=params,
-    batch_stats=variables.get('batch_stats', {}),  # none under GroupNorm
+    batch_stats=batch_stats,
     opt_state=tx.init(params),
     loss_scale=loss_scale,
+    ema=ema.initial(params, batch_stats) if with_ema else {},
   )
-
-
-def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
 def topk_errors(scores, labels, mask=None):
@@ -88,42 +91,76 @@ def example_keys(seed: int, step, images):
   return jax.vmap(lambda row: jax.random.fold_in(base, row))(rows)
 
 
+def _micro_batches(tree, k: int):
+  """Each leaf's rows as k consecutive micro-batches (a new leading axis of k)."""
+  return jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), tree)
+
+
 def train_step(
   state: TrainState, batch, *, model, tx, config, base_schedule, num_classes, pixel_ops=None
 ):
-  """One SGD step on this device's rows; gradients and BN running averages averaged over AXIS.
+  """One optimiser step on this device's rows; gradients and BN running averages averaged over
+  AXIS.
 
   ``pixel_ops`` (device_pixels.PixelOps) finishes batches sent as uint8 crops with their draws
-  (pixel_ops='device'); without it ``batch['image']`` is the finished float32 images.
+  (pixel_ops='device'); without it ``batch['image']`` is the finished float32 images. Mixup /
+  CutMix (data/batch_mixing.py) then mix the global batch's rows and their targets. With
+  ``grad_accum_steps`` k > 1 the rows are k micro-batches run one after another: the gradient is
+  the mean of theirs, and BatchNorm normalises each micro-batch by its own statistics and updates
+  its running averages once per micro-batch (as k forward passes in torch do).
   """
   scale = state.loss_scale.get('scale', 1.0)
   images = batch['image'] if pixel_ops is None else pixel_ops(batch)
+  targets = losses.one_hot_targets(batch['label'], num_classes, config.label_smoothing)
+  if batch_mixing.enabled(config):
+    height, width = images.shape[1:3]
+    mix_draw = batch_mixing.draw(config, config.seed, state.step, height, width)
+    images, targets = batch_mixing.mix(images, targets, mix_draw, AXIS)
+  inputs = {'image': images, 'target': targets}
+  if model.random_in_training:  # stochastic depth, dropout
+    inputs['keys'] = example_keys(config.seed, state.step, images)
 
   # Only BatchNorm updates statistics in training. GroupNorm has none, and a frozen BatchNorm's
   # must stay bitwise as loaded (a mean over devices of equal values can round them).
   running_statistics = config.norm == 'batch' and bool(state.batch_stats)  # VGG-11 has no norms
 
-  apply = functools.partial(model.apply, train=True)
-  if model.random_in_training:  # stochastic depth, dropout
-    apply = functools.partial(apply, example_keys=example_keys(config.seed, state.step, images))
-
-  def loss_fn(params):
-    variables = {'params': params, 'batch_stats': state.batch_stats}
+  def loss_fn(params, batch_stats, micro):
+    variables = {'params': params, 'batch_stats': batch_stats}
+    apply = functools.partial(model.apply, train=True)
+    if 'keys' in micro:
+      apply = functools.partial(apply, example_keys=micro['keys'])
     if not running_statistics:
-      logits, batch_stats = apply(variables, images), state.batch_stats
+      logits = apply(variables, micro['image'])
     else:
-      logits, updates = apply(variables, images, mutable=['batch_stats'])
+      logits, updates = apply(variables, micro['image'], mutable=['batch_stats'])
       batch_stats = updates['batch_stats']
-    loss = cross_entropy(logits, batch['label'], num_classes, config.label_smoothing).mean()
+    loss = losses.loss(config, logits, micro['target']).mean()
     return loss * scale, (batch_stats, logits, loss)
 
-  grads, (batch_stats, logits, loss) = jax.grad(loss_fn, has_aux=True)(state.params)
+  gradient = jax.grad(loss_fn, has_aux=True)
+  k = config.grad_accum_steps
+  if k == 1:
+    grads, (batch_stats, logits, loss) = gradient(state.params, state.batch_stats, inputs)
+  else:
+
+    def micro_step(carry, micro):
+      grad_sum, batch_stats = carry
+      grads, (batch_stats, logits, loss) = gradient(state.params, batch_stats, micro)
+      return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), (logits, loss)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grad_sum, batch_stats), (logits, micro_losses) = lax.scan(
+      micro_step, (zeros, state.batch_stats), _micro_batches(inputs, k)
+    )
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    logits, loss = logits.reshape(-1, logits.shape[-1]), micro_losses.mean()
   grads = lax.pmean(grads, AXIS)
   grads = jax.tree.map(lambda g: g / scale, grads)
   if running_statistics:
     # Running averages are linear in the batch statistics, so averaging them every step equals
     # averaging per-device averages at the end: one consistent set to evaluate and save.
     batch_stats = lax.pmean(batch_stats, AXIS)
+  # Errors against each row's own label (with mixup: the label of the image it was mixed into).
   top1, top5 = topk_errors(logits, batch['label'])
   metrics = {'loss': loss, 'top1_err': top1.mean(), 'top5_err': top5.mean()}
   metrics = lax.pmean(metrics, AXIS)
@@ -133,12 +170,14 @@ def train_step(
   updates, opt_state = tx.update(
     grads, state.opt_state, state.params, train_error=metrics['top1_err']
   )
+  params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
-    step=state.step + 1,
-    params=optax.apply_updates(state.params, updates),
-    batch_stats=batch_stats,
-    opt_state=opt_state,
+    step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
   )
+  if state.ema:
+    new_state = new_state.replace(
+      ema=ema.update(config, state.ema, params, batch_stats, new_state.step)
+    )
   # A step whose loss or gradients are not finite is never applied: the state stays the last
   # finite one (only the step count, i.e. the batch consumed, advances), so no checkpoint can
   # hold NaNs. Gradients and loss are averaged over AXIS, so every device decides alike. Under
@@ -166,9 +205,9 @@ def _keep_old_unless(apply, old: TrainState, new: TrainState) -> TrainState:
   ``lax.cond`` on the whole state: an elementwise select per leaf doubled the step's compile
   time (PERFORMANCE.md).
   """
-  parts = lambda s: (s.params, s.opt_state, s.batch_stats)  # noqa: E731
-  params, opt_state, batch_stats = lax.cond(apply, lambda: parts(new), lambda: parts(old))
-  return new.replace(params=params, opt_state=opt_state, batch_stats=batch_stats)
+  parts = lambda s: (s.params, s.opt_state, s.batch_stats, s.ema)  # noqa: E731
+  params, opt_state, batch_stats, average = lax.cond(apply, lambda: parts(new), lambda: parts(old))
+  return new.replace(params=params, opt_state=opt_state, batch_stats=batch_stats, ema=average)
 
 
 def _next_loss_scale(loss_scale: dict, grads_finite) -> dict:
@@ -182,17 +221,17 @@ def _next_loss_scale(loss_scale: dict, grads_finite) -> dict:
 def upgrade_saved_state(saved: dict, current: TrainState) -> TrainState | None:
   """A TrainState saved in another layout, converted to ``current``'s; None if not recognised.
 
-  Two differences are bridged: the block layout (a run saved with or without ``scan_blocks``
-  resumes with the other setting), and checkpoints of resnet_jax before the learning-rate state
+  Three differences are bridged: the block layout (a run saved with or without ``scan_blocks``
+  resumes with the other setting); checkpoints of resnet_jax before the learning-rate state
   moved into the optimiser (a top-level ``schedule`` dict, with or without the warm-up window
-  counters; the update count is then the saved step).
+  counters; the update count is then the saved step); and the weights' moving average switched
+  on at a resume (it starts from the restored weights) or off (it is dropped).
 
   Args:
     saved: the checkpoint as restored in its own layout (nested dicts, lists and arrays).
     current: this run's freshly initialised state (structure, shapes and shardings).
   """
   like = lambda tree: block_layout.relayout_like(tree, current.params)  # noqa: E731
-  momentum = saved['opt_state'][1]['trace']
   if 'schedule' in saved:
     old = jax.device_get({**saved['schedule'], 'count': saved['step']})  # host copies: no aliasing
   elif len(saved['opt_state']) == len(current.opt_state):
@@ -203,19 +242,35 @@ def upgrade_saved_state(saved: dict, current: TrainState) -> TrainState | None:
   schedule = optim.ScheduleState(
     **{k: np.asarray(old.get(k, v), v.dtype) for k, v in fresh.items()}
   )
-  opt_state = (
-    *current.opt_state[:-2],
-    current.opt_state[-2]._replace(trace=like(momentum)),
-    schedule,
-  )
+  transforms = zip(saved['opt_state'], current.opt_state[:-1], strict=False)
+  opt_state = (*(_state_like(s, c, like) for s, c in transforms), schedule)
+  params, batch_stats = like(saved['params']), like(saved['batch_stats'])
+  average = {}
+  if current.ema:
+    saved_ema = saved.get('ema') or {'params': params, 'batch_stats': batch_stats}
+    # Host copies: an average started from the weights must not share their buffers (donated).
+    average = {k: jax.tree.map(np.array, like(saved_ema[k])) for k in ('params', 'batch_stats')}
   upgraded = current.replace(
     step=saved['step'],
-    params=like(saved['params']),
-    batch_stats=like(saved['batch_stats']),
+    params=params,
+    batch_stats=batch_stats,
     opt_state=opt_state,
     loss_scale=saved['loss_scale'] or current.loss_scale,
+    ema=average,
   )
   shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)  # noqa: E731
   if shapes(upgraded) != shapes(current):
     return None
   return jax.tree.map(lambda new, c: jax.device_put(new, c.sharding), upgraded, current)
+
+
+def _state_like(saved, current, like):
+  """An optax transform's saved state (NamedTuples restored as dicts, tuples as lists) in
+  ``current``'s types, its parameter-shaped trees in this model's block layout."""
+  if isinstance(current, tuple) and hasattr(current, '_fields'):
+    return type(current)(*(_state_like(saved[f], getattr(current, f), like) for f in current._fields))
+  if isinstance(current, tuple | list):
+    return type(current)(_state_like(s, c, like) for s, c in zip(saved, current, strict=True))
+  if isinstance(current, dict):
+    return like(saved)
+  return saved
