@@ -48,6 +48,11 @@ def get_config():
   c.pad = 4
   c.random_flip = True
   c.lighting_std = 0.1  # AlexNet PCA colour noise std; 0 disables.
+  # Repeated augmentation (Hoffer et al. 2020): each global batch holds batch_size / k examples, k
+  # times each with their own draws, the copies spread over the devices; an epoch keeps its steps
+  # (so it sees 1 / k of the examples). 1 = off; torchvision's recipe 4, timm's default 3.
+  # Datasets with examples by index only (not TFRecord-only TFDS datasets).
+  c.repeated_augmentation = 1
   # Where the training images' per-pixel operations run: PCA lighting, normalization, pad_crop's
   # padding and offset, the flip. 'device': tf.data sends each resized crop rounded to uint8 (a
   # quarter of float32's bytes) with what the example drew, and the train step applies them (XLA
@@ -204,8 +209,10 @@ def get_config():
   # 'step': x lr_decay_factor at each of lr_boundaries. 'plateau': x lr_decay_factor when the
   # plateau_metric of evaluation has not improved by plateau_min_delta for plateau_patience
   # evaluations (then plateau_cooldown evaluations of rest; never below plateau_min_lr).
-  # 'cosine': cosine decay to 0 over the run.
+  # 'cosine': cosine decay to 0 over the run. 'poly': (1 - t / T) ** poly_power to 0 (MLPerf's
+  # LARS). Both decay over the steps after the warm-up.
   c.schedule = 'plateau'
+  c.poly_power = 2.0
   c.lr_boundaries = (30.0, 60.0, 90.0)
   c.lr_boundaries_unit = 'epochs'  # 'epochs' or 'steps'.
   c.lr_decay_factor = 0.1
@@ -226,6 +233,9 @@ def get_config():
   c.parallelism = 'shard_map'  # 'shard_map' (jit over a global mesh) or 'pmap'.
 
   # --- Loop, logging, checkpoints -----------------------------------------------------------------
+  # The published recipe this config follows (configs/recipes/): resnet_jax.report sets its
+  # published number (configs/experiments/paper.py) beside the run's. '' = the model's paper number.
+  c.recipe = ''
   c.seed = 0
   c.log_every = 100  # Steps between progress lines / metrics records.
   c.eval_every = -1  # Steps between evaluations; -1 = once per epoch.

@@ -104,6 +104,14 @@ def model_name(name, value):
     raise ConfigError(f'--config.{name}={value!r}: {e}') from None
 
 
+def recipe_name(name, value):
+  from configs.experiments.paper import PAPER
+
+  if value and value not in PAPER:
+    recipes = sorted(k for k, v in PAPER.items() if v.get('recipe'))
+    _fail(name, value, f"'' or a recipe with a published number: {', '.join(recipes)}")
+
+
 POSITIVE_INT = number(1, integer=True)
 NONNEG_INT = number(0, integer=True)
 FRACTION = number(0.0, 1.0)
@@ -135,6 +143,7 @@ RULES: dict[str, Rule] = {
   'pad': NONNEG_INT,
   'random_flip': boolean,
   'lighting_std': number(0.0),
+  'repeated_augmentation': POSITIVE_INT,
   'pixel_ops': one_of('device', 'host'),
   'normalization': one_of('pixel_mean', 'channel_mean_std', 'none'),
   'channel_mean': numbers(3, PIXEL),
@@ -200,7 +209,8 @@ RULES: dict[str, Rule] = {
   'ema_decay': number(0.0, 1.0),
   'ema_every': POSITIVE_INT,
   'ema_warmup': boolean,
-  'schedule': one_of('step', 'plateau', 'cosine'),
+  'schedule': one_of('step', 'plateau', 'cosine', 'poly'),
+  'poly_power': number(0.0, open_lo=True),
   'lr_boundaries': numbers(None, number(0.0, open_lo=True), increasing=True, nonempty=False),
   'lr_boundaries_unit': one_of('epochs', 'steps'),
   'lr_decay_factor': number(0.0, 1.0, open_lo=True),
@@ -216,6 +226,7 @@ RULES: dict[str, Rule] = {
   # Parallelism
   'parallelism': one_of('shard_map', 'pmap'),
   # Loop, logging, checkpoints
+  'recipe': recipe_name,
   'seed': NONNEG_INT,
   'log_every': POSITIVE_INT,
   'eval_every': number(-1, integer=True),
@@ -306,9 +317,14 @@ def _check_recipe(c, num_devices: int):
   rows = c.batch_size // max(num_devices, 1)
   if c.grad_accum_steps > 1 and rows % c.grad_accum_steps:
     raise ConfigError(
-      f'--config.grad_accum_steps={c.grad_accum_steps} must divide each device\'s '
-      f'{rows} rows of batch_size={c.batch_size} ({num_devices} devices), e.g. '
-      f'{math.gcd(rows, c.grad_accum_steps)}.'
+      f"--config.grad_accum_steps={c.grad_accum_steps} must divide each device's "
+      f'{rows} rows of batch_size={c.batch_size} ({num_devices} devices): one of '
+      f'{[d for d in range(1, rows + 1) if rows % d == 0][:8]}.'
+    )
+  if c.batch_size % c.repeated_augmentation:
+    raise ConfigError(
+      f'--config.repeated_augmentation={c.repeated_augmentation} must divide '
+      f'batch_size={c.batch_size} (each batch holds batch_size / k examples, k times each).'
     )
   if c.bce_target_threshold and c.loss != 'bce':
     raise ConfigError(

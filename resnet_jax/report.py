@@ -4,9 +4,11 @@
 
 One row per run and test protocol: the model, its final training error, its final test top-1 /
 top-5 error (the training run's own evaluation, plus every ``resnet_jax.evaluate`` protocol
-recorded in the workdir), the paper's number for that model and protocol
-(``configs/experiments/paper.py``) and our difference from it, the steps, the training time and
-the hardware. Runs are grouped by dataset (one table per study). Errors are percentages.
+recorded in the workdir), the averaged weights' top-1 error (runs with ``ema_decay``), the
+published number for that model and protocol (``configs/experiments/paper.py``; for a run of a
+published recipe, its ``recipe`` field, that recipe's) and our difference from it, the steps,
+the training time and the hardware. Runs are grouped by dataset (one table per study). Errors
+are percentages.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ COLUMNS = (
   'train err',
   'top-1 err',
   'top-5 err',
+  'EMA top-1',
   'paper top-1',
   'diff',
   'paper source',
@@ -42,6 +45,8 @@ def _latest_json(root, prefix: str) -> dict:
 
 
 def paper_key(config: dict, protocol: str) -> str:
+  if config.get('recipe'):  # a published recipe's number, whatever the net it names
+    return config['recipe'] if protocol == PAPER[config['recipe']]['protocol'] else ''
   model = config.get('model', '')
   if config.get('dataset') not in ('imagenet2012', 'cifar10'):
     return ''  # the paper's numbers are for its datasets only
@@ -102,6 +107,7 @@ def run_rows(workdir: str) -> list[dict]:
         'train err': f'{100 * train[-1]["top1_err"]:.2f}' if train else '-',
         'top-1 err': f'{top1:.2f}',
         'top-5 err': f'{100 * result["top5_err"]:.2f}',
+        'EMA top-1': f'{100 * result["ema_top1_err"]:.2f}' if 'ema_top1_err' in result else '-',
         'paper top-1': f'{paper["top1"]:.2f}' if paper else '-',
         'diff': f'{top1 - paper["top1"]:+.2f}' if paper else '-',
         'paper source': paper.get('source', '-'),

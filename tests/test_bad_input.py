@@ -161,11 +161,16 @@ CASES = [
     [*DIGITS, '--config.init_from={resnet8_weights}', '--config.init_from_ema=True'],
     'not a run workdir',
   ),
+  (
+    'repeats that do not divide the batch',
+    [*DIGITS, '--config.repeated_augmentation=3'],
+    'must divide batch_size=64',
+  ),
   ('unknown optimizer', [*DIGITS, '--config.optimizer=adam'], "--config.optimizer='adam'"),
   (
     'accumulation that does not divide the batch',
     [*DIGITS, '--config.grad_accum_steps=3'],
-    "must divide each device's 64 rows",
+    "must divide each device's 8 rows of batch_size=64 (8 devices): one of [1, 2, 4, 8]",
   ),
   (
     'best by an average that is off',
@@ -368,6 +373,14 @@ def test_every_config_field_has_a_rule_and_every_recipe_passes():
       continue
     module = importlib.import_module(f'configs.{os.path.basename(path)[:-3]}')
     config_check.check(module.get_config(), num_devices=8)
+  studies = glob.glob(os.path.join(REPO, 'configs', 'experiments', '*.py'))
+  for path in studies:
+    module = importlib.import_module(f'configs.experiments.{os.path.basename(path)[:-3]}')
+    for run in getattr(module, 'RUNS', ()):
+      config_check.check(module.get_config(run), num_devices=8)
+  recipes = importlib.import_module('configs.experiments.recipes')
+  named = {recipes.get_config(run).recipe for run in recipes.RUNS} - {''}
+  assert named == {'goyal_8k', 'mlperf_lars'}  # each published recipe is a study run
 
 
 def test_a_changed_dataset_never_reuses_a_stale_mean_image(tmp_path):
@@ -413,9 +426,7 @@ def test_init_from_is_strict_unless_told_what_may_stay_fresh(tmp_path):
 def test_init_from_ema_takes_the_average_and_refuses_a_run_without_one(tmp_path):
   plain, averaged = str(tmp_path / 'plain'), str(tmp_path / 'averaged')
   loop.train_and_evaluate(tiny(tmp_path, num_train_steps=2, eval_every=2), plain)
-  loop.train_and_evaluate(
-    tiny(tmp_path, num_train_steps=4, eval_every=4, ema_decay=0.5), averaged
-  )
+  loop.train_and_evaluate(tiny(tmp_path, num_train_steps=4, eval_every=4, ema_decay=0.5), averaged)
   config = tiny(tmp_path, num_train_steps=1, init_from=plain, init_from_ema=True)
   with pytest.raises(checkpoint.CheckpointError, match=r'has no averaged weights \(its run had'):
     experiment.Experiment(config, str(tmp_path / 'a')).initial_state()

@@ -321,3 +321,41 @@ def test_missing_datasets_say_what_to_do(tmp_path):
 def test_batch_not_divisible_is_a_clear_error():
   with pytest.raises(ValueError, match='not divisible by the 8 devices'):
     parallel.check_batch(100, 8, 1)
+
+
+def test_repeated_augmentation_deals_each_example_k_times_with_its_own_draws(tmp_path):
+  """k = 4 copies of batch_size / 4 examples per global batch, at rows j, m + j, ... (spread
+  over processes and devices), the same on 1 and 2 processes and from a resumed step; the copies
+  are different crops of one image."""
+  one = input_pipeline.train_index_batches(1437, Layout(64, 0, 1), 0, repeats=4)
+  halves = [
+    input_pipeline.train_index_batches(1437, Layout(64, p, 2), 0, repeats=4) for p in (0, 1)
+  ]
+  seen = []
+  for _ in range(1437 // 64):
+    indices, counters = next(one)
+    np.testing.assert_array_equal(indices.reshape(4, 16), np.tile(indices[:16], (4, 1)))
+    assert len(set(indices[:16])) == 16 and len(set(counters)) == 64
+    (i0, c0), (i1, c1) = next(halves[0]), next(halves[1])
+    np.testing.assert_array_equal(np.concatenate([i0, i1]), indices)
+    np.testing.assert_array_equal(np.concatenate([c0, c1]), counters)
+    seen.extend(indices[:16])
+  assert len(set(seen)) == len(seen) == (1437 // 64) * 16  # a quarter of the epoch's examples
+  resumed = input_pipeline.train_index_batches(1437, Layout(64, 0, 1), 0, 5, repeats=4)
+  again = input_pipeline.train_index_batches(1437, Layout(64, 0, 1), 0, repeats=4)
+  for _ in range(5):
+    next(again)
+  for _ in range(30):  # across the epoch boundary at step 22
+    for a, b in zip(next(resumed), next(again), strict=True):
+      np.testing.assert_array_equal(a, b)
+
+  c = digits_config(tmp_path, train_augment='inception', repeated_augmentation=4, batch_size=16)
+  src = sources.get_source(c, 'train')
+  batch = next(
+    input_pipeline.train_dataset(c, src, Layout(16, 0, 1), mean=mean_of(c)).as_numpy_iterator()
+  )
+  labels, images = batch['label'].reshape(4, 4), batch['image'].reshape(4, 4, -1)
+  np.testing.assert_array_equal(labels, np.tile(labels[0], (4, 1)))
+  for j in range(4):  # each example's four copies: four different crops
+    copies = {images[c, j].tobytes() for c in range(4)}
+    assert len(copies) == 4

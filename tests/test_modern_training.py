@@ -186,7 +186,8 @@ def _updates(tx, params, num_steps=3):
 
 def _assert_same_updates(ours, reference):
   for a, b in zip(ours, reference, strict=True):
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    leaves = zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True)
+    for (path, x), y in leaves:
       np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-8, err_msg=jax.tree_util.keystr(path))
 
 
@@ -286,3 +287,12 @@ def test_accumulation_with_batchnorm_is_micro_batch_by_micro_batch(tmp_path):
   got = traverse_util.flatten_dict(after.batch_stats, sep='/')
   for key, value in traverse_util.flatten_dict(jax.device_get(stats), sep='/').items():
     np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_the_poly_schedule_warms_up_then_decays_as_mlperfs(tmp_path):
+  config = tiny(tmp_path, schedule='poly', poly_power=2.0, warmup_epochs=2)
+  schedule = optim.schedule_fn(config, steps_per_epoch=10, total_steps=100)
+  for step in (0, 5, 10, 19):
+    assert float(schedule(step)) == pytest.approx(step / 20)
+  for step in (20, 40, 60, 99, 100):
+    assert float(schedule(step)) == pytest.approx((1 - (step - 20) / 80) ** 2, abs=1e-6)

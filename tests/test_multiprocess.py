@@ -46,9 +46,10 @@ def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
   # Evaluations use multi-scale testing: its bucket counts are gathered across processes.
   # Stochastic depth is on: each example's draws must not depend on which process trains it.
   # So are mixup and CutMix (each row mixed with its global predecessor, across processes),
-  # accumulation and the weights' average.
+  # accumulation, repeated augmentation and the weights' average.
   steps = dict(
     drop_path_rate=0.3,
+    repeated_augmentation=2,
     mixup_alpha=0.2,
     cutmix_alpha=1.0,
     grad_accum_steps=2,

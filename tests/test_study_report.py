@@ -108,6 +108,10 @@ def test_paper_numbers_are_found_for_the_papers_experiments():
   cifar = {'dataset': 'cifar10', 'norm': 'batch'}
   preact = report.paper_key({**cifar, 'model': 'cifar_preact_resnet1001'}, 'center')
   assert paper.PAPER[preact]['top1'] == 4.92
+  # A run of a published recipe is set beside that recipe's number (for its protocol only).
+  goyal = {**imagenet, 'model': 'resnet50', 'recipe': 'goyal_8k'}
+  assert paper.PAPER[report.paper_key(goyal, 'center')]['top1'] == 23.74
+  assert report.paper_key(goyal, '10crop') == ''
   vgg = paper.PAPER[report.paper_key({**imagenet, 'model': 'vgg16'}, '10crop')]
   assert (vgg['top1'], vgg['top5'], vgg['source']) == (28.07, 9.33, 'Table 3')
 

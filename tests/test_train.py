@@ -48,7 +48,8 @@ def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
     np.testing.assert_allclose(params['pmap'][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-# Today's recipe parts: mixup and CutMix (drawn per step), LAMB, BCE, accumulation, the average.
+# Today's recipe parts: mixup and CutMix (drawn per step), LAMB, BCE, accumulation, repeated
+# augmentation, the weights' average.
 MODERN = dict(
   mixup_alpha=0.2,
   cutmix_alpha=1.0,
@@ -56,6 +57,7 @@ MODERN = dict(
   learning_rate=0.01,
   loss='bce',
   grad_accum_steps=2,
+  repeated_augmentation=4,
   ema_decay=0.9,
   ema_every=2,
   best_metric='ema_top1_err',

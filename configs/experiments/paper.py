@@ -45,4 +45,18 @@ PAPER = {
   # Pre-activation nets, CIFAR-10 test error (He et al. 2016, "Identity Mappings").
   'cifar_preact_resnet164': {'top1': 5.46, 'protocol': 'center', 'source': 'He et al. 2016'},
   'cifar_preact_resnet1001': {'top1': 4.92, 'protocol': 'center', 'source': 'He et al. 2016'},
+  # Published training recipes (configs/recipes/, a run's `recipe` field), ImageNet val top-1
+  # error of ResNet-50 at one 224 crop.
+  'goyal_8k': {
+    'top1': 23.74,
+    'protocol': 'center',
+    'source': 'Goyal et al. 2017, Table 1 (kn=8k)',
+    'recipe': True,
+  },
+  'mlperf_lars': {
+    'top1': 24.1,
+    'protocol': 'center',
+    'source': "MLPerf Training's target (75.9%)",
+    'recipe': True,
+  },
 }

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_jax.data import augment, device_pixels, draws, multiscale
-from resnet_jax.data.source import FETCH_CHUNK, Source
+from resnet_jax.data.source import FETCH_CHUNK, DatasetError, Source
 
 # Stream-only sources: process p seeds its examples' augmentation from p * this, so processes
 # never share seeds (no process reads 2**40 examples).
@@ -49,23 +49,34 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def train_index_batches(num_examples: int, layout: Layout, seed: int, start_step: int = 0):
+def train_index_batches(
+  num_examples: int, layout: Layout, seed: int, start_step: int = 0, repeats: int = 1
+):
   """This process's rows of every global batch from ``start_step`` on: (indices, counters).
 
   ``counters`` are the examples' global positions in the stream (step * G + row); they seed the
   augmentation, so an example looks the same whichever process reads it.
+
+  Repeated augmentation (Hoffer et al. 2020; timm's RepeatAugSampler, torchvision's RASampler):
+  with ``repeats`` k, global batch b holds the m = G / k examples ``perm[b*m:(b+1)*m]``, each k
+  times at rows j, m + j, 2m + j, ... (spread over the devices, as those samplers deal copies to
+  different GPUs), each copy with its own draws. An epoch keeps its number of steps, so it sees
+  1 / k of the examples, k times each.
   """
   g, lb = layout.global_batch, layout.local_batch
   steps_per_epoch = num_examples // g
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size={g} exceeds the {num_examples} training examples.')
+  if g % repeats:
+    raise ValueError(f'batch_size={g} is not a multiple of repeated_augmentation={repeats}.')
+  distinct = g // repeats
   rows = np.arange(layout.process_index * lb, (layout.process_index + 1) * lb)
   step, cached_epoch, perm = start_step, None, None
   while True:
     epoch, batch = divmod(step, steps_per_epoch)
     if epoch != cached_epoch:
       perm, cached_epoch = epoch_permutation(num_examples, seed, epoch), epoch
-    yield perm[batch * g + rows], step * g + rows
+    yield perm[batch * distinct + rows % distinct], step * g + rows
     step += 1
 
 
@@ -220,13 +231,19 @@ def train_dataset(
 
     def batches():
       for indices, counters in train_index_batches(
-        source.num_examples, layout, config.seed, start_step
+        source.num_examples, layout, config.seed, start_step, config.repeated_augmentation
       ):
         yield indices, draws.for_examples(config, counters)
 
     specs = _draw_specs(layout.local_batch)
     return _fetch_and_map(batches, specs, source, layout, example_fn, config)
 
+  if config.repeated_augmentation > 1:
+    raise DatasetError(
+      f'--config.repeated_augmentation={config.repeated_augmentation} needs examples by index, '
+      f'and {config.dataset} is stored as TFRecord (streamed): prepare it as ArrayRecord '
+      f'(python -m resnet_jax.prepare) or set repeated_augmentation=1.'
+    )
   first = start_step * layout.local_batch
   ds = source.stream(layout.process_index, layout.process_count, train=True).dataset
   ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True).repeat()

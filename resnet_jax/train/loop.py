@@ -255,6 +255,6 @@ def _evaluate(experiment, writer, state, step) -> dict:
       result['top5_err'],
       result['loss'],
       result['num_examples'],
-      f"; EMA top1_err {result['ema_top1_err']:.4f}" if 'ema_top1_err' in result else '',
+      f'; EMA top1_err {result["ema_top1_err"]:.4f}' if 'ema_top1_err' in result else '',
     )
   return record

@@ -40,13 +40,17 @@ def schedule_fn(config, steps_per_epoch: int, total_steps: int) -> Callable:
     main = optax.piecewise_constant_schedule(1.0, {b: config.lr_decay_factor for b in boundaries})
   elif config.schedule == 'cosine':
     main = optax.cosine_decay_schedule(1.0, max(total_steps - warmup, 1))
+  elif config.schedule == 'poly':  # MLPerf's LARS reference: (1 - t / T) ** power, to 0
+    main = optax.polynomial_schedule(1.0, 0.0, config.poly_power, max(total_steps - warmup, 1))
   elif config.schedule == 'plateau':
     main = optax.constant_schedule(1.0)  # decays come from ScheduleState.lr_scale
   else:
-    raise ValueError(f"schedule must be 'step', 'plateau' or 'cosine', got {config.schedule!r}.")
+    raise ValueError(
+      f"schedule must be 'step', 'plateau', 'cosine' or 'poly', got {config.schedule!r}."
+    )
   if warmup <= 0:
     return main
-  if config.schedule == 'cosine':
+  if config.schedule in ('cosine', 'poly'):  # the decay starts where the warm-up ends
     return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), main], [warmup])
   ramp = optax.linear_schedule(0.0, 1.0, warmup)
   return lambda step: jnp.where(step < warmup, ramp(step), main(step))

@@ -268,7 +268,9 @@ def _state_like(saved, current, like):
   """An optax transform's saved state (NamedTuples restored as dicts, tuples as lists) in
   ``current``'s types, its parameter-shaped trees in this model's block layout."""
   if isinstance(current, tuple) and hasattr(current, '_fields'):
-    return type(current)(*(_state_like(saved[f], getattr(current, f), like) for f in current._fields))
+    return type(current)(
+      *(_state_like(saved[f], getattr(current, f), like) for f in current._fields)
+    )
   if isinstance(current, tuple | list):
     return type(current)(_state_like(s, c, like) for s, c in zip(saved, current, strict=True))
   if isinstance(current, dict):

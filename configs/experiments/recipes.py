@@ -1,0 +1,21 @@
+"""The published training recipes of configs/recipes/, one run each, with their published numbers
+(configs/experiments/paper.py) set beside the results by resnet_jax.report.
+
+Each recipe's docstring gives its source, number, hardware and time.
+
+  python -m resnet_jax.study --study=configs/experiments/recipes.py --root=gs://BUCKET/recipes \\
+    --only=goyal_8k,mlperf_lars --config.data_dir=gs://BUCKET/tensorflow_datasets
+  python -m resnet_jax.report gs://BUCKET/recipes/*
+"""
+
+from configs.recipes import goyal_8k, mlperf_lars, preact_cifar
+
+RUNS = ('goyal_8k', 'mlperf_lars', 'preact_cifar164', 'preact_cifar1001')
+
+
+def get_config(run: str = 'goyal_8k'):
+  if run not in RUNS:
+    raise ValueError(f'run must be one of {RUNS}, got {run!r}')
+  if run.startswith('preact_cifar'):
+    return preact_cifar.get_config(run.removeprefix('preact_cifar'))
+  return {'goyal_8k': goyal_8k, 'mlperf_lars': mlperf_lars}[run].get_config()
