@@ -48,6 +48,23 @@ def get_config():
   c.pad = 4
   c.random_flip = True
   c.lighting_std = 0.1  # AlexNet PCA colour noise std; 0 disables.
+  # An augmentation policy on each uint8 training crop, as torchvision's transforms of these names
+  # do to a PIL image (data/auto_augment.py; PIL's arithmetic): 'none'; 'randaugment'
+  # (randaugment_ops ops, each uniform over 14, at bin randaugment_magnitude of
+  # randaugment_bins); 'trivialaugment' (TrivialAugmentWide: one op at a uniform bin of 31);
+  # 'autoaugment' (AutoAugment's ImageNet policy). The draws are keyed on (seed, global
+  # position), like the crop's.
+  c.augment_policy = 'none'
+  c.randaugment_ops = 2
+  c.randaugment_magnitude = 9
+  c.randaugment_bins = 31
+  # Random erasing (Zhong et al. 2020; torchvision's RandomErasing, value 0): with this
+  # probability a box of area share in erasing_scale and aspect in erasing_ratio (log-uniform)
+  # is set to 0 in the normalised training image, after every other op. 0 disables;
+  # torchvision's recipe 0.1.
+  c.random_erasing = 0.0
+  c.erasing_scale = (0.02, 0.33)
+  c.erasing_ratio = (0.3, 3.3)
   # Repeated augmentation (Hoffer et al. 2020): each global batch holds batch_size / k examples, k
   # times each with their own draws, the copies spread over the devices; an epoch keeps its steps
   # (so it sees 1 / k of the examples). 1 = off; torchvision's recipe 4, timm's default 3.

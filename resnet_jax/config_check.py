@@ -117,6 +117,8 @@ NONNEG_INT = number(0, integer=True)
 FRACTION = number(0.0, 1.0)
 PIXEL = number(0.0, 255.0)
 EVAL_METRICS = ('top1_err', 'top5_err', 'loss')
+# torchvision's RandAugment defaults (2 ops, magnitude 9 of 31 bins): other values need the policy.
+RANDAUGMENT_DEFAULTS = {'randaugment_ops': 2, 'randaugment_magnitude': 9, 'randaugment_bins': 31}
 
 RULES: dict[str, Rule] = {
   # Data
@@ -143,6 +145,13 @@ RULES: dict[str, Rule] = {
   'pad': NONNEG_INT,
   'random_flip': boolean,
   'lighting_std': number(0.0),
+  'augment_policy': one_of('none', 'randaugment', 'trivialaugment', 'autoaugment'),
+  'randaugment_ops': number(1, 4, integer=True),
+  'randaugment_magnitude': NONNEG_INT,
+  'randaugment_bins': number(2, integer=True),
+  'random_erasing': FRACTION,
+  'erasing_scale': numbers(2, number(0.0, 1.0, open_lo=True), increasing=True),
+  'erasing_ratio': numbers(2, number(0.0, open_lo=True), increasing=True),
   'repeated_augmentation': POSITIVE_INT,
   'pixel_ops': one_of('device', 'host'),
   'normalization': one_of('pixel_mean', 'channel_mean_std', 'none'),
@@ -320,6 +329,15 @@ def _check_recipe(c, num_devices: int):
       f"--config.grad_accum_steps={c.grad_accum_steps} must divide each device's "
       f'{rows} rows of batch_size={c.batch_size} ({num_devices} devices): one of '
       f'{[d for d in range(1, rows + 1) if rows % d == 0][:8]}.'
+    )
+  if c.augment_policy != 'randaugment':
+    for name, default in RANDAUGMENT_DEFAULTS.items():
+      if c[name] != default:
+        raise ConfigError(f"--config.{name} needs --config.augment_policy='randaugment'.")
+  if c.randaugment_magnitude >= c.randaugment_bins:
+    raise ConfigError(
+      f'--config.randaugment_magnitude={c.randaugment_magnitude} must be a bin of '
+      f'randaugment_bins={c.randaugment_bins}: 0 to {c.randaugment_bins - 1}.'
     )
   if c.batch_size % c.repeated_augmentation:
     raise ConfigError(

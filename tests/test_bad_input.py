@@ -166,6 +166,12 @@ CASES = [
     [*DIGITS, '--config.repeated_augmentation=3'],
     'must divide batch_size=64',
   ),
+  ('unknown policy', [*DIGITS, '--config.augment_policy=augmix'], "augment_policy='augmix'"),
+  (
+    'a RandAugment field without RandAugment',
+    [*DIGITS, '--config.randaugment_magnitude=5'],
+    "needs --config.augment_policy='randaugment'",
+  ),
   ('unknown optimizer', [*DIGITS, '--config.optimizer=adam'], "--config.optimizer='adam'"),
   (
     'accumulation that does not divide the batch',

@@ -58,6 +58,8 @@ MODERN = dict(
   loss='bce',
   grad_accum_steps=2,
   repeated_augmentation=4,
+  augment_policy='randaugment',
+  random_erasing=0.25,
   ema_decay=0.9,
   ema_every=2,
   best_metric='ema_top1_err',
@@ -138,13 +140,23 @@ def test_step_schedule_warmup_and_warmup_until_error():
   assert float(ramp(975)) == pytest.approx(0.5) and float(ramp(1950)) == pytest.approx(1.0)
 
 
-def test_a_step_on_uint8_crops_equals_a_step_on_the_host_pipelines_images(tmp_path):
+@pytest.mark.parametrize('policy', ['none', 'autoaugment'])
+def test_a_step_on_uint8_crops_equals_a_step_on_the_host_pipelines_images(tmp_path, policy):
   """pixel_ops='device' moves the pixel ops, nothing else: at 8 px (no resize, so uint8 loses
   nothing) a train step from the batch tf.data sends equals, bitwise, one from the host
-  pipeline's float images, with lighting, a mean image, pad-crop and flips all drawn."""
+  pipeline's float images, with lighting, a mean image, pad-crop, flips, random erasing and an
+  augmentation policy all drawn."""
   params = {}
   for where in ('host', 'device'):
-    config = tiny(tmp_path, pixel_ops=where, pad=2, random_flip=True, lighting_std=0.1)
+    config = tiny(
+      tmp_path,
+      pixel_ops=where,
+      pad=2,
+      random_flip=True,
+      lighting_std=0.1,
+      random_erasing=0.5,
+      augment_policy=policy,
+    )
     run = experiment.Experiment(config, str(tmp_path / where))
     state = run.initial_state()
     local = input_pipeline.train_dataset(config, run.train_source, run.layout, 0, run.pixel_mean())

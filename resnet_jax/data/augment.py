@@ -138,8 +138,19 @@ def flip_if(image, flip):
   return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
+def erase(image, box):
+  """The image with the box (y, x, height, width; 0 x 0: none) set to 0 (random erasing on the
+  normalised image, torchvision's value 0)."""
+  rows = tf.range(tf.shape(image)[0])[:, None]
+  cols = tf.range(tf.shape(image)[1])[None, :]
+  inside = (rows >= box[0]) & (rows < box[0] + box[2]) & (cols >= box[1]) & (cols < box[1] + box[3])
+  return tf.where(inside[..., None], tf.zeros_like(image), image)
+
+
 def to_uint8(image):
-  """A float image in 0..255 (a resize's output) rounded to uint8."""
+  """A float image in 0..255 (a resize's output) rounded to uint8 (a uint8 image as it is)."""
+  if image.dtype == tf.uint8:
+    return image
   return tf.cast(tf.round(image), tf.uint8)
 
 

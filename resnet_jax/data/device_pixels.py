@@ -1,9 +1,9 @@
 """The training images' per-pixel operations inside the compiled train step (pixel_ops='device').
 
-With ``pixel_ops='device'`` the input pipeline sends each training crop resized but rounded to
-uint8 (a quarter of float32's bytes to batch, copy and transfer), beside what the example drew
-(``draws.for_examples``); ``PixelOps`` then applies PCA lighting, normalisation, CIFAR's
-pad-crop and the flip on the devices, in the host pipeline's order and float32 arithmetic. A
+With ``pixel_ops='device'`` the input pipeline sends each training crop resized but rounded to uint8
+(a quarter of float32's bytes to batch, copy and transfer), beside what the example drew
+(``draws.for_examples``); ``PixelOps`` then applies PCA lighting, normalisation, CIFAR's pad-crop,
+the flip and random erasing on the devices, in the host pipeline's order and float32 arithmetic. A
 finished batch is bitwise the host pipeline's images of the same uint8 crops. On one core these
 passes took 6-10% of the host pipeline's time (PERFORMANCE.md); XLA fuses them into one pass.
 
@@ -20,7 +20,7 @@ from jax import lax
 from resnet_jax.data import draws
 
 # What a batch carries beside its uint8 'image' and 'label' (draws.for_examples's fields).
-DRAWS = ('lighting', 'shift', 'flip')
+DRAWS = ('lighting', 'shift', 'flip', 'erase')
 
 
 def normalization(config, mean: np.ndarray | None = None):
@@ -69,6 +69,13 @@ class PixelOps:
       x = jax.vmap(crop)(padded, batch['shift'])
     if self.used.flip:
       x = jnp.where(batch['flip'][:, None, None, None], x[:, :, ::-1], x)
+    if self.used.erasing:  # the box set to 0 of the normalised image, last (torchvision's order)
+      box = batch['erase'][:, :, None, None]
+      rows = jnp.arange(x.shape[1])[None, :, None]
+      cols = jnp.arange(x.shape[2])[None, None, :]
+      inside = (rows >= box[:, 0]) & (rows < box[:, 0] + box[:, 2])
+      inside &= (cols >= box[:, 1]) & (cols < box[:, 1] + box[:, 3])
+      x = jnp.where(inside[..., None], 0.0, x)
     return x
 
 
@@ -80,4 +87,5 @@ def example_batch(config, size: int, rng: np.random.Generator) -> dict[str, np.n
     'lighting': rng.standard_normal((size, 3), dtype=np.float32),
     'shift': rng.integers(0, 2 * config.pad + 1, (size, 2), dtype=np.int32),
     'flip': rng.integers(0, 2, size).astype(bool),
+    'erase': np.zeros((size, 4), np.int32),
   }

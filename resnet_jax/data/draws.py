@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from resnet_jax.data import auto_augment
+
 # AlexNet's PCA of ImageNet RGB pixels (0..255 scale), as used by fb.resnet.torch.
 IMAGENET_EIGVAL = (55.46, 4.794, 1.148)
 IMAGENET_EIGVEC = (
@@ -24,14 +26,20 @@ IMAGENET_EIGVEC = (
 # Draw columns of one example: 0-2 the crop (scale: shorter side, y, x; inception: its op's seed),
 # 3-4 CIFAR's pad-crop offset, 5 the flip, 6-11 three Box-Muller pairs for PCA lighting.
 STREAMS = 12
-# What ``for_examples`` returns: name -> (dtype, per-example shape).
+# What ``for_examples`` returns whatever the config: name -> (dtype, per-example shape). 'erase'
+# is random erasing's box (y, x, height, width; 0 x 0 when none).
 FIELDS = {
   'crop': (np.int64, (3,)),
   'shift': (np.int32, (2,)),
   'flip': (np.bool_, ()),
   'lighting': (np.float32, (3,)),
+  'erase': (np.int32, (4,)),
 }
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
+# Word families beside the first (STREAMS words above): their own keys under the run seed, so
+# adding a kind of draw leaves the others' words as they were.
+POLICY_FAMILY, ERASING_FAMILY = 1, 2
+ERASING_ATTEMPTS = 10  # torchvision's RandomErasing tries this many boxes
 
 
 class PixelDraws(NamedTuple):
@@ -41,6 +49,7 @@ class PixelDraws(NamedTuple):
   lighting: bool
   pad: int  # CIFAR's pad-crop padding; 0: no pad-crop
   flip: bool
+  erasing: bool
 
 
 def pixel_draws(config) -> PixelDraws:
@@ -49,6 +58,7 @@ def pixel_draws(config) -> PixelDraws:
     lighting=config.lighting_std > 0 and augmented,
     pad=config.pad if config.train_augment == 'pad_crop' else 0,
     flip=config.random_flip and augmented,
+    erasing=config.random_erasing > 0,
   )
 
 
@@ -59,12 +69,57 @@ def _mix(z: np.ndarray) -> np.ndarray:
   return z ^ (z >> np.uint64(31))
 
 
-def random_bits(seed: int, counters: np.ndarray) -> np.ndarray:
-  """[n, STREAMS] uniform 32-bit integers (as int64) for the examples at ``counters``."""
+def random_bits(seed: int, counters: np.ndarray, streams: int = STREAMS, family: int = 0):
+  """[n, streams] uniform 32-bit integers (as int64) for the examples at ``counters``, from
+  word family ``family`` (0: the crop, pad, flip and lighting words)."""
   key = _mix(np.array([seed], np.uint64) * _GAMMA)  # seeds 0, 1, ... start far apart
-  positions = np.asarray(counters, np.uint64)[:, None] * np.uint64(STREAMS)
-  positions = positions + np.arange(1, STREAMS + 1, dtype=np.uint64)
+  if family:
+    key = _mix(key ^ _mix(np.array([family], np.uint64) * _GAMMA))
+  positions = np.asarray(counters, np.uint64)[:, None] * np.uint64(streams)
+  positions = positions + np.arange(1, streams + 1, dtype=np.uint64)
   return (_mix(key + positions * _GAMMA) >> np.uint64(32)).astype(np.int64)
+
+
+def fields(config) -> dict:
+  """``FIELDS`` and, with an augmentation policy, its per-example ops (auto_augment.draw)."""
+  slots = auto_augment.slots(config)
+  if not slots:
+    return FIELDS
+  return {
+    **FIELDS,
+    'policy_op': (np.int32, (slots,)),
+    'policy_magnitude': (np.float32, (slots,)),
+    'policy_matrix': (np.int64, (slots, 6)),
+  }
+
+
+def erasing_boxes(config, counters: np.ndarray) -> np.ndarray:
+  """torchvision's RandomErasing boxes on the image_size crop (int32 [n, 4]: y, x, height,
+  width; zeros where the example is not erased): with probability ``random_erasing``, up to 10
+  tries of an area share in ``erasing_scale`` and a log-uniform aspect in ``erasing_ratio``,
+  the first that fits."""
+  n, size = len(counters), config.image_size
+  boxes = np.zeros((n, 4), np.int32)
+  if config.random_erasing <= 0:
+    return boxes
+  bits = random_bits(config.seed, counters, 1 + 4 * ERASING_ATTEMPTS, ERASING_FAMILY)
+  uniform = bits / 2.0**32
+  erase = uniform[:, 0] < config.random_erasing
+  done = ~erase
+  lo, hi = config.erasing_scale
+  log_lo, log_hi = np.log(config.erasing_ratio)
+  for attempt in range(ERASING_ATTEMPTS):
+    u = uniform[:, 1 + 4 * attempt : 5 + 4 * attempt]
+    area = size * size * (lo + (hi - lo) * u[:, 0])
+    aspect = np.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+    h = np.round(np.sqrt(area * aspect)).astype(np.int64)
+    w = np.round(np.sqrt(area / aspect)).astype(np.int64)
+    fits = ~done & (h < size) & (w < size)
+    y = below(bits[:, 3 + 4 * attempt], size - h + 1)
+    x = below(bits[:, 4 + 4 * attempt], size - w + 1)
+    boxes[fits] = np.stack([y, x, h, w], axis=1)[fits]
+    done |= fits
+  return boxes
 
 
 def below(bits, n):
@@ -80,7 +135,10 @@ def for_examples(config, counters: np.ndarray) -> dict[str, np.ndarray]:
       augment.inception_crop);
     'shift': int32 [n, 2] CIFAR's pad-crop offset in [0, 2 * pad] (zeros unless pad_crop);
     'flip': bool [n] (all False unless random_flip);
-    'lighting': float32 [n, 3] the RGB offset of AlexNet's PCA lighting (zeros when disabled).
+    'lighting': float32 [n, 3] the RGB offset of AlexNet's PCA lighting (zeros when disabled);
+    'erase': int32 [n, 4] random erasing's box (``erasing_boxes``);
+    with an augmentation policy, 'policy_op', 'policy_magnitude', 'policy_matrix'
+      (``auto_augment.draw``).
   """
   bits = random_bits(config.seed, counters)
   n, used = len(bits), pixel_draws(config)
@@ -97,4 +155,15 @@ def for_examples(config, counters: np.ndarray) -> dict[str, np.ndarray]:
     alpha = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2) * config.lighting_std
     lighting = (alpha * np.asarray(IMAGENET_EIGVAL)) @ np.asarray(IMAGENET_EIGVEC).T
     lighting = lighting.astype(np.float32)
-  return {'crop': bits[:, :3], 'shift': shift, 'flip': flip, 'lighting': lighting}
+  out = {
+    'crop': bits[:, :3],
+    'shift': shift,
+    'flip': flip,
+    'lighting': lighting,
+    'erase': erasing_boxes(config, counters),
+  }
+  if auto_augment.slots(config):
+    words = random_bits(config.seed, counters, auto_augment.POLICY_WORDS, POLICY_FAMILY)
+    policy = auto_augment.draw(config, words, config.image_size, config.image_size)
+    out.update({f'policy_{k}': v for k, v in policy.items()})
+  return out

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax.data import augment, device_pixels, draws, multiscale
+from resnet_jax.data import augment, device_pixels, draws, multiscale, policy_ops
 from resnet_jax.data.source import FETCH_CHUNK, DatasetError, Source
 
 # Stream-only sources: process p seeds its examples' augmentation from p * this, so processes
@@ -151,9 +151,13 @@ def train_example(data, label, drawn, *, config, encoded, normalize):
     image = center_view(data, encoded, config)
   else:
     raise ValueError("train_augment must be 'scale', 'inception', 'pad_crop' or 'none'.")
+  if config.augment_policy != 'none':  # on the uint8 crop, as torchvision on a PIL image
+    ops = {k: drawn[f'policy_{k}'] for k in ('op', 'magnitude', 'matrix')}
+    image = policy_ops.apply(augment.to_uint8(image), ops)
   if config.pixel_ops == 'device':
     pixel_draws = {name: drawn[name] for name in device_pixels.DRAWS}
     return {'image': augment.to_uint8(image), 'label': label, **pixel_draws}
+  image = tf.cast(image, tf.float32)
   used = draws.pixel_draws(config)
   if used.lighting:
     image = augment.add_per_channel(image, drawn['lighting'])
@@ -162,6 +166,8 @@ def train_example(data, label, drawn, *, config, encoded, normalize):
     image = augment.pad_crop(image, drawn['shift'], crop=size, pad=used.pad)
   if used.flip:
     image = augment.flip_if(image, drawn['flip'])
+  if used.erasing:
+    image = augment.erase(image, drawn['erase'])
   return {'image': image, 'label': label}
 
 
@@ -179,16 +185,16 @@ def eval_example(data, label, mask, *, config, encoded, normalize):
   return out
 
 
-def _draw_specs(rows: int | None) -> dict[str, tf.TensorSpec]:
+def _draw_specs(config, rows: int | None) -> dict[str, tf.TensorSpec]:
   return {
     name: tf.TensorSpec([rows, *shape], tf.as_dtype(dtype))
-    for name, (dtype, shape) in draws.FIELDS.items()
+    for name, (dtype, shape) in draws.fields(config).items()
   }
 
 
 def _draws_tf(config, counters):
   """``draws.for_examples`` as a tf op on a 1-D batch of counters."""
-  specs = _draw_specs(None)
+  specs = _draw_specs(config, None)
   values = tf.numpy_function(
     lambda c: list(draws.for_examples(config, c).values()),
     [counters],
@@ -235,7 +241,7 @@ def train_dataset(
       ):
         yield indices, draws.for_examples(config, counters)
 
-    specs = _draw_specs(layout.local_batch)
+    specs = _draw_specs(config, layout.local_batch)
     return _fetch_and_map(batches, specs, source, layout, example_fn, config)
 
   if config.repeated_augmentation > 1:

@@ -1,0 +1,143 @@
+"""The augmentation policies' ops in TensorFlow, on uint8 [H, W, 3] crops, with PIL's arithmetic
+(what torchvision's RandAugment, TrivialAugmentWide and AutoAugment do to a PIL image).
+
+Each op is checked against PIL on the same images (tests/test_auto_augment.py): equal pixel for
+pixel. What each example applies comes from ``auto_augment.draw``.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from resnet_jax.data.auto_augment import OPS
+
+
+def _blend(degenerate, image, alpha):
+  """PIL's ImagingBlend: ``degenerate + alpha * (image - degenerate)`` in float32, clipped and
+  truncated to uint8 (alpha is the float32 factor)."""
+  d = tf.cast(degenerate, tf.float32)
+  diff = tf.cast(tf.cast(image, tf.int32) - tf.cast(degenerate, tf.int32), tf.float32)
+  return tf.cast(tf.clip_by_value(d + alpha * diff, 0.0, 255.0), tf.uint8)
+
+
+def _luminance(image):
+  """PIL's RGB -> L: (19595 R + 38470 G + 7471 B + 0x8000) >> 16, as int32 [H, W]."""
+  rgb = tf.cast(image, tf.int32)
+  weighted = rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000
+  return tf.bitwise.right_shift(weighted, 16)
+
+
+def _smooth(image):
+  """PIL's ImageFilter.SMOOTH (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1 over 13, rounded; the border
+  rows and columns kept)."""
+  x = tf.cast(image, tf.int32)
+  h, w = tf.shape(x)[0], tf.shape(x)[1]
+  window = lambda dy, dx: x[dy : h - 2 + dy, dx : w - 2 + dx]  # noqa: E731
+  total = 4 * window(1, 1) + sum(window(dy, dx) for dy in range(3) for dx in range(3))
+  inner = tf.cast((2 * total + 13) // 26, tf.uint8)
+  middle = tf.concat([image[1:-1, :1], inner, image[1:-1, -1:]], axis=1)
+  return tf.concat([image[:1], middle, image[-1:]], axis=0)
+
+
+def _histograms(image):
+  """Per-channel 256-bin histograms, int64 [3, 256]."""
+  channels = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, 3]))
+  return tf.cast(
+    tf.math.bincount(channels, minlength=256, maxlength=256, axis=-1, dtype=tf.int64), tf.int64
+  )
+
+
+def _apply_luts(image, luts):
+  """``luts[c][v]`` for every pixel value v of channel c (luts: int [3, 256])."""
+  x = tf.cast(image, tf.int32) + tf.constant([0, 256, 512])
+  return tf.cast(tf.gather(tf.reshape(luts, [-1]), x), tf.uint8)
+
+
+def _autocontrast(image):
+  """PIL's ImageOps.autocontrast (no cutoff): each channel's [lo, hi] stretched to [0, 255],
+  ``int(v * scale + offset)`` in float64; a flat channel unchanged."""
+  hist = _histograms(image)
+  values = tf.range(256, dtype=tf.int64)
+  present = hist > 0
+  lo = tf.reduce_min(tf.where(present, values, 255), axis=1, keepdims=True)
+  hi = tf.reduce_max(tf.where(present, values, 0), axis=1, keepdims=True)
+  scale = 255.0 / tf.cast(tf.maximum(hi - lo, 1), tf.float64)
+  offset = -tf.cast(lo, tf.float64) * scale
+  stretched = tf.cast(tf.cast(values, tf.float64) * scale + offset, tf.int64)  # truncates
+  luts = tf.where(hi > lo, tf.clip_by_value(stretched, 0, 255), values)
+  return _apply_luts(image, luts)
+
+
+def _equalize(image):
+  """PIL's ImageOps.equalize: per channel ``step = (pixels - count of the last present value) //
+  255`` and ``lut[i] = (step // 2 + pixels below i) // step``; a channel with one value or
+  step 0 unchanged."""
+  hist = _histograms(image)
+  values = tf.range(256, dtype=tf.int64)
+  last = tf.reduce_max(tf.where(hist > 0, values, -1), axis=1, keepdims=True)
+  last_count = tf.gather(hist, last, batch_dims=1)
+  step = (tf.reduce_sum(hist, axis=1, keepdims=True) - last_count) // 255
+  below = tf.cumsum(hist, axis=1, exclusive=True)
+  lut = (step // 2 + below) // tf.maximum(step, 1)
+  luts = tf.where(step > 0, tf.minimum(lut, 255), values)
+  return _apply_luts(image, luts)
+
+
+def _affine(image, matrix):
+  """PIL's nearest-neighbour affine transform in 16.16 fixed point (``matrix`` from
+  ``geometry_matrix``); outside the image: black."""
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  y = tf.range(tf.cast(h, tf.int64))[:, None]
+  x = tf.range(tf.cast(w, tf.int64))[None, :]
+  xin = tf.bitwise.right_shift(matrix[2] + x * matrix[0] + y * matrix[1], 16)
+  yin = tf.bitwise.right_shift(matrix[5] + x * matrix[3] + y * matrix[4], 16)
+  inside = (xin >= 0) & (xin < tf.cast(w, tf.int64)) & (yin >= 0) & (yin < tf.cast(h, tf.int64))
+  index = tf.stack([tf.where(inside, yin, 0), tf.where(inside, xin, 0)], axis=-1)
+  return tf.where(inside[..., None], tf.gather_nd(image, index), tf.zeros_like(image))
+
+
+def apply_op(image, op, magnitude, matrix):
+  """One op (id ``op``, a scalar tensor) on a uint8 image."""
+  factor = 1.0 + magnitude
+  bits = tf.cast(magnitude, tf.int32)
+  gray = lambda: tf.repeat(tf.cast(_luminance(image), tf.uint8)[..., None], 3, axis=-1)  # noqa: E731
+
+  def contrast():
+    mean = tf.cast(tf.reduce_mean(tf.cast(_luminance(image), tf.float64)) + 0.5, tf.int32)
+    return _blend(tf.fill(tf.shape(image), tf.cast(mean, tf.uint8)), image, factor)
+
+  def posterize():
+    mask = tf.bitwise.invert(tf.bitwise.left_shift(1, 8 - bits) - 1)
+    return tf.cast(tf.bitwise.bitwise_and(tf.cast(image, tf.int32), mask), tf.uint8)
+
+  def solarize():
+    return tf.where(tf.cast(image, tf.float32) < magnitude, image, 255 - image)
+
+  geometric = lambda: _affine(image, matrix)  # noqa: E731
+  branches = {
+    'Identity': lambda: image,
+    'ShearX': geometric,
+    'ShearY': geometric,
+    'TranslateX': geometric,
+    'TranslateY': geometric,
+    'Rotate': geometric,
+    'Brightness': lambda: _blend(tf.zeros_like(image), image, factor),
+    'Color': lambda: _blend(gray(), image, factor),
+    'Contrast': contrast,
+    'Sharpness': lambda: _blend(_smooth(image), image, factor),
+    'Posterize': posterize,
+    'Solarize': solarize,
+    'AutoContrast': lambda: _autocontrast(image),
+    'Equalize': lambda: _equalize(image),
+    'Invert': lambda: 255 - image,
+  }
+  out = tf.switch_case(op, [branches[name] for name in OPS])
+  out.set_shape(image.shape)
+  return out
+
+
+def apply(image, drawn):
+  """The example's drawn ops, in order, on its uint8 crop."""
+  for s in range(drawn['op'].shape[0]):
+    image = apply_op(image, drawn['op'][s], drawn['magnitude'][s], drawn['matrix'][s])
+  return image
