@@ -92,6 +92,9 @@ def get_config():
   # (shorter side) and its flip, fully-convolutional scores averaged (data/multiscale.py).
   c.eval_mode = 'center'
   c.eval_resize = 256
+  # The test crop's side (center, 10crop); 0 = image_size. torchvision's V2 recipe trains at 176
+  # and tests 224 crops of 232 (train-test resolution discrepancy, Touvron et al. 2019).
+  c.eval_image_size = 0
   c.multiscale_sizes = (224, 256, 384, 480, 640)
   # Aspect-ratio buckets (longer / shorter side) for multiscale: an image's longer side is
   # centre-cropped to the largest bucket not above its ratio, so images of one bucket share a
@@ -238,7 +241,10 @@ def get_config():
   c.plateau_min_delta = 1e-3
   c.plateau_cooldown = 0
   c.plateau_min_lr = 1e-5
-  c.warmup_epochs = 0.0  # Linear warmup from 0 (Goyal et al.); counted in epochs.
+  c.warmup_epochs = 0.0  # Linear warmup (Goyal et al.); counted in epochs.
+  # Where the warm-up starts, as a fraction of the peak: 0 (Goyal et al.), 0.01 (torchvision's
+  # --lr-warmup-decay 0.01).
+  c.warmup_start_factor = 0.0
   # > 0: run at warmup_lr_factor x lr until the training error, averaged over windows of
   # warmup_error_window steps, falls below this (the paper's ResNet-110 start: 0.01 until training
   # error < 80%, "about 400 iterations"). Checked on the devices every step, not at log_every.

@@ -162,6 +162,7 @@ RULES: dict[str, Rule] = {
   # Evaluation views
   'eval_mode': one_of('center', '10crop', 'multiscale'),
   'eval_resize': number(8, 8192, integer=True),
+  'eval_image_size': NONNEG_INT,
   'multiscale_sizes': numbers(None, number(8, 8192, integer=True)),
   'multiscale_aspects': numbers(None, number(1.0, 16.0), increasing=True),
   'eval_batch_size': NONNEG_INT,
@@ -229,6 +230,7 @@ RULES: dict[str, Rule] = {
   'plateau_cooldown': NONNEG_INT,
   'plateau_min_lr': number(0.0),
   'warmup_epochs': number(0.0),
+  'warmup_start_factor': FRACTION,
   'warmup_until_train_error': number(0.0, 1.0),
   'warmup_lr_factor': number(0.0, 1.0, open_lo=True),
   'warmup_error_window': POSITIVE_INT,
@@ -284,10 +286,11 @@ def _check_combinations(c, num_devices: int, num_processes: int):
     _fail('num_train_steps', 0, '> 0 (a step count) or -1 (use num_epochs)')
   if c.train_augment == 'pad_crop' and c.pad >= c.image_size:
     raise ConfigError(f'--config.pad={c.pad} must be smaller than image_size={c.image_size}.')
-  if c.eval_resize < c.image_size:
+  eval_crop = c.eval_image_size or c.image_size
+  if c.eval_resize < eval_crop:
     raise ConfigError(
-      f'--config.eval_resize={c.eval_resize} must be >= image_size={c.image_size} (test views '
-      f'are image_size crops of the image resized to eval_resize).'
+      f'--config.eval_resize={c.eval_resize} must be >= the test crop {eval_crop} (test views '
+      f'are eval_image_size, or image_size, crops of the image resized to eval_resize).'
     )
   if c.train_augment == 'scale' and c.scale_range[0] < c.image_size:
     raise ConfigError(

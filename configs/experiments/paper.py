@@ -47,6 +47,12 @@ PAPER = {
   'cifar_preact_resnet1001': {'top1': 4.92, 'protocol': 'center', 'source': 'He et al. 2016'},
   # Published training recipes (configs/recipes/, a run's `recipe` field), ImageNet val top-1
   # error of ResNet-50 at one 224 crop.
+  'torchvision_v2': {
+    'top1': 19.142,
+    'protocol': 'center',
+    'source': "torchvision's ResNet50_Weights.IMAGENET1K_V2",
+    'recipe': True,
+  },
   'goyal_8k': {
     'top1': 23.74,
     'protocol': 'center',

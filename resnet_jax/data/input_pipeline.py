@@ -172,14 +172,15 @@ def train_example(data, label, drawn, *, config, encoded, normalize):
 
 
 def eval_example(data, label, mask, *, config, encoded, normalize):
-  """The test view(s) of one example per ``config.eval_mode``."""
+  """The test view(s) of one example per ``config.eval_mode``, ``eval_image_size`` crops."""
   out = {'label': label, 'mask': mask}
-  mode = config.eval_mode
+  mode, crop = config.eval_mode, config.eval_image_size or config.image_size
   if mode == 'center':
-    out['image'] = normalize(center_view(data, encoded, config))
+    view = augment.center_view(data, encoded, resize=config.eval_resize, crop=crop)
+    out['image'] = normalize(view)
   elif mode == '10crop':
     resized = augment.resize_short_side(data, encoded, config.eval_resize)
-    out['image'] = augment.ten_crop_views(resized, crop=config.image_size, normalize=normalize)
+    out['image'] = augment.ten_crop_views(resized, crop=crop, normalize=normalize)
   else:
     raise ValueError(f"eval_mode must be 'center' or '10crop' here, got {mode!r}.")
   return out

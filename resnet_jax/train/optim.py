@@ -50,9 +50,9 @@ def schedule_fn(config, steps_per_epoch: int, total_steps: int) -> Callable:
     )
   if warmup <= 0:
     return main
+  ramp = optax.linear_schedule(config.warmup_start_factor, 1.0, warmup)
   if config.schedule in ('cosine', 'poly'):  # the decay starts where the warm-up ends
-    return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), main], [warmup])
-  ramp = optax.linear_schedule(0.0, 1.0, warmup)
+    return optax.join_schedules([ramp, main], [warmup])
   return lambda step: jnp.where(step < warmup, ramp(step), main(step))
 
 
