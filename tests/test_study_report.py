@@ -73,6 +73,7 @@ def test_report_rows_are_the_runs_final_numbers(study):
     assert row['top-1 err'] == f'{100 * final["top1_err"]:.2f}'
     assert row['steps'] == '4' and row['protocol'] == 'center'
     assert row['paper top-1'] == '-'  # digits is not a dataset of the paper
+    assert row['EMA top-1'] == '-'  # no moving average in this study
     assert row['hardware'] == '1 x cpu'  # the study ran on one device
 
 
@@ -146,3 +147,18 @@ def test_lr_drops_are_the_step_schedules_cuts_not_cosines_tail(tmp_path):
   assert plot.lr_drops(str(tmp_path)) == [30, 50]
   (tmp_path / 'config.json').write_text(json.dumps({'schedule': 'cosine'}))
   assert plot.lr_drops(str(tmp_path)) == []
+
+
+def test_report_sets_the_average_beside_the_weights_and_a_recipe_beside_its_number(tmp_path):
+  run = tmp_path / 'v2'
+  run.mkdir()
+  config = {'dataset': 'imagenet2012', 'model': 'resnet50', 'recipe': 'torchvision_v2'}
+  (run / 'config.json').write_text(json.dumps(config))
+  records = [
+    {'split': 'train', 'step': 10, 'top1_err': 0.5, 'time': 0.0},
+    {'split': 'eval', 'step': 10, 'top1_err': 0.2, 'top5_err': 0.05, 'ema_top1_err': 0.19},
+  ]
+  (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  (row,) = report.run_rows(str(run))
+  assert (row['top-1 err'], row['EMA top-1'], row['paper top-1']) == ('20.00', '19.00', '19.14')
+  assert row['paper source'] == "torchvision's ResNet50_Weights.IMAGENET1K_V2"

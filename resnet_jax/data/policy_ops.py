@@ -85,15 +85,19 @@ def _equalize(image):
 
 def _affine(image, matrix):
   """PIL's nearest-neighbour affine transform in 16.16 fixed point (``matrix`` from
-  ``geometry_matrix``); outside the image: black."""
+  ``geometry_matrix``); outside the image: black. int32 sums, as PIL's: PIL takes this path
+  while every coordinate is below 32768 in magnitude (2**31 in fixed point)."""
   h, w = tf.shape(image)[0], tf.shape(image)[1]
-  y = tf.range(tf.cast(h, tf.int64))[:, None]
-  x = tf.range(tf.cast(w, tf.int64))[None, :]
-  xin = tf.bitwise.right_shift(matrix[2] + x * matrix[0] + y * matrix[1], 16)
-  yin = tf.bitwise.right_shift(matrix[5] + x * matrix[3] + y * matrix[4], 16)
-  inside = (xin >= 0) & (xin < tf.cast(w, tf.int64)) & (yin >= 0) & (yin < tf.cast(h, tf.int64))
-  index = tf.stack([tf.where(inside, yin, 0), tf.where(inside, xin, 0)], axis=-1)
-  return tf.where(inside[..., None], tf.gather_nd(image, index), tf.zeros_like(image))
+  m = tf.cast(matrix, tf.int32)
+  y = tf.range(h)[:, None]
+  x = tf.range(w)[None, :]
+  xin = tf.bitwise.right_shift(m[2] + x * m[0] + y * m[1], 16)
+  yin = tf.bitwise.right_shift(m[5] + x * m[3] + y * m[4], 16)
+  inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+  rows = tf.reshape(image, [-1, 3])  # one gather of whole pixels
+  picked = tf.gather(rows, tf.reshape(tf.where(inside, yin * w + xin, 0), [-1]))
+  picked = tf.reshape(picked, tf.shape(image))
+  return tf.where(inside[..., None], picked, tf.zeros_like(image))
 
 
 def apply_op(image, op, magnitude, matrix):
@@ -110,8 +114,9 @@ def apply_op(image, op, magnitude, matrix):
     mask = tf.bitwise.invert(tf.bitwise.left_shift(1, 8 - bits) - 1)
     return tf.cast(tf.bitwise.bitwise_and(tf.cast(image, tf.int32), mask), tf.uint8)
 
-  def solarize():
-    return tf.where(tf.cast(image, tf.float32) < magnitude, image, 255 - image)
+  def solarize():  # i < threshold for integers i: i < ceil(threshold)
+    below = tf.cast(image, tf.int32) < tf.cast(tf.math.ceil(magnitude), tf.int32)
+    return tf.where(below, image, 255 - image)
 
   geometric = lambda: _affine(image, matrix)  # noqa: E731
   branches = {
