@@ -296,3 +296,21 @@ def test_the_poly_schedule_warms_up_then_decays_as_mlperfs(tmp_path):
     assert float(schedule(step)) == pytest.approx(step / 20)
   for step in (20, 40, 60, 99, 100):
     assert float(schedule(step)) == pytest.approx((1 - (step - 20) / 80) ** 2, abs=1e-6)
+
+
+def test_a_lamb_run_moves_every_kernel_by_the_learning_rate_relative_to_its_norm(tmp_path):
+  """On a real digits run through the loop: LAMB's trust ratio (no decay, Adam's eps small) makes
+  each kernel's update |w| * lr, so the logged relative update is the learning rate; SGD's is
+  not."""
+  from resnet_jax.train import loop, metrics
+
+  options = dict(schedule='plateau', plateau_patience=100, weight_decay=0.0, num_train_steps=8)
+  records = {}
+  for name in ('lamb', 'sgd'):
+    workdir = str(tmp_path / name)
+    loop.train_and_evaluate(tiny(tmp_path, optimizer=name, learning_rate=0.01, **options), workdir)
+    records[name] = [r for r in metrics.read(workdir) if r['split'] == 'train']
+  for record in records['lamb']:
+    assert record['relative_update'] == pytest.approx(record['learning_rate'], rel=1e-3)
+  for record in records['sgd']:
+    assert abs(record['relative_update'] / record['learning_rate'] - 1) > 0.1

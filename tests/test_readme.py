@@ -78,6 +78,15 @@ RULES = [
   (r'^python -m resnet_jax\.report /tmp/digits ', ('run', [])),
   (r'^python -m resnet_jax\.report gs://', 'skip: reads runs of a paper study on a bucket'),
   (
+    r'^python -m resnet_jax\.study --study=configs/experiments/recipes',
+    'skip: ImageNet-scale recipes on a bucket (each recipe config passes config_check in tests)',
+  ),
+  (
+    r'^python -m resnet_jax\.(study --study=configs/experiments/modern_vs_paper|report /tmp/modern'
+    r'|plot /tmp/modern)',
+    'skip: the 25-minute study whose table the README shows (its parts are tested one by one)',
+  ),
+  (
     r'^python -m resnet_jax\.study --study=configs/experiments/(cifar10|imagenet)',
     'skip: needs CIFAR-10 or ImageNet and accelerators (tests/test_study_report.py runs a study)',
   ),
@@ -177,6 +186,7 @@ def test_readme_commands_run_as_written(tmp_path):
   assert 'Largest global batch that fits 16.00 GB per device' in by_tool['resnet_jax.summary']
   assert "3.66 G mult-adds, 18.7% of vgg19's" in by_tool['resnet_jax.summary']
   assert 'logits within' in by_tool['resnet_jax.export']
+  assert '; EMA top1_err ' in by_tool['resnet_jax.main']  # the modern digits run's average
   assert os.path.getsize(tmp_path / 'digits' / 'curves.png') > 10_000
   assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
   if not needs_torch:  # the digits run's weights, as a torch state_dict

@@ -171,6 +171,7 @@ def train_step(
     grads, state.opt_state, state.params, train_error=metrics['top1_err']
   )
   params = optax.apply_updates(state.params, updates)
+  metrics['relative_update'] = _relative_update(updates, state.params)
   new_state = state.replace(
     step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
   )
@@ -192,6 +193,19 @@ def train_step(
     bad_gradients = 0.0
   metrics['nonfinite'] = jnp.where(loss_finite, bad_gradients, NONFINITE_LOSS)
   return new_state, metrics
+
+
+def _relative_update(updates, params) -> jax.Array:
+  """The mean over conv and dense kernels of |update| / |weight|: LAMB's trust ratio makes it
+  the learning rate for every kernel, LARS's its trust coefficient times the rate (before
+  momentum); a diagnostic of any optimiser's step size per layer."""
+  kernels = jax.tree.leaves(optim.bn_and_bias_mask(params, False))
+  ratios = [
+    jnp.linalg.norm(u) / jnp.maximum(jnp.linalg.norm(p), 1e-12)
+    for u, p, kernel in zip(jax.tree.leaves(updates), jax.tree.leaves(params), kernels, strict=True)
+    if kernel
+  ]
+  return jnp.mean(jnp.stack(ratios))
 
 
 def _all_finite(tree) -> jax.Array:
