@@ -84,7 +84,7 @@ RULES = [
   (
     r'^python -m resnet_jax\.(study --study=configs/experiments/modern_vs_paper|report /tmp/modern'
     r'|plot /tmp/modern)',
-    'skip: the 25-minute study whose table the README shows (its parts are tested one by one)',
+    'skip: the 15-minute study whose table the README shows (its parts are tested one by one)',
   ),
   (
     r'^python -m resnet_jax\.study --study=configs/experiments/(cifar10|imagenet)',

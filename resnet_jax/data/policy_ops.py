@@ -50,7 +50,7 @@ def _histograms(image):
 def _apply_luts(image, luts):
   """``luts[c][v]`` for every pixel value v of channel c (luts: int [3, 256])."""
   x = tf.cast(image, tf.int32) + tf.constant([0, 256, 512])
-  return tf.cast(tf.gather(tf.reshape(luts, [-1]), x), tf.uint8)
+  return tf.gather(tf.cast(tf.reshape(luts, [-1]), tf.uint8), x)  # a uint8 table: faster
 
 
 def _autocontrast(image):
@@ -94,10 +94,11 @@ def _affine(image, matrix):
   xin = tf.bitwise.right_shift(m[2] + x * m[0] + y * m[1], 16)
   yin = tf.bitwise.right_shift(m[5] + x * m[3] + y * m[4], 16)
   inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-  rows = tf.reshape(image, [-1, 3])  # one gather of whole pixels
-  picked = tf.gather(rows, tf.reshape(tf.where(inside, yin * w + xin, 0), [-1]))
-  picked = tf.reshape(picked, tf.shape(image))
-  return tf.where(inside[..., None], picked, tf.zeros_like(image))
+  # One gather of whole pixels; outside the image points at a black pixel after the last (TF's
+  # select on uint8 pixels took as long as the rest of the op).
+  rows = tf.concat([tf.reshape(image, [-1, 3]), tf.zeros([1, 3], tf.uint8)], axis=0)
+  picked = tf.gather(rows, tf.reshape(tf.where(inside, yin * w + xin, h * w), [-1]))
+  return tf.reshape(picked, tf.shape(image))
 
 
 def apply_op(image, op, magnitude, matrix):
@@ -114,9 +115,10 @@ def apply_op(image, op, magnitude, matrix):
     mask = tf.bitwise.invert(tf.bitwise.left_shift(1, 8 - bits) - 1)
     return tf.cast(tf.bitwise.bitwise_and(tf.cast(image, tf.int32), mask), tf.uint8)
 
-  def solarize():  # i < threshold for integers i: i < ceil(threshold)
-    below = tf.cast(image, tf.int32) < tf.cast(tf.math.ceil(magnitude), tf.int32)
-    return tf.where(below, image, 255 - image)
+  def solarize():  # 255 - v is v ^ 255; v >= threshold for integers v: v >= ceil(threshold)
+    threshold = tf.cast(tf.math.ceil(magnitude), tf.int32)
+    above = tf.cast(tf.cast(image, tf.int16) >= tf.cast(threshold, tf.int16), tf.uint8)
+    return tf.bitwise.bitwise_xor(image, above * 255)
 
   geometric = lambda: _affine(image, matrix)  # noqa: E731
   branches = {
