@@ -28,6 +28,9 @@ flags.DEFINE_string('model', None, 'Model name of --torchvision, e.g. resnet50.'
 flags.DEFINE_string('out', None, 'Output directory of the orbax checkpoint (from --torchvision).')
 flags.DEFINE_string('weights', None, 'A run workdir or a converted checkpoint to export.')
 flags.DEFINE_string('to_torchvision', None, 'Output .pth of torchvision state_dict (of --weights).')
+flags.DEFINE_bool(
+  'ema', False, "With --weights: the run's moving average of its weights (ema_decay)."
+)
 
 USAGE = (
   'give --torchvision=FILE.pth --model=NAME --out=DIR (torchvision -> checkpoint), or '
@@ -82,7 +85,7 @@ def to_torchvision_file():
       f'--weights={FLAGS.weights}: no such directory (give a run workdir or a convert output).'
     )
   torch = _torch()
-  variables = checkpoint.read_variables(source, sharding=None)
+  variables = checkpoint.read_variables(source, sharding=None, use_ema=FLAGS.ema)
   state_dict = torchvision_weights.to_torchvision(variables)
   buffer = io.BytesIO()
   torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, buffer)

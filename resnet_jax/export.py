@@ -34,6 +34,7 @@ flags.DEFINE_string('out', None, 'The .onnx file to write (local or gs://).')
 flags.DEFINE_integer('image_size', None, "Input height and width; default the run's image_size.")
 flags.DEFINE_enum('layout', 'NHWC', ['NHWC', 'NCHW'], 'Input layout of the graph.')
 flags.DEFINE_bool('fold_batch_norm', True, 'Fold BatchNorm into the convolutions.')
+flags.DEFINE_bool('ema', False, "The run's moving average of its weights (a run with ema_decay).")
 
 
 def _onnx():
@@ -98,14 +99,15 @@ def inference_model(config, variables, image_size: int):
   return model
 
 
-def export(source, config, image_size: int, layout: str, fold: bool):
-  """The ONNX model, JAX's inference function and its variables."""
+def export(source, config, image_size: int, layout: str, fold: bool, use_ema: bool = False):
+  """The ONNX model, JAX's inference function and its variables (the run's average of them with
+  ``use_ema``)."""
   from resnet_jax import onnx_graph
   from resnet_jax.models import block_layout
   from resnet_jax.train import checkpoint
 
   try:
-    variables = block_layout.unstack_blocks(checkpoint.read_variables(source))
+    variables = block_layout.unstack_blocks(checkpoint.read_variables(source, use_ema=use_ema))
   except checkpoint.CheckpointError as e:
     raise UserError(str(e)) from None
   model = inference_model(config, variables, image_size)
@@ -169,12 +171,13 @@ def main(argv):
   if image_size < 1:
     raise UserError(f'--image_size={image_size}: must be a positive integer.')
   graph, forward, variables, shape = export(
-    source, config, image_size, FLAGS.layout, FLAGS.fold_batch_norm
+    source, config, image_size, FLAGS.layout, FLAGS.fold_batch_norm, FLAGS.ema
   )
   storage.write_bytes_atomic(storage.path(FLAGS.out), graph.SerializeToString())
   folded = sum(1 for n in graph.graph.node if n.op_type == 'Conv' and len(n.input) == 3)
   print(
-    f'Wrote {FLAGS.out}: {config.model}, input images [batch, {", ".join(map(str, shape))}] '
+    f'Wrote {FLAGS.out}: {config.model}{" (averaged weights)" if FLAGS.ema else ""}, input '
+    f'images [batch, {", ".join(map(str, shape))}] '
     f'{FLAGS.layout} float32, output logits; {len(graph.graph.node)} nodes, ONNX opset '
     f'{graph.opset_import[0].version}'
     + (f', BatchNorm folded into {folded} convolutions.' if FLAGS.fold_batch_norm else '.')

@@ -21,7 +21,7 @@ from resnet_jax.train import checkpoint, experiment, loop, metrics, scoring
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp('trained')
-  config = tiny(tmp_path, num_train_steps=12, eval_every=12)
+  config = tiny(tmp_path, num_train_steps=12, eval_every=12, ema_decay=0.8)
   workdir = str(tmp_path / 'run')
   loop.train_and_evaluate(config, workdir)
   return config, workdir, tmp_path
@@ -35,6 +35,8 @@ def test_evaluate_center_reproduces_the_training_eval(trained):
   assert result['step'] == 12 and result['num_examples'] == 360
   assert result['top1_err'] == pytest.approx(last['top1_err'])
   assert result['loss'] == pytest.approx(last['loss'], rel=1e-5)
+  assert result['ema_top1_err'] == pytest.approx(last['ema_top1_err'])  # the average too
+  assert result['ema_loss'] == pytest.approx(last['ema_loss'], rel=1e-5)
 
 
 @pytest.mark.slow
@@ -84,6 +86,16 @@ def test_export_cli_writes_the_runs_network_as_onnx(trained):
   session = onnxruntime.InferenceSession(out, providers=['CPUExecutionProvider'])
   got = session.run(None, {'images': images.transpose(0, 3, 1, 2)})[0]
   assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+  # --ema: the run's averaged weights (what torchvision's V2 weights are), not its raw ones.
+  result = subprocess.run([*cmd, '--ema'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'cifar_resnet8 (averaged weights), input images [batch, 8, 8, 3] NHWC' in result.stdout
+  averaged = checkpoint.read_variables(epath.Path(workdir), use_ema=True)
+  want = np.asarray(model.apply(block_layout.unstack_blocks(averaged), images, train=False))
+  session = onnxruntime.InferenceSession(out, providers=['CPUExecutionProvider'])
+  got = session.run(None, {'images': images})[0]
+  assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+  assert np.abs(got - model.apply(variables, images, train=False)).max() > 1e-3
 
 
 def test_ten_identical_views_score_like_one_view_and_its_flip():
