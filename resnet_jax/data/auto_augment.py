@@ -174,11 +174,10 @@ def _below(bits, n):
   return (bits * n) >> 32
 
 
-# Per-example random words a policy uses: words 0-3 the ops of up to 4 slots, 4-7 their
-# magnitude bins (TrivialAugmentWide) or odds (AutoAugment), 12-15 their signs, 16 AutoAugment's
-# sub-policy.
+# Per-example random words a policy uses: words 0-3 the ops of up to 4 slots (config_check's
+# bound on randaugment_ops), 4-7 their magnitude bins (TrivialAugmentWide) or odds (AutoAugment),
+# 12-15 their signs, 16 AutoAugment's sub-policy.
 POLICY_WORDS = 17
-MAX_SLOTS = 4
 
 
 def draw(config, bits: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
