@@ -61,6 +61,11 @@ RULES = [
     r'|plot /tmp/degr)',
     'skip: the 22-minute digits study (tests/test_study_report.py runs a shortened study)',
   ),
+  (
+    r'^python -m resnet_jax\.(study --study=configs/experiments/modern_vs_paper|report /tmp/modern'
+    r'|plot /tmp/modern)',
+    'skip: the 15-minute study whose table the README shows (its parts are tested one by one)',
+  ),
   (r'^python -m resnet_jax\.main --config=configs/digits\.py', ('run', SHORT_DIGITS)),
   (r'^python -m resnet_jax\.main --config=configs/photos\.py', ('run', SHORT_PHOTOS)),
   # Multi-scale compiles an eval step per size and aspect bucket: two sizes here, five in the
@@ -80,11 +85,6 @@ RULES = [
   (
     r'^python -m resnet_jax\.study --study=configs/experiments/recipes',
     'skip: ImageNet-scale recipes on a bucket (each recipe config passes config_check in tests)',
-  ),
-  (
-    r'^python -m resnet_jax\.(study --study=configs/experiments/modern_vs_paper|report /tmp/modern'
-    r'|plot /tmp/modern)',
-    'skip: the 15-minute study whose table the README shows (its parts are tested one by one)',
   ),
   (
     r'^python -m resnet_jax\.study --study=configs/experiments/(cifar10|imagenet)',
