@@ -56,7 +56,9 @@ def test_digits_train_and_eval_shapes(tmp_path, pixel_ops):
     'lighting': (np.float32, (64, 3)),
     'shift': (np.int32, (64, 2)),
     'flip': (bool, (64,)),
+    'erase': (np.int32, (64, 4)),  # random erasing's boxes: all 0 x 0 here (random_erasing 0)
   }
+  assert not batch['erase'].any()
 
 
 @pytest.mark.parametrize('batch', [64, 100, 360, 512])
