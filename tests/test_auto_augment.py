@@ -169,6 +169,7 @@ def test_random_erasing_boxes_follow_torchvisions_rule():
   np.testing.assert_array_equal(again, boxes[100:200])  # a function of the position alone
 
 
+@pytest.mark.slow  # three tf.data pipelines
 def test_the_policy_is_applied_in_the_real_pipeline_and_keyed_on_the_position(tmp_path):
   """digits at 16 px through tf.data with AutoAugment: the crops are the ops of their draws on the
   plain crops; 1 and 2 processes build the same rows (also with TrivialAugmentWide and random

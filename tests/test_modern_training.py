@@ -140,6 +140,7 @@ def _train_steps(config, num_steps: int, devices: int | None = None):
   return states
 
 
+@pytest.mark.slow  # trains (compiles train steps)
 @pytest.mark.parametrize('warmup', [False, True])
 def test_the_weights_average_follows_its_formula_over_several_steps(tmp_path, warmup):
   config = tiny(tmp_path, batch_size=16, ema_decay=0.8, ema_every=2, ema_warmup=warmup)
@@ -243,6 +244,7 @@ def test_lamb_scales_kernels_by_their_trust_ratio_and_leaves_bn_and_biases_alone
       np.testing.assert_allclose(flat[key], -lr * direction, rtol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow  # trains (compiles train steps)
 def test_accumulated_gradients_equal_the_big_batch_gradient_without_batch_statistics(tmp_path):
   """With GroupNorm (no batch statistics) k micro-batches give one step on the whole batch."""
   options = dict(batch_size=32, norm='group', norm_groups=8, momentum=0.0, weight_decay=0.0)
@@ -254,6 +256,7 @@ def test_accumulated_gradients_equal_the_big_batch_gradient_without_batch_statis
       np.testing.assert_allclose(a[key], value, rtol=1e-5, atol=2e-7, err_msg=f'k={k} {key}')
 
 
+@pytest.mark.slow  # trains (compiles train steps)
 def test_accumulation_with_batchnorm_is_micro_batch_by_micro_batch(tmp_path):
   """BatchNorm: each micro-batch normalised by its own statistics, the running averages updated
   once per micro-batch in order, the gradient the mean of the micro-batches' (a direct
@@ -298,6 +301,7 @@ def test_the_poly_schedule_warms_up_then_decays_as_mlperfs(tmp_path):
     assert float(schedule(step)) == pytest.approx((1 - (step - 20) / 80) ** 2, abs=1e-6)
 
 
+@pytest.mark.slow  # trains (compiles train steps)
 def test_a_lamb_run_moves_every_kernel_by_the_learning_rate_relative_to_its_norm(tmp_path):
   """On a real digits run through the loop: LAMB's trust ratio (no decay, Adam's eps small) makes
   each kernel's update |w| * lr, so the logged relative update is the learning rate; SGD's is
