@@ -117,8 +117,6 @@ NONNEG_INT = number(0, integer=True)
 FRACTION = number(0.0, 1.0)
 PIXEL = number(0.0, 255.0)
 EVAL_METRICS = ('top1_err', 'top5_err', 'loss')
-# torchvision's RandAugment defaults (2 ops, magnitude 9 of 31 bins): other values need the policy.
-RANDAUGMENT_DEFAULTS = {'randaugment_ops': 2, 'randaugment_magnitude': 9, 'randaugment_bins': 31}
 
 RULES: dict[str, Rule] = {
   # Data
@@ -333,9 +331,12 @@ def _check_recipe(c, num_devices: int):
       f'{rows} rows of batch_size={c.batch_size} ({num_devices} devices): one of '
       f'{[d for d in range(1, rows + 1) if rows % d == 0][:8]}.'
     )
-  if c.augment_policy != 'randaugment':
-    for name, default in RANDAUGMENT_DEFAULTS.items():
-      if c[name] != default:
+  if c.augment_policy != 'randaugment':  # RandAugment's fields away from their defaults
+    from configs import default
+
+    defaults = default.get_config()
+    for name in ('randaugment_ops', 'randaugment_magnitude', 'randaugment_bins'):
+      if c[name] != defaults[name]:
         raise ConfigError(f"--config.{name} needs --config.augment_policy='randaugment'.")
   if c.randaugment_magnitude >= c.randaugment_bins:
     raise ConfigError(

@@ -43,8 +43,6 @@ def update(config, average: dict, params, batch_stats, step) -> dict:
   return jax.tree.map(blend, average, new)
 
 
-def weights_of(state, use_ema: bool):
-  """``state`` with its average in place of its weights (for evaluation), or ``state``."""
-  if not use_ema:
-    return state
+def averaged(state):
+  """``state`` with its average in place of its weights (for evaluation)."""
   return state.replace(params=state.ema['params'], batch_stats=state.ema['batch_stats'])

@@ -139,7 +139,7 @@ class Experiment:
     )
     result = score(state)
     if ema.enabled(self.config):
-      averaged = score(ema.weights_of(state, True))
+      averaged = score(ema.averaged(state))
       result.update({f'ema_{k}': averaged[k] for k in ('loss', 'top1_err', 'top5_err')})
       result['eval_time_s'] += averaged['eval_time_s']
     return result
