@@ -48,16 +48,28 @@ def get_config():
   c.pad = 4
   c.random_flip = True
   c.lighting_std = 0.1  # AlexNet PCA colour noise std; 0 disables.
-  # An augmentation policy on each uint8 training crop, as torchvision's transforms of these names
-  # do to a PIL image (data/auto_augment.py; PIL's arithmetic): 'none'; 'randaugment'
-  # (randaugment_ops ops, each uniform over 14, at bin randaugment_magnitude of
+  # An augmentation policy on each uint8 training crop, as torchvision's and timm's transforms of
+  # these names do to a PIL image (data/auto_augment.py; PIL's arithmetic): 'none'; 'randaugment'
+  # (torchvision's: randaugment_ops ops, each uniform over 14, at bin randaugment_magnitude of
   # randaugment_bins); 'trivialaugment' (TrivialAugmentWide: one op at a uniform bin of 31);
-  # 'autoaugment' (AutoAugment's ImageNet policy). The draws are keyed on (seed, global
-  # position), like the crop's.
+  # 'autoaugment' (AutoAugment's ImageNet policy); 'randaugment_timm' (timm's RandAugment, its
+  # "rand-m7-n2-mstd0.5-inc1": randaugment_ops ops, each uniform over timm's 15 with replacement
+  # and applied with randaugment_op_prob, at level randaugment_magnitude of 10 plus normal noise,
+  # clipped to [0, 10]; the geometric ops resample with randaugment_interpolation and fill with
+  # channel_mean rounded, timm's img_mean). The draws are keyed on (seed, global position), like
+  # the crop's.
   c.augment_policy = 'none'
   c.randaugment_ops = 2
-  c.randaugment_magnitude = 9
+  c.randaugment_magnitude = 9  # torchvision: a bin; timm: a level of 10 (timm's m)
   c.randaugment_bins = 31
+  # timm's RandAugment only: the level's noise sd (timm's mstd; inf: uniform in [0, magnitude],
+  # timm's mstd > 100), each op's odds (p), its "increasing" op set (inc1: every op grows
+  # stronger with the level), and the geometric ops' filter: 'random' (bilinear or bicubic per
+  # op, timm's train default), 'bilinear' or 'bicubic'.
+  c.randaugment_magnitude_std = 0.0
+  c.randaugment_op_prob = 0.5
+  c.randaugment_increasing = False
+  c.randaugment_interpolation = 'random'
   # Random erasing (Zhong et al. 2020; torchvision's RandomErasing, value 0): with this
   # probability a box of area share in erasing_scale and aspect in erasing_ratio (log-uniform)
   # is set to 0 in the normalised training image, after every other op. 0 disables;

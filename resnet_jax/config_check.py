@@ -143,10 +143,18 @@ RULES: dict[str, Rule] = {
   'pad': NONNEG_INT,
   'random_flip': boolean,
   'lighting_std': number(0.0),
-  'augment_policy': one_of('none', 'randaugment', 'trivialaugment', 'autoaugment'),
+  'augment_policy': one_of(
+    'none', 'randaugment', 'trivialaugment', 'autoaugment', 'randaugment_timm'
+  ),
   'randaugment_ops': number(1, 4, integer=True),
   'randaugment_magnitude': NONNEG_INT,
   'randaugment_bins': number(2, integer=True),
+  'randaugment_magnitude_std': lambda name, value: (
+    None if value == math.inf else number(0.0)(name, value)
+  ),
+  'randaugment_op_prob': FRACTION,
+  'randaugment_increasing': boolean,
+  'randaugment_interpolation': one_of('random', 'bilinear', 'bicubic'),
   'random_erasing': FRACTION,
   'erasing_scale': numbers(2, number(0.0, 1.0, open_lo=True), increasing=True),
   'erasing_ratio': numbers(2, number(0.0, open_lo=True), increasing=True),
@@ -331,18 +339,7 @@ def _check_recipe(c, num_devices: int):
       f'{rows} rows of batch_size={c.batch_size} ({num_devices} devices): one of '
       f'{[d for d in range(1, rows + 1) if rows % d == 0][:8]}.'
     )
-  if c.augment_policy != 'randaugment':  # RandAugment's fields away from their defaults
-    from configs import default
-
-    defaults = default.get_config()
-    for name in ('randaugment_ops', 'randaugment_magnitude', 'randaugment_bins'):
-      if c[name] != defaults[name]:
-        raise ConfigError(f"--config.{name} needs --config.augment_policy='randaugment'.")
-  if c.randaugment_magnitude >= c.randaugment_bins:
-    raise ConfigError(
-      f'--config.randaugment_magnitude={c.randaugment_magnitude} must be a bin of '
-      f'randaugment_bins={c.randaugment_bins}: 0 to {c.randaugment_bins - 1}.'
-    )
+  _check_policy_fields(c)
   if c.batch_size % c.repeated_augmentation:
     raise ConfigError(
       f'--config.repeated_augmentation={c.repeated_augmentation} must divide '
@@ -441,4 +438,34 @@ def _check_model_options(c):
     LOG.warning(
       "--config.norm='frozen_batch' without --config.init_from: the norms stay at their "
       'initial identity (scale 1, bias 0, statistics 0 and 1) for the whole run.'
+    )
+
+
+# Which augment_policy each policy field belongs to: set away from its default, it needs one.
+POLICY_FIELDS = {
+  'randaugment_ops': ('randaugment', 'randaugment_timm'),
+  'randaugment_magnitude': ('randaugment', 'randaugment_timm'),
+  'randaugment_bins': ('randaugment',),
+  'randaugment_magnitude_std': ('randaugment_timm',),
+  'randaugment_op_prob': ('randaugment_timm',),
+  'randaugment_increasing': ('randaugment_timm',),
+  'randaugment_interpolation': ('randaugment_timm',),
+}
+
+
+def _check_policy_fields(c):
+  from configs import default
+
+  defaults = default.get_config()
+  for name, policies in POLICY_FIELDS.items():
+    if c.augment_policy not in policies and c[name] != defaults[name]:
+      needed = ' or '.join(repr(p) for p in policies)
+      raise ConfigError(f'--config.{name} needs --config.augment_policy={needed}.')
+  magnitude = c.randaugment_magnitude
+  if c.augment_policy == 'randaugment_timm' and magnitude > 10:
+    _fail('randaugment_magnitude', magnitude, "a level of timm's 0 to 10")
+  if c.augment_policy != 'randaugment_timm' and magnitude >= c.randaugment_bins:
+    raise ConfigError(
+      f'--config.randaugment_magnitude={magnitude} must be a bin of '
+      f'randaugment_bins={c.randaugment_bins}: 0 to {c.randaugment_bins - 1}.'
     )

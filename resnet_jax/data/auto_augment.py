@@ -1,13 +1,14 @@
-"""Augmentation policies: RandAugment, TrivialAugmentWide and AutoAugment (ImageNet): which ops each
-example gets.
+"""Augmentation policies: torchvision's RandAugment, TrivialAugmentWide and AutoAugment (ImageNet),
+and timm's RandAugment: which ops each example gets.
 
-As torchvision's transforms of those names apply them to PIL images (its classification reference
-scripts' default; timm's are PIL too): the same operations, magnitude tables and policy, with each
-operation's arithmetic PIL's. The ops (``policy_ops``) run in tf.data on the crop rounded to uint8;
-every random choice (the ops, their magnitudes and signs, AutoAugment's sub-policy and odds) is
-drawn in numpy from the run seed and the example's global position (``draw``), with the geometric
-ops' inverse matrices computed there in float64 and fixed to PIL's 16.16 fixed point, so a batch is
-the same whichever process builds it and after a resume.
+As those libraries apply them to PIL images (torchvision's classification reference scripts'
+default; timm's are PIL throughout): the same operations, magnitude tables and policies, with
+each operation's arithmetic PIL's. The ops (``policy_ops``) run in tf.data on the crop rounded to
+uint8; every random choice (the ops, their magnitudes and signs, AutoAugment's sub-policy and
+odds, timm's odds and resampling filters) is drawn in numpy from the run seed and the example's
+global position (``draw``), with the geometric ops' matrices (the ``data`` PIL's ``transform``
+receives) computed there in float64, so a batch is the same whichever process builds it and after
+a resume.
 
 No TensorFlow here: the draws are numpy (``draws`` computes them for many examples at once).
 """
@@ -18,7 +19,7 @@ import math
 
 import numpy as np
 
-# Op ids (the order of torchvision's RandAugment table, then Invert).
+# Op ids: the order of torchvision's RandAugment table, then Invert, then timm's SolarizeAdd.
 OPS = (
   'Identity',
   'ShearX',
@@ -35,12 +36,17 @@ OPS = (
   'AutoContrast',
   'Equalize',
   'Invert',
+  'SolarizeAdd',
 )
 OP = {name: i for i, name in enumerate(OPS)}
 GEOMETRIC = ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate')
-SIGNED = (*GEOMETRIC, 'Brightness', 'Color', 'Contrast', 'Sharpness')
-# RandAugment and TrivialAugmentWide choose among these (torchvision's tables have no Invert).
-CHOICES = OPS[:-1]
+TONE = ('Brightness', 'Color', 'Contrast', 'Sharpness')  # ImageEnhance's: the argument is a factor
+SIGNED = (*GEOMETRIC, *TONE)
+# torchvision's RandAugment and TrivialAugmentWide choose among these (its tables have no Invert).
+CHOICES = OPS[: OP['Invert']]
+# PIL's filters for the geometric ops, by id: torchvision's policies use nearest; timm's draw
+# bilinear or bicubic (``randaugment_interpolation``).
+RESAMPLING = ('nearest', 'bilinear', 'bicubic')
 
 # AutoAugment's ImageNet policy (Cubuk et al. 2019, as torchvision lists it): 25 sub-policies of
 # two (op, probability, magnitude bin of 10) steps.
@@ -137,9 +143,9 @@ def _pil_rotate_matrix(angle: float, width: int, height: int) -> list[float]:
   return m
 
 
-def geometry_matrix(op: str, magnitude: float, width: int, height: int) -> np.ndarray:
-  """The op's inverse affine matrix in PIL's 16.16 fixed point, with the half-pixel offsets
-  folded in (int64 [6]): source x of output (x, y) is ``(m2 + x m0 + y m1) >> 16``."""
+def torchvision_matrix(op: str, magnitude: float, width: int, height: int) -> np.ndarray:
+  """The inverse affine matrix torchvision hands PIL for a geometric op (float64 [6]: source x of
+  output pixel centre (x, y) is ``m0 x + m1 y + m2``)."""
   if op == 'ShearX':
     m = _torchvision_inverse_affine((0, 0), 0.0, (0, 0), (math.degrees(math.atan(magnitude)), 0))
   elif op == 'ShearY':
@@ -151,18 +157,84 @@ def geometry_matrix(op: str, magnitude: float, width: int, height: int) -> np.nd
     m = _pil_rotate_matrix(magnitude, width, height)
   else:
     m = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-  fix = lambda v: math.floor(v * 65536.0 + 0.5)  # noqa: E731
-  return np.array(
-    [
-      fix(m[0]),
-      fix(m[1]),
-      fix(m[2] + m[0] * 0.5 + m[1] * 0.5),
-      fix(m[3]),
-      fix(m[4]),
-      fix(m[5] + m[3] * 0.5 + m[4] * 0.5),
-    ],
-    np.int64,
-  )
+  return np.array(m, np.float64)
+
+
+# timm's RandAugment (timm/data/auto_augment.py; its train script's ``--aa rand-m9-mstd0.5-inc1``
+# strings): its 15 ops, the "increasing" set's or the original's arguments. An op's strength is
+# its level / 10 (timm's _LEVEL_DENOM); TranslateXRel/YRel move by up to 0.45 of the side.
+TIMM_OPS = (
+  'AutoContrast',
+  'Equalize',
+  'Invert',
+  'Rotate',
+  'Posterize',
+  'Solarize',
+  'SolarizeAdd',
+  'Color',
+  'Contrast',
+  'Brightness',
+  'Sharpness',
+  'ShearX',
+  'ShearY',
+  'TranslateXRel',
+  'TranslateYRel',
+)
+TIMM_MAX_LEVEL = 10.0
+TIMM_TRANSLATE_SHARE = 0.45
+
+
+def timm_op(name: str, level: float, negative: bool, increasing: bool, width: int, height: int):
+  """What timm's ``AugmentOp`` named ``name`` does at ``level`` (its magnitude after the noise and
+  the clip to [0, 10]): our op, its argument as PIL receives it (a factor, bits, a threshold or an
+  addend) and the affine matrix. Python floats, as timm computes them."""
+  share = level / TIMM_MAX_LEVEL
+  sign = -1.0 if negative else 1.0
+  identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+  matrix = identity
+  argument = 0.0
+  if name == 'Rotate':
+    op, matrix = 'Rotate', _pil_rotate_matrix(sign * (share * 30.0), width, height)
+  elif name in ('ShearX', 'ShearY'):
+    op, shear = name, sign * (share * 0.3)
+    matrix = [1.0, shear, 0.0, 0.0, 1.0, 0.0] if name == 'ShearX' else [1, 0, 0, shear, 1, 0]
+  elif name in ('TranslateXRel', 'TranslateYRel'):
+    op, share_moved = name[:-3], sign * (share * TIMM_TRANSLATE_SHARE)
+    if op == 'TranslateX':
+      matrix = [1.0, 0.0, share_moved * width, 0.0, 1.0, 0.0]
+    else:
+      matrix = [1.0, 0.0, 0.0, 0.0, 1.0, share_moved * height]
+  elif name == 'Posterize':  # bits kept: 0..4, more of the image kept as the level rises ...
+    op, argument = name, int(share * 4)
+    if increasing:  # ... or fewer
+      argument = 4 - argument
+  elif name == 'Solarize':  # threshold: pixels at or above it are inverted
+    op, argument = name, min(256, int(share * 256))
+    if increasing:
+      argument = 256 - argument
+  elif name == 'SolarizeAdd':  # below 128: + this, to at most 255
+    op, argument = name, min(128, int(share * 110))
+  elif name in TONE:  # increasing: 1 (no change) moved by up to 0.9 either way, at least 0.1;
+    op = name  # otherwise 0.1 to 1.9, unsigned
+    argument = max(0.1, 1.0 + sign * (share * 0.9)) if increasing else share * 1.8 + 0.1
+  else:  # AutoContrast, Equalize, Invert
+    op = name
+  return op, argument, np.array(matrix, np.float64)
+
+
+def timm_levels(config, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+  """Each op's level: ``randaugment_magnitude`` plus normal noise of sd
+  ``randaugment_magnitude_std`` (Box-Muller on two words; inf: uniform in [0, magnitude]),
+  clipped to [0, 10]."""
+  m, sd = float(config.randaugment_magnitude), float(config.randaugment_magnitude_std)
+  if math.isinf(sd):
+    level = m * _uniform(first)
+  elif sd > 0:
+    u1 = (first + 1) / 2.0**32  # (0, 1]: the logarithm stays finite
+    level = m + sd * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * _uniform(second))
+  else:
+    level = np.full(first.shape, m)
+  return np.clip(level, 0.0, TIMM_MAX_LEVEL)
 
 
 def _uniform(bits) -> np.ndarray:
@@ -174,23 +246,37 @@ def _below(bits, n):
   return (bits * n) >> 32
 
 
-# Per-example random words a policy uses: words 0-3 the ops of up to 4 slots (config_check's
-# bound on randaugment_ops), 4-7 their magnitude bins (TrivialAugmentWide) or odds (AutoAugment),
-# 12-15 their signs, 16 AutoAugment's sub-policy.
-POLICY_WORDS = 17
+def words(config) -> int:
+  """Per-example random words a policy uses. torchvision's: 0-3 the ops of up to 4 slots
+  (config_check's bound on randaugment_ops), 4-7 their magnitude bins (TrivialAugmentWide) or
+  odds (AutoAugment), 12-15 their signs, 16 AutoAugment's sub-policy. timm's: 0-3 the ops, 4-7
+  whether each applies, 8-11 and 16-19 their levels' noise, 12-15 their signs, 20-23 their
+  filters."""
+  return 24 if config.augment_policy == 'randaugment_timm' else 17
+
+
+def fill(config) -> np.ndarray:
+  """The colour of the geometric ops' uncovered pixels: torchvision's black, or timm's
+  ``img_mean``, the normalisation's channel mean rounded (124, 116, 104 for ImageNet's)."""
+  if config.augment_policy != 'randaugment_timm':
+    return np.zeros(3, np.uint8)
+  return np.array([min(255, round(v)) for v in config.channel_mean], np.uint8)
 
 
 def draw(config, bits: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
-  """The policy's per-example ops from [n, POLICY_WORDS] random words.
+  """The policy's per-example ops from [n, words(config)] random words.
 
   Returns:
     'op': int32 [n, slots], the op of each slot in order (Identity where none applies);
-    'magnitude': float32 [n, slots], the signed magnitude (tone factor - 1, posterize bits,
-      solarize threshold);
-    'matrix': int64 [n, slots, 6], the geometric ops' fixed-point inverse matrices.
+    'magnitude': float32 [n, slots], its argument as PIL receives it: the enhancement factor of
+      the tone ops, posterize's bits, solarize's threshold, SolarizeAdd's addend;
+    'matrix': float64 [n, slots, 6], the geometric ops' inverse affine matrices (PIL's data);
+    'resample': int32 [n, slots], their filter (an index of RESAMPLING).
   """
   n = len(bits)
   kind = config.augment_policy
+  if kind == 'randaugment_timm':
+    return _draw_timm(config, bits, width, height)
   if kind == 'randaugment':
     slots = config.randaugment_ops
     table = magnitudes('rand', config.randaugment_bins, width, height)
@@ -220,17 +306,55 @@ def draw(config, bits: np.ndarray, width: int, height: int) -> dict[str, np.ndar
     negative = bits[:, 12:14] < 1 << 31  # torchvision negates on a sign draw of 0
   else:
     raise ValueError(f'augment_policy {kind!r} has no ops.')
-  values = np.where(negative & np.isin(np.array(names), SIGNED), -values, values)
-  op_ids = np.array([[OP[name] for name in row] for row in names], np.int32).reshape(n, slots)
-  matrix = np.zeros((n, slots, 6), np.int64)
-  for i, row in enumerate(names):
-    for s, name in enumerate(row):
-      if name in GEOMETRIC:
-        matrix[i, s] = geometry_matrix(name, float(values[i, s]), width, height)
-  return {'op': op_ids, 'magnitude': values.astype(np.float32), 'matrix': matrix}
+  names = np.array(names).reshape(n, slots)
+  values = np.where(negative & np.isin(names, SIGNED), -values, values).astype(np.float32)
+  # torchvision hands PIL 1 + the float32 magnitude, which PIL's C code takes as a float.
+  tone = np.isin(names, TONE)
+  values[tone] = (1.0 + values[tone].astype(np.float64)).astype(np.float32)
+  op_ids = np.vectorize(OP.__getitem__, otypes=[np.int32])(names)
+  matrix = np.zeros((n, slots, 6), np.float64)
+  for (i, s), name in np.ndenumerate(names):
+    matrix[i, s] = torchvision_matrix(name, float(values[i, s]), width, height)
+  return {
+    'op': op_ids,
+    'magnitude': values,
+    'matrix': matrix,
+    'resample': np.zeros((n, slots), np.int32),
+  }
+
+
+def _draw_timm(config, bits, width, height):
+  """timm's RandAugment: ``randaugment_ops`` slots, each an op uniform over its 15 (with
+  replacement, as timm's unweighted choice), applied with ``randaugment_op_prob``."""
+  n, slots = len(bits), config.randaugment_ops
+  chosen = _below(bits[:, :slots], len(TIMM_OPS))
+  applied = _uniform(bits[:, 4 : 4 + slots]) <= config.randaugment_op_prob
+  levels = timm_levels(config, bits[:, 8 : 8 + slots], bits[:, 16 : 16 + slots])
+  negative = bits[:, 12 : 12 + slots] >= 1 << 31
+  if config.randaugment_interpolation == 'random':
+    resample = 1 + (bits[:, 20 : 20 + slots] >= 1 << 31)
+  else:
+    resample = np.full((n, slots), RESAMPLING.index(config.randaugment_interpolation))
+  out = {
+    'op': np.zeros((n, slots), np.int32),
+    'magnitude': np.zeros((n, slots), np.float32),
+    'matrix': np.tile(np.array([1.0, 0, 0, 0, 1.0, 0]), (n, slots, 1)),
+    'resample': resample.astype(np.int32),
+  }
+  for i, s in zip(*np.nonzero(applied), strict=True):
+    op, argument, matrix = timm_op(
+      TIMM_OPS[chosen[i, s]],
+      float(levels[i, s]),
+      bool(negative[i, s]),
+      config.randaugment_increasing,
+      width,
+      height,
+    )
+    out['op'][i, s], out['magnitude'][i, s], out['matrix'][i, s] = OP[op], argument, matrix
+  return out
 
 
 def slots(config) -> int:
-  return {'randaugment': config.randaugment_ops, 'trivialaugment': 1, 'autoaugment': 2}.get(
-    config.augment_policy, 0
-  )
+  if config.augment_policy in ('randaugment', 'randaugment_timm'):
+    return config.randaugment_ops
+  return {'trivialaugment': 1, 'autoaugment': 2}.get(config.augment_policy, 0)

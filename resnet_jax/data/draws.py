@@ -89,7 +89,8 @@ def fields(config) -> dict:
     **FIELDS,
     'policy_op': (np.int32, (slots,)),
     'policy_magnitude': (np.float32, (slots,)),
-    'policy_matrix': (np.int64, (slots, 6)),
+    'policy_matrix': (np.float64, (slots, 6)),
+    'policy_resample': (np.int32, (slots,)),
   }
 
 
@@ -137,8 +138,8 @@ def for_examples(config, counters: np.ndarray) -> dict[str, np.ndarray]:
     'flip': bool [n] (all False unless random_flip);
     'lighting': float32 [n, 3] the RGB offset of AlexNet's PCA lighting (zeros when disabled);
     'erase': int32 [n, 4] random erasing's box (``erasing_boxes``);
-    with an augmentation policy, 'policy_op', 'policy_magnitude', 'policy_matrix'
-      (``auto_augment.draw``).
+    with an augmentation policy, 'policy_op', 'policy_magnitude', 'policy_matrix',
+      'policy_resample' (``auto_augment.draw``).
   """
   bits = random_bits(config.seed, counters)
   n, used = len(bits), pixel_draws(config)
@@ -163,7 +164,7 @@ def for_examples(config, counters: np.ndarray) -> dict[str, np.ndarray]:
     'erase': erasing_boxes(config, counters),
   }
   if auto_augment.slots(config):
-    words = random_bits(config.seed, counters, auto_augment.POLICY_WORDS, POLICY_FAMILY)
+    words = random_bits(config.seed, counters, auto_augment.words(config), POLICY_FAMILY)
     policy = auto_augment.draw(config, words, config.image_size, config.image_size)
     out.update({f'policy_{k}': v for k, v in policy.items()})
   return out

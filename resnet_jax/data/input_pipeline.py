@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax.data import augment, device_pixels, draws, multiscale, policy_ops
+from resnet_jax.data import augment, auto_augment, device_pixels, draws, multiscale, policy_ops
 from resnet_jax.data.source import FETCH_CHUNK, DatasetError, Source
 
 # Stream-only sources: process p seeds its examples' augmentation from p * this, so processes
@@ -152,8 +152,8 @@ def train_example(data, label, drawn, *, config, encoded, normalize):
   else:
     raise ValueError("train_augment must be 'scale', 'inception', 'pad_crop' or 'none'.")
   if config.augment_policy != 'none':  # on the uint8 crop, as torchvision on a PIL image
-    ops = {k: drawn[f'policy_{k}'] for k in ('op', 'magnitude', 'matrix')}
-    image = policy_ops.apply(augment.to_uint8(image), ops)
+    ops = {k: drawn[f'policy_{k}'] for k in ('op', 'magnitude', 'matrix', 'resample')}
+    image = policy_ops.apply(augment.to_uint8(image), ops, auto_augment.fill(config))
   if config.pixel_ops == 'device':
     pixel_draws = {name: drawn[name] for name in device_pixels.DRAWS}
     return {'image': augment.to_uint8(image), 'label': label, **pixel_draws}

@@ -1,5 +1,6 @@
 """The augmentation policies' ops in TensorFlow, on uint8 [H, W, 3] crops, with PIL's arithmetic
-(what torchvision's RandAugment, TrivialAugmentWide and AutoAugment do to a PIL image).
+(what torchvision's RandAugment, TrivialAugmentWide and AutoAugment and timm's RandAugment do to a
+PIL image).
 
 Each op is checked against PIL on the same images (tests/test_auto_augment.py): equal pixel for
 pixel. What each example applies comes from ``auto_augment.draw``.
@@ -83,27 +84,87 @@ def _equalize(image):
   return _apply_luts(image, luts)
 
 
-def _affine(image, matrix):
-  """PIL's nearest-neighbour affine transform in 16.16 fixed point (``matrix`` from
-  ``geometry_matrix``); outside the image: black. int32 sums, as PIL's: PIL takes this path
+def _affine_nearest(image, matrix, fill):
+  """PIL's nearest-neighbour affine transform: in 16.16 fixed point with the half-pixel offsets
+  folded into the offsets (PIL's ``affine_fixed``). int32 sums, as PIL's: PIL takes this path
   while every coordinate is below 32768 in magnitude (2**31 in fixed point)."""
   h, w = tf.shape(image)[0], tf.shape(image)[1]
-  m = tf.cast(matrix, tf.int32)
+  a = tf.unstack(matrix)
+  fix = lambda v: tf.cast(tf.floor(v * 65536.0 + 0.5), tf.int32)  # noqa: E731
+  m0, m1, m3, m4 = fix(a[0]), fix(a[1]), fix(a[3]), fix(a[4])
+  m2, m5 = fix(a[2] + a[0] * 0.5 + a[1] * 0.5), fix(a[5] + a[3] * 0.5 + a[4] * 0.5)
   y = tf.range(h)[:, None]
   x = tf.range(w)[None, :]
-  xin = tf.bitwise.right_shift(m[2] + x * m[0] + y * m[1], 16)
-  yin = tf.bitwise.right_shift(m[5] + x * m[3] + y * m[4], 16)
+  xin = tf.bitwise.right_shift(m2 + x * m0 + y * m1, 16)
+  yin = tf.bitwise.right_shift(m5 + x * m3 + y * m4, 16)
   inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-  # One gather of whole pixels; outside the image points at a black pixel after the last (TF's
+  # One gather of whole pixels; outside the image points at a fill pixel after the last (TF's
   # select on uint8 pixels took as long as the rest of the op).
-  rows = tf.concat([tf.reshape(image, [-1, 3]), tf.zeros([1, 3], tf.uint8)], axis=0)
+  rows = tf.concat([tf.reshape(image, [-1, 3]), fill[None]], axis=0)
   picked = tf.gather(rows, tf.reshape(tf.where(inside, yin * w + xin, h * w), [-1]))
   return tf.reshape(picked, tf.shape(image))
 
 
-def apply_op(image, op, magnitude, matrix):
-  """One op (id ``op``, a scalar tensor) on a uint8 image."""
-  factor = 1.0 + magnitude
+def _cubic(v1, v2, v3, v4, d):
+  """PIL's BICUBIC macro (a = -1 cubic convolution), in its order of operations."""
+  p2 = -v1 + v3
+  p3 = 2.0 * (v1 - v2) + v3 - v4
+  p4 = -v1 + v2 - v3 + v4
+  return v2 + d * (p2 + d * (p3 + d * p4))
+
+
+def _affine_interpolated(image, matrix, cubic, fill):
+  """PIL's bilinear or bicubic affine transform (``ImagingGenericTransform``), in float64 as PIL:
+  each output pixel centre maps to ``(m0 (x + .5) + m1 (y + .5) + m2, ...)``; a point outside the
+  image takes ``fill``; inside, 2 x 2 or 4 x 4 source pixels around it (indices clamped to the
+  image) are interpolated along rows, then down the column, and truncated to uint8 (bicubic
+  clipped to [0, 255] first)."""
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  a = tf.unstack(matrix)
+  x = tf.cast(tf.range(w), tf.float64)[None, :] + 0.5
+  y = tf.cast(tf.range(h), tf.float64)[:, None] + 0.5
+  xx = a[0] * x + a[1] * y + a[2]
+  yy = a[3] * x + a[4] * y + a[5]
+  inside = (xx >= 0.0) & (xx < tf.cast(w, tf.float64)) & (yy >= 0.0) & (yy < tf.cast(h, tf.float64))
+  xs, ys = xx - 0.5, yy - 0.5
+  x0, y0 = tf.floor(xs), tf.floor(ys)
+  dx, dy = (xs - x0)[..., None], (ys - y0)[..., None]
+  taps = 4 if cubic else 2
+  first = -1 if cubic else 0
+  pixels = tf.cast(tf.reshape(image, [-1, 3]), tf.float64)
+  cols = [tf.clip_by_value(tf.cast(x0, tf.int32) + first + k, 0, w - 1) for k in range(taps)]
+  rows = [tf.clip_by_value(tf.cast(y0, tf.int32) + first + k, 0, h - 1) for k in range(taps)]
+  sample = lambda r, c: tf.gather(pixels, r * w + c)  # noqa: E731
+  if cubic:
+    along = [_cubic(*(sample(r, c) for c in cols), dx) for r in rows]
+    value = tf.clip_by_value(_cubic(*along, dy), 0.0, 255.0)
+  else:
+    along = []
+    for r in rows:
+      left, right = sample(r, cols[0]), sample(r, cols[1])
+      along.append(left + (right - left) * dx)
+    value = along[0] + (along[1] - along[0]) * dy
+  out = tf.cast(tf.cast(value, tf.int32), tf.uint8)  # truncation, as PIL's (UINT8) cast
+  return tf.where(inside[..., None], out, fill)
+
+
+def _affine(image, matrix, resample, fill):
+  """The geometric ops: PIL's ``Image.transform`` with ``matrix`` (its AFFINE data) and the filter
+  ``resample`` (auto_augment.RESAMPLING); uncovered pixels ``fill`` (uint8 [3])."""
+  return tf.switch_case(
+    resample,
+    [
+      lambda: _affine_nearest(image, matrix, fill),
+      lambda: _affine_interpolated(image, matrix, False, fill),
+      lambda: _affine_interpolated(image, matrix, True, fill),
+    ],
+  )
+
+
+def apply_op(image, op, magnitude, matrix, resample, fill):
+  """One op (id ``op``, a scalar tensor) on a uint8 image, with its argument ``magnitude`` as PIL
+  receives it (auto_augment.draw)."""
+  factor = magnitude  # the tone ops' enhancement factor (float32, as PIL's C code takes it)
   bits = tf.cast(magnitude, tf.int32)
   gray = lambda: tf.repeat(tf.cast(_luminance(image), tf.uint8)[..., None], 3, axis=-1)  # noqa: E731
 
@@ -120,7 +181,11 @@ def apply_op(image, op, magnitude, matrix):
     above = tf.cast(tf.cast(image, tf.int16) >= tf.cast(threshold, tf.int16), tf.uint8)
     return tf.bitwise.bitwise_xor(image, above * 255)
 
-  geometric = lambda: _affine(image, matrix)  # noqa: E731
+  def solarize_add():  # timm's: v + addend, at most 255, for v below 128
+    added = tf.minimum(tf.cast(image, tf.int32) + tf.cast(magnitude, tf.int32), 255)
+    return tf.where(image < 128, tf.cast(added, tf.uint8), image)
+
+  geometric = lambda: _affine(image, matrix, resample, fill)  # noqa: E731
   branches = {
     'Identity': lambda: image,
     'ShearX': geometric,
@@ -137,14 +202,18 @@ def apply_op(image, op, magnitude, matrix):
     'AutoContrast': lambda: _autocontrast(image),
     'Equalize': lambda: _equalize(image),
     'Invert': lambda: 255 - image,
+    'SolarizeAdd': solarize_add,
   }
   out = tf.switch_case(op, [branches[name] for name in OPS])
   out.set_shape(image.shape)
   return out
 
 
-def apply(image, drawn):
-  """The example's drawn ops, in order, on its uint8 crop."""
+def apply(image, drawn, fill):
+  """The example's drawn ops (auto_augment.draw), in order, on its uint8 crop; ``fill`` the
+  geometric ops' uncovered pixels (auto_augment.fill)."""
+  fill = tf.constant(fill, tf.uint8)
   for s in range(drawn['op'].shape[0]):
-    image = apply_op(image, drawn['op'][s], drawn['magnitude'][s], drawn['matrix'][s])
+    args = (drawn[k][s] for k in ('op', 'magnitude', 'matrix', 'resample'))
+    image = apply_op(image, *args, fill)
   return image
