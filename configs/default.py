@@ -212,6 +212,9 @@ def get_config():
   # False: LARS's and LAMB's layer-wise trust ratio scales conv/dense kernels only; norm scales,
   # shifts and biases take the plain update (timm's and the LARS paper's exclusion).
   c.trust_ratio_bn_and_bias = False
+  # > 0: every step's gradients scaled down to at most this global L2 norm (over all tensors)
+  # before the optimiser; 0 = off. timm's LAMB clips at 1.0 ("ResNet strikes back").
+  c.grad_clip_norm = 0.0
   # Each step's rows as k micro-batches run in turn, their gradients averaged: batch_size images
   # per update with the activation memory of batch_size / k. BatchNorm normalises each
   # micro-batch by its own statistics and updates its running averages once per micro-batch.

@@ -215,6 +215,7 @@ RULES: dict[str, Rule] = {
   'adam_eps': number(0.0, open_lo=True),
   'lars_trust_coefficient': number(0.0, open_lo=True),
   'trust_ratio_bn_and_bias': boolean,
+  'grad_clip_norm': number(0.0),
   'grad_accum_steps': POSITIVE_INT,
   'loss': one_of('softmax', 'bce'),
   'bce_target_threshold': number(0.0, 1.0),

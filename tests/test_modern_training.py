@@ -4,6 +4,7 @@ the weights' moving average (its formula over several steps), LARS / LAMB (optax
 and gradient accumulation (the mean of the micro-batches' gradients)."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -226,6 +227,52 @@ def test_lars_and_lamb_are_optaxs(tmp_path, exclusions):
   _assert_same_updates(ours, _updates(reference, params))
   if not exclusions:  # optax's own lamb: decay and trust ratio on every tensor
     _assert_same_updates(ours, _updates(optax.lamb(lr, 0.9, 0.99, weight_decay=0.01), params))
+
+
+def test_lamb_with_a_gradient_clip_is_timms_lamb(tmp_path):
+  """LAMB as "ResNet strikes back" runs it: timm's Lamb written out in torch (timm/optim/lamb.py:
+  the gradients divided by max(1, global norm / 1.0), Adam's moments with bias correction, the
+  decay added, the trust ratio on the tensors that decay), with timm's two parameter groups
+  (kernels at 0.01; norm layers and biases at 0, so no trust ratio) over 3 steps of gradients
+  that the clip scales down."""
+  torch = pytest.importorskip('torch')
+  params = _variables()
+  tx, config = _optimizer(tmp_path, optimizer='lamb', weight_decay=0.01, grad_clip_norm=1.0)
+  lr = optim.peak_learning_rate(config)
+  ours = _updates(tx, params)
+  flat = traverse_util.flatten_dict(params)
+  weights = {k: torch.tensor(np.asarray(v)) for k, v in flat.items()}
+  moments = {k: (torch.zeros_like(w), torch.zeros_like(w)) for k, w in weights.items()}
+  for step, our_updates in enumerate(ours, start=1):
+    grads = {
+      k: torch.tensor(np.asarray(v))
+      for k, v in traverse_util.flatten_dict(_grads(params, step - 1)).items()
+    }
+    norm = torch.linalg.vector_norm(
+      torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])
+    )
+    assert norm > 10  # the clip acts
+    divisor = (norm / 1.0).clamp(min=1.0)
+    expected = {}
+    for k, w in weights.items():
+      g = grads[k] / divisor
+      m, v = moments[k]
+      m = m * 0.9 + g * (1 - 0.9)
+      v = v * 0.999 + g * g * (1 - 0.999)
+      moments[k] = (m, v)
+      denom = v.sqrt() / math.sqrt(1 - 0.999**step) + 1e-6
+      update = (m / (1 - 0.9**step)) / denom
+      if k[-1] == 'kernel':  # timm's decay group
+        update = update + 0.01 * w
+        w_norm, u_norm = w.norm(), update.norm()
+        update = update * torch.where(
+          w_norm > 0, torch.where(u_norm > 0, w_norm / u_norm, 1.0), 1.0
+        )
+      expected[k] = -lr * update
+      weights[k] = w - lr * update
+    got = traverse_util.flatten_dict(our_updates)
+    for k in expected:
+      np.testing.assert_allclose(got[k], expected[k].numpy(), rtol=2e-5, atol=1e-8, err_msg=str(k))
 
 
 def test_lamb_scales_kernels_by_their_trust_ratio_and_leaves_bn_and_biases_alone(tmp_path):

@@ -177,7 +177,8 @@ def create_optimizer(config, base_schedule) -> optax.GradientTransformationExtra
     layer's trust ratio ``|w| / |update|``.
   BN scales and shifts and biases are left out of the decay (``weight_decay_bn_and_bias``) and of
   the trust ratio (``trust_ratio_bn_and_bias``; timm and the LARS paper): their update is the
-  plain direction times the learning rate.
+  plain direction times the learning rate. With ``grad_clip_norm`` > 0 the gradients are first
+  scaled to at most that global norm (timm's LAMB does so at 1.0).
 
   The chain's last state is the ``ScheduleState``: ``schedule_state(opt_state)`` reads it and
   ``with_schedule_state`` replaces it (the plateau rule, between steps).
@@ -190,16 +191,33 @@ def create_optimizer(config, base_schedule) -> optax.GradientTransformationExtra
   learning_rate = scale_by_learning_rate(config, base_schedule)
   momentum = optax.trace(decay=config.momentum, nesterov=config.nesterov)
   if config.optimizer == 'sgd':
-    return optax.chain(decay, momentum, learning_rate)
-  if config.optimizer == 'lars':
+    first, rest = decay, (momentum, learning_rate)
+  elif config.optimizer == 'lars':
     trust = optax.scale_by_trust_ratio(trust_coefficient=config.lars_trust_coefficient)
-    return optax.chain(decay, optax.masked(trust, trust_mask), momentum, learning_rate)
-  if config.optimizer == 'lamb':
+    first, rest = decay, (optax.masked(trust, trust_mask), momentum, learning_rate)
+  elif config.optimizer == 'lamb':
     b1, b2 = config.adam_betas
-    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=config.adam_eps)
-    trust = optax.masked(optax.scale_by_trust_ratio(), trust_mask)
-    return optax.chain(adam, decay, trust, learning_rate)
-  raise ValueError(f"optimizer must be 'sgd', 'lars' or 'lamb', got {config.optimizer!r}.")
+    first = optax.scale_by_adam(b1=b1, b2=b2, eps=config.adam_eps)
+    rest = (decay, optax.masked(optax.scale_by_trust_ratio(), trust_mask), learning_rate)
+  else:
+    raise ValueError(f"optimizer must be 'sgd', 'lars' or 'lamb', got {config.optimizer!r}.")
+  return optax.chain(clipped_first(first, config.grad_clip_norm), *rest)
+
+
+def clipped_first(tx, max_norm: float) -> optax.GradientTransformation:
+  """``tx`` on the gradients scaled to at most ``max_norm`` global norm (optax's
+  ``clip_by_global_norm``; 0: unclipped). Clipping inside the first transform, rather than as a
+  transform of its own, keeps the chain's state the same with and without it: a run resumes with
+  either setting, and checkpoints from before the option load."""
+  if max_norm <= 0:
+    return tx
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(updates, state, params=None):
+    updates, _ = clip.update(updates, clip.init(updates))
+    return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(tx.init, update)
 
 
 def schedule_state(opt_state) -> ScheduleState:
