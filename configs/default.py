@@ -77,9 +77,10 @@ def get_config():
   c.random_erasing = 0.0
   c.erasing_scale = (0.02, 0.33)
   c.erasing_ratio = (0.3, 3.3)
-  # Repeated augmentation (Hoffer et al. 2020): each global batch holds batch_size / k examples, k
-  # times each with their own draws, the copies spread over the devices; an epoch keeps its steps
-  # (so it sees 1 / k of the examples). 1 = off; torchvision's recipe 4, timm's default 3.
+  # Repeated augmentation (Hoffer et al. 2020): each global batch holds ceil(batch_size / k)
+  # examples, k times each (the last ones k - 1 times when k does not divide the batch) with their
+  # own draws, the copies spread over the devices; an epoch keeps its steps (so it sees about 1 / k
+  # of the examples). 1 = off; torchvision's recipe 4, "ResNet strikes back" 3.
   # Datasets with examples by index only (not TFRecord-only TFDS datasets).
   c.repeated_augmentation = 1
   # Where the training images' per-pixel operations run: PCA lighting, normalization, pad_crop's

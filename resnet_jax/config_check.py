@@ -341,10 +341,10 @@ def _check_recipe(c, num_devices: int):
       f'{[d for d in range(1, rows + 1) if rows % d == 0][:8]}.'
     )
   _check_policy_fields(c)
-  if c.batch_size % c.repeated_augmentation:
+  if c.repeated_augmentation > c.batch_size:
     raise ConfigError(
-      f'--config.repeated_augmentation={c.repeated_augmentation} must divide '
-      f'batch_size={c.batch_size} (each batch holds batch_size / k examples, k times each).'
+      f'--config.repeated_augmentation={c.repeated_augmentation} must be at most '
+      f'batch_size={c.batch_size} (each batch holds its examples about k times each).'
     )
   if c.bce_target_threshold and c.loss != 'bce':
     raise ConfigError(

@@ -162,9 +162,9 @@ CASES = [
     'not a run workdir',
   ),
   (
-    'repeats that do not divide the batch',
-    [*DIGITS, '--config.repeated_augmentation=3'],
-    'must divide batch_size=64',
+    'more repeats than rows in the batch',
+    [*DIGITS, '--config.repeated_augmentation=65'],
+    'must be at most batch_size=64',
   ),
   ('unknown policy', [*DIGITS, '--config.augment_policy=augmix'], "augment_policy='augmix'"),
   (

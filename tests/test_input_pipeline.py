@@ -351,6 +351,15 @@ def test_repeated_augmentation_deals_each_example_k_times_with_its_own_draws(tmp
     for a, b in zip(next(resumed), next(again), strict=True):
       np.testing.assert_array_equal(a, b)
 
+  three = input_pipeline.train_index_batches(1437, Layout(64, 0, 1), 0, repeats=3)
+  seen = []
+  for _ in range(1437 // 64):  # 3 does not divide 64: 22 examples, the last two twice
+    indices, _ = next(three)
+    np.testing.assert_array_equal(indices[22:44], indices[:22])
+    np.testing.assert_array_equal(indices[44:], indices[:20])
+    seen.extend(indices[:22])
+  assert len(set(seen)) == len(seen) == (1437 // 64) * 22
+
   c = digits_config(tmp_path, train_augment='inception', repeated_augmentation=4, batch_size=16)
   src = sources.get_source(c, 'train')
   batch = next(

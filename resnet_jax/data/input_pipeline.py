@@ -58,18 +58,17 @@ def train_index_batches(
   augmentation, so an example looks the same whichever process reads it.
 
   Repeated augmentation (Hoffer et al. 2020; timm's RepeatAugSampler, torchvision's RASampler):
-  with ``repeats`` k, global batch b holds the m = G / k examples ``perm[b*m:(b+1)*m]``, each k
-  times at rows j, m + j, 2m + j, ... (spread over the devices, as those samplers deal copies to
-  different GPUs), each copy with its own draws. An epoch keeps its number of steps, so it sees
-  1 / k of the examples, k times each.
+  with ``repeats`` k, global batch b holds the m = ceil(G / k) examples ``perm[b*m:(b+1)*m]``,
+  each at rows j, m + j, 2m + j, ... below G (spread over the devices, as those samplers deal
+  copies to different GPUs): k copies each, or k - 1 for the last ones when k does not divide G
+  ("ResNet strikes back": 3 at 2,048). Each copy has its own draws. An epoch keeps its number of
+  steps, so it sees about 1 / k of the examples.
   """
   g, lb = layout.global_batch, layout.local_batch
   steps_per_epoch = num_examples // g
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size={g} exceeds the {num_examples} training examples.')
-  if g % repeats:
-    raise ValueError(f'batch_size={g} is not a multiple of repeated_augmentation={repeats}.')
-  distinct = g // repeats
+  distinct = -(-g // repeats)
   rows = np.arange(layout.process_index * lb, (layout.process_index + 1) * lb)
   step, cached_epoch, perm = start_step, None, None
   while True:
