@@ -65,4 +65,14 @@ PAPER = {
     'source': "MLPerf Training's target (75.9%)",
     'recipe': True,
   },
+  # "ResNet strikes back", Table 1 (80.4 / 79.8 / 78.1%, crop ratio 0.95).
+  **{
+    f'rsb_{procedure}': {
+      'top1': error,
+      'protocol': 'center',
+      'source': f'Wightman et al. 2021, procedure {procedure.upper()}',
+      'recipe': True,
+    }
+    for procedure, error in (('a1', 19.6), ('a2', 20.2), ('a3', 21.9))
+  },
 }
