@@ -4,8 +4,9 @@
 #   bash benchmarks/input_side_by_side.sh [ROUNDS]
 # Each round times resnet_jax's pipeline as configured (pixel_ops=device: it ends at uint8 crops),
 # the same with --config.pixel_ops=host (lighting, normalisation and flip on the host too), the
-# same with RandAugment (2 ops at magnitude 9, torchvision's default) and with TrivialAugmentWide
-# on the uint8 crops, and the baseline. CORES=N gives tf.data N threads (default 1, pinned to the first N cores with taskset);
+# same with RandAugment (2 ops at magnitude 9, torchvision's default), with TrivialAugmentWide and
+# with timm's RandAugment (rand-m7-mstd0.5-inc1, "ResNet strikes back"'s) on the uint8 crops, and
+# the baseline. CORES=N gives tf.data N threads (default 1, pinned to the first N cores with taskset);
 # STEPS=N batches of 128 per timing (default 16). On a shared VM a timing moves 5-10% between
 # runs: compare the ratios of one round, not img/s across runs or machines.
 set -euo pipefail
@@ -18,13 +19,15 @@ rate() {
     --cores="$cores" --steps="$steps" --config.batch_size=128 "$@" 2>/dev/null \
     | python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['images_per_sec'])"
 }
-echo "| round | device img/s | host img/s | RandAugment img/s | TrivialAugment img/s | baseline img/s | device / baseline | host / baseline | RandAugment / baseline | TrivialAugment / baseline |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| round | device img/s | host img/s | RandAugment img/s | TrivialAugment img/s | timm RandAugment img/s | baseline img/s | device / baseline | host / baseline | RandAugment / baseline | TrivialAugment / baseline | timm RandAugment / baseline |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for ((r = 1; r <= rounds; r++)); do
   device=$(rate --mode=input)
   host=$(rate --mode=input --config.pixel_ops=host)
   rand=$(rate --mode=input --config.augment_policy=randaugment)
   trivial=$(rate --mode=input --config.augment_policy=trivialaugment)
+  timm=$(rate --mode=input --config.augment_policy=randaugment_timm --config.randaugment_magnitude=7 \
+    --config.randaugment_magnitude_std=0.5 --config.randaugment_increasing=True)
   base=$(rate --mode=input_baseline)
-  python3 -c "print(f'| $r | {$device:,.0f} | {$host:,.0f} | {$rand:,.0f} | {$trivial:,.0f} | {$base:,.0f} | {$device/$base:.2f} | {$host/$base:.2f} | {$rand/$base:.2f} | {$trivial/$base:.2f} |')"
+  python3 -c "print(f'| $r | {$device:,.0f} | {$host:,.0f} | {$rand:,.0f} | {$trivial:,.0f} | {$timm:,.0f} | {$base:,.0f} | {$device/$base:.2f} | {$host/$base:.2f} | {$rand/$base:.2f} | {$trivial/$base:.2f} | {$timm/$base:.2f} |')"
 done
