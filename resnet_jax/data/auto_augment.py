@@ -263,6 +263,15 @@ def fill(config) -> np.ndarray:
   return np.array([min(255, round(v)) for v in config.channel_mean], np.uint8)
 
 
+def filters(config) -> tuple[str, ...]:
+  """The filters a policy's geometric ops may draw (of RESAMPLING)."""
+  if config.augment_policy != 'randaugment_timm':
+    return ('nearest',)
+  if config.randaugment_interpolation == 'random':
+    return ('bilinear', 'bicubic')
+  return (config.randaugment_interpolation,)
+
+
 def draw(config, bits: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
   """The policy's per-example ops from [n, words(config)] random words.
 

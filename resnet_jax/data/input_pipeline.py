@@ -152,7 +152,8 @@ def train_example(data, label, drawn, *, config, encoded, normalize):
     raise ValueError("train_augment must be 'scale', 'inception', 'pad_crop' or 'none'.")
   if config.augment_policy != 'none':  # on the uint8 crop, as torchvision on a PIL image
     ops = {k: drawn[f'policy_{k}'] for k in ('op', 'magnitude', 'matrix', 'resample')}
-    image = policy_ops.apply(augment.to_uint8(image), ops, auto_augment.fill(config))
+    fill, filters = auto_augment.fill(config), auto_augment.filters(config)
+    image = policy_ops.apply(augment.to_uint8(image), ops, fill, filters)
   if config.pixel_ops == 'device':
     pixel_draws = {name: drawn[name] for name in device_pixels.DRAWS}
     return {'image': augment.to_uint8(image), 'label': label, **pixel_draws}
