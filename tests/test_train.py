@@ -48,17 +48,22 @@ def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
     np.testing.assert_allclose(params['pmap'][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-# Today's recipe parts: mixup and CutMix (drawn per step), LAMB, BCE, accumulation, repeated
-# augmentation, the weights' average.
+# Today's recipe parts: mixup and CutMix (drawn per step), LAMB with the gradient clip, BCE,
+# accumulation, repeated augmentation (3 of 16 rows), timm's RandAugment, random erasing, the
+# weights' average.
 MODERN = dict(
   mixup_alpha=0.2,
   cutmix_alpha=1.0,
   optimizer='lamb',
   learning_rate=0.01,
+  grad_clip_norm=1.0,
   loss='bce',
   grad_accum_steps=2,
-  repeated_augmentation=4,
-  augment_policy='randaugment',
+  repeated_augmentation=3,
+  augment_policy='randaugment_timm',
+  randaugment_magnitude=7,
+  randaugment_magnitude_std=0.5,
+  randaugment_increasing=True,
   random_erasing=0.25,
   ema_decay=0.9,
   ema_every=2,
