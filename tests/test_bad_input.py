@@ -172,6 +172,16 @@ CASES = [
     [*DIGITS, '--config.randaugment_magnitude=5'],
     "needs --config.augment_policy='randaugment'",
   ),
+  (
+    "a timm RandAugment field without timm's RandAugment",
+    [*DIGITS, '--config.augment_policy=randaugment', '--config.randaugment_magnitude_std=0.5'],
+    "randaugment_magnitude_std needs --config.augment_policy='randaugment_timm'",
+  ),
+  (
+    "a level above timm's 10",
+    [*DIGITS, '--config.augment_policy=randaugment_timm', '--config.randaugment_magnitude=12'],
+    "must be a level of timm's 0 to 10",
+  ),
   ('unknown optimizer', [*DIGITS, '--config.optimizer=adam'], "--config.optimizer='adam'"),
   (
     'accumulation that does not divide the batch',

@@ -190,14 +190,15 @@ def timm_op(name: str, level: float, negative: bool, increasing: bool, width: in
   addend) and the affine matrix. Python floats, as timm computes them."""
   share = level / TIMM_MAX_LEVEL
   sign = -1.0 if negative else 1.0
-  identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-  matrix = identity
+  matrix = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
   argument = 0.0
   if name == 'Rotate':
     op, matrix = 'Rotate', _pil_rotate_matrix(sign * (share * 30.0), width, height)
   elif name in ('ShearX', 'ShearY'):
     op, shear = name, sign * (share * 0.3)
-    matrix = [1.0, shear, 0.0, 0.0, 1.0, 0.0] if name == 'ShearX' else [1, 0, 0, shear, 1, 0]
+    matrix = (
+      [1.0, shear, 0.0, 0.0, 1.0, 0.0] if name == 'ShearX' else [1.0, 0.0, 0.0, shear, 1.0, 0.0]
+    )
   elif name in ('TranslateXRel', 'TranslateYRel'):
     op, share_moved = name[:-3], sign * (share * TIMM_TRANSLATE_SHARE)
     if op == 'TranslateX':
