@@ -440,6 +440,7 @@ def test_init_from_is_strict_unless_told_what_may_stay_fresh(tmp_path):
   )
 
 
+@pytest.mark.slow  # trains two runs through the command line
 def test_init_from_ema_takes_the_average_and_refuses_a_run_without_one(tmp_path):
   plain, averaged = str(tmp_path / 'plain'), str(tmp_path / 'averaged')
   loop.train_and_evaluate(tiny(tmp_path, num_train_steps=2, eval_every=2), plain)

@@ -246,6 +246,7 @@ def test_summary_resnet18_batch128_matches_torchinfo(capsys):
   ]
 
 
+@pytest.mark.slow  # compiles ResNet-50 steps at several batches
 def test_compiled_step_memory_grows_with_the_batch_and_the_largest_batch_fits(capsys):
   """XLA's memory analysis of the train step grows with the batch, and the largest batch that
   summary reports for a budget compiles to a step that fits it, and not by a wide margin."""
@@ -627,6 +628,7 @@ def test_readme_python_examples_run_and_print_what_they_say():
   )
 
 
+@pytest.mark.slow  # converts every family net both ways
 def test_to_torchvision_gives_torchvisions_state_dict_and_converts_back_exactly():
   """Every named net's variables (either layout) as torchvision's state_dict: the keys and shapes
   torch's own modules have (committed with the references), and back to the same variables."""
