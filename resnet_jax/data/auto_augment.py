@@ -47,6 +47,7 @@ CHOICES = OPS[: OP['Invert']]
 # PIL's filters for the geometric ops, by id: torchvision's policies use nearest; timm's draw
 # bilinear or bicubic (``randaugment_interpolation``).
 RESAMPLING = ('nearest', 'bilinear', 'bicubic')
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # the matrix of a slot without a geometric op
 
 # AutoAugment's ImageNet policy (Cubuk et al. 2019, as torchvision lists it): 25 sub-policies of
 # two (op, probability, magnitude bin of 10) steps.
@@ -156,7 +157,7 @@ def torchvision_matrix(op: str, magnitude: float, width: int, height: int) -> np
   elif op == 'Rotate':
     m = _pil_rotate_matrix(magnitude, width, height)
   else:
-    m = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    m = IDENTITY
   return np.array(m, np.float64)
 
 
@@ -190,7 +191,7 @@ def timm_op(name: str, level: float, negative: bool, increasing: bool, width: in
   addend) and the affine matrix. Python floats, as timm computes them."""
   share = level / TIMM_MAX_LEVEL
   sign = -1.0 if negative else 1.0
-  matrix = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+  matrix = IDENTITY
   argument = 0.0
   if name == 'Rotate':
     op, matrix = 'Rotate', _pil_rotate_matrix(sign * (share * 30.0), width, height)
@@ -322,9 +323,9 @@ def draw(config, bits: np.ndarray, width: int, height: int) -> dict[str, np.ndar
   tone = np.isin(names, TONE)
   values[tone] = (1.0 + values[tone].astype(np.float64)).astype(np.float32)
   op_ids = np.vectorize(OP.__getitem__, otypes=[np.int32])(names)
-  matrix = np.zeros((n, slots, 6), np.float64)
-  for (i, s), name in np.ndenumerate(names):
-    matrix[i, s] = torchvision_matrix(name, float(values[i, s]), width, height)
+  matrix = np.tile(np.array(IDENTITY), (n, slots, 1))
+  for i, s in zip(*np.nonzero(np.isin(names, GEOMETRIC)), strict=True):
+    matrix[i, s] = torchvision_matrix(names[i, s], float(values[i, s]), width, height)
   return {
     'op': op_ids,
     'magnitude': values,
@@ -348,7 +349,7 @@ def _draw_timm(config, bits, width, height):
   out = {
     'op': np.zeros((n, slots), np.int32),
     'magnitude': np.zeros((n, slots), np.float32),
-    'matrix': np.tile(np.array([1.0, 0, 0, 0, 1.0, 0]), (n, slots, 1)),
+    'matrix': np.tile(np.array(IDENTITY), (n, slots, 1)),
     'resample': resample.astype(np.int32),
   }
   for i, s in zip(*np.nonzero(applied), strict=True):
