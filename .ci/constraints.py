@@ -1,5 +1,5 @@
-"""Prints constraints.txt: the installed version of every package resnet_jax[dev,convert,export]
-needs.
+"""Prints constraints.txt: the installed version of every package that
+deep-residual-jax[dev,convert,export] (resnet_jax's distribution) needs.
 
 python .ci/constraints.py > constraints.txt   (after the test suite has passed)
 """
@@ -41,6 +41,7 @@ if __name__ == '__main__':
     '# Lower bounds live in pyproject.toml. Regenerate: python .ci/constraints.py > constraints.txt'
   )
   for name, version in sorted(
-    closure('resnet_jax', {'dev', 'convert', 'export'}).items(), key=lambda item: item[0].lower()
+    closure('deep-residual-jax', {'dev', 'convert', 'export'}).items(),
+    key=lambda item: item[0].lower(),
   ):
     print(f'{name}=={version}')

@@ -191,6 +191,29 @@ def get_config():
   # 'fc,layer4'); every other tensor must load. '' = only the classifier head ('fc'), and only
   # when its class count differs.
   c.init_from_skip = ''
+  # Fine-tuning (models/param_groups.py). Tensors are named by their path ('layer1_0/conv1/kernel',
+  # 'fc/bias'; `python -m resnet_jax.summary MODEL` lists the layers); a PATTERN is a regular
+  # expression matched at the start of a name: 'layer1' is stage 1, 'layer3_1/' one block,
+  # 'conv1,bn1' the stem, 'fc' the head; under scan_blocks the stacked blocks are matched by their
+  # per-block names.
+  # freeze: comma-separated patterns of tensors that are not trained (no update, no optimiser
+  # state, no gradient computed); 'backbone' = every tensor but the head's (a linear probe).
+  # A pattern that names no tensor is an error.
+  c.freeze = ''
+  # True: a BatchNorm whose scale and bias are frozen normalises by its running statistics in
+  # training too and keeps them (timm's freeze); False: batch statistics, updated as usual.
+  c.freeze_bn_stats = True
+  # Learning-rate multipliers: comma-separated PATTERN=MULT, the first match wins, the rest 1
+  # (big_vision's lr_mults); e.g. 'fc=10' or 'layer1=0.1,layer2=0.3'. 0 stops a tensor's updates
+  # but keeps its optimiser state (freeze drops it).
+  c.lr_mults = ''
+  # > 0: layer-wise learning-rate decay (timm's --layer-decay, BEiT's): the stem is layer 0, each
+  # residual block the next (VGG/AlexNet: each features_k), the head the last, L in all; layer i
+  # learns at layer_decay ** (L - 1 - i) times the rate (times its lr_mults); 0 = off.
+  c.layer_decay = 0.0
+  # The classifier's initial weights and bias times this as a run starts (after init_from; not on
+  # resume): timm's --head-init-scale; 0 is BiT's zero head.
+  c.head_init_scale = 1.0
 
   # --- Optimisation (train/optim.py) --------------------------------------------------------------
   c.batch_size = 256  # Global, over all devices of all processes.
@@ -203,12 +226,13 @@ def get_config():
   c.weight_decay = 1e-4
   c.weight_decay_bn_and_bias = False  # False: decay conv/dense kernels only.
   c.label_smoothing = 0.0
-  # 'sgd' (the paper's; torch's SGD), 'lars' (You et al. 2017: large batches, MLPerf's ResNet-50)
-  # or 'lamb' (You et al. 2020: "ResNet strikes back"), as optax's transforms (train/optim.py).
-  # momentum and nesterov are SGD's and LARS's; adam_betas and adam_eps LAMB's.
+  # 'sgd' (the paper's; torch's SGD), 'lars' (You et al. 2017: large batches, MLPerf's ResNet-50),
+  # 'lamb' (You et al. 2020: "ResNet strikes back") or 'adamw' (torch's AdamW: decoupled weight
+  # decay; timm's fine-tuning optimiser), as optax's transforms (train/optim.py).
+  # momentum and nesterov are SGD's and LARS's; adam_betas and adam_eps LAMB's and AdamW's.
   c.optimizer = 'sgd'
   c.adam_betas = (0.9, 0.999)
-  c.adam_eps = 1e-6
+  c.adam_eps = 0.0  # 0: the optimiser's own, timm's Lamb 1e-6, torch's AdamW 1e-8.
   c.lars_trust_coefficient = 0.001
   # False: LARS's and LAMB's layer-wise trust ratio scales conv/dense kernels only; norm scales,
   # shifts and biases take the plain update (timm's and the LARS paper's exclusion).

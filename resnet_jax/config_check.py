@@ -199,6 +199,11 @@ RULES: dict[str, Rule] = {
   'init_from_ema': boolean,
   'compilation_cache_dir': text(),
   'init_from_skip': text(),
+  'freeze': text(),
+  'freeze_bn_stats': boolean,
+  'lr_mults': text(),
+  'layer_decay': number(0.0, 1.0),
+  'head_init_scale': number(0.0),
   # Optimisation
   'batch_size': POSITIVE_INT,
   'num_epochs': number(0.0, open_lo=True),
@@ -210,9 +215,9 @@ RULES: dict[str, Rule] = {
   'weight_decay': number(0.0),
   'weight_decay_bn_and_bias': boolean,
   'label_smoothing': number(0.0, 1.0),
-  'optimizer': one_of('sgd', 'lars', 'lamb'),
+  'optimizer': one_of('sgd', 'lars', 'lamb', 'adamw'),
   'adam_betas': numbers(2, number(0.0, 1.0)),
-  'adam_eps': number(0.0, open_lo=True),
+  'adam_eps': number(0.0),
   'lars_trust_coefficient': number(0.0, open_lo=True),
   'trust_ratio_bn_and_bias': boolean,
   'grad_clip_norm': number(0.0),
@@ -316,6 +321,7 @@ def _check_combinations(c, num_devices: int, num_processes: int):
   _check_recipe(c, num_devices)
   if c.init_from_skip and not c.init_from:
     raise ConfigError('--config.init_from_skip is set but --config.init_from is empty.')
+  _check_param_groups(c)
   if c.cpu_convolution == 'onednn':
     from resnet_jax.cpu import onednn
 
@@ -329,6 +335,47 @@ def _check_combinations(c, num_devices: int, num_processes: int):
       f'--config.lock_heartbeat_seconds={c.lock_heartbeat_seconds} must be shorter than '
       f'lock_stale_seconds={c.lock_stale_seconds}, or live runs would look abandoned.'
     )
+
+
+def _check_param_groups(c):
+  """freeze and lr_mults: well formed, and every pattern names a tensor of this net."""
+  from resnet_jax.models import param_groups
+
+  try:
+    for pattern in param_groups.parse_patterns(c.freeze):
+      param_groups.compile_pattern(pattern)
+  except ValueError as e:
+    raise ConfigError(f'--config.freeze={c.freeze!r}: {e}.') from None
+  try:
+    param_groups.parse_multipliers(c.lr_mults)
+  except ValueError as e:
+    raise ConfigError(f'--config.lr_mults={c.lr_mults!r}: {e}.') from None
+  if not (c.freeze or c.lr_mults):
+    return
+  import jax
+  import jax.numpy as jnp
+
+  from resnet_jax.models import registry
+
+  overrides = dict(architecture_overrides(c), scan_blocks=c.scan_blocks)
+  model = registry.get_model(c.model, num_classes=2, **overrides)
+  image = jnp.zeros((1, c.image_size, c.image_size, 3), jnp.float32)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), image, train=False))['params']
+  tops = sorted({str(key[0]) for key in param_groups.names(params)})
+  for name, missing in (
+    ('freeze', param_groups.unmatched(params, c.freeze, '')),
+    ('lr_mults', param_groups.unmatched(params, '', c.lr_mults)),
+  ):
+    if missing:
+      raise ConfigError(
+        f'--config.{name}={c[name]!r}: {", ".join(map(repr, missing))} names no tensor of '
+        f'{c.model} (its layers: {", ".join(tops[:12])}{" ..." if len(tops) > 12 else ""}; '
+        f'`python -m resnet_jax.summary {c.model}` lists them all).'
+      )
+  try:
+    param_groups.frozen_mask(params, c.freeze)
+  except ValueError as e:
+    raise ConfigError(f'--config.freeze={c.freeze!r}: {e}.') from None
 
 
 def _check_recipe(c, num_devices: int):

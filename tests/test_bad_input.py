@@ -309,6 +309,33 @@ CASES = [
     ['-m', 'resnet_jax.benchmark', '--config=configs/fake.py', '--config.batch_size=0'],
     '--config.batch_size=0',
   ),
+  (
+    'freeze pattern that names nothing',
+    [*DIGITS, '--config.freeze=layer4'],
+    "'layer4' names no tensor of cifar_resnet20 (its layers: bn1, conv1, fc, layer1_0,",
+  ),
+  (
+    'lr multiplier pattern that names nothing',
+    [*DIGITS, '--config.lr_mults=head=10'],
+    "'head' names no tensor of cifar_resnet20",
+  ),
+  (
+    'lr multiplier without a value',
+    [*DIGITS, '--config.lr_mults=fc'],
+    "--config.lr_mults='fc': 'fc' is not PATTERN=MULTIPLIER",
+  ),
+  (
+    'negative lr multiplier',
+    [*DIGITS, '--config.lr_mults=fc=-1'],
+    "'fc=-1' is not PATTERN=MULTIPLIER with a finite multiplier >= 0",
+  ),
+  ('freeze not a regex', [*DIGITS, '--config.freeze=layer1['], "'layer1[' is not a regular"),
+  (
+    'freeze part of a scanned stage',
+    [*DIGITS, '--config.scan_blocks=True', '--config.freeze=layer1_1/'],
+    'freeze names some of the blocks stacked in layer1_scan/',
+  ),
+  ('layer decay above 1', [*DIGITS, '--config.layer_decay=1.5'], '--config.layer_decay=1.5'),
 ]
 
 

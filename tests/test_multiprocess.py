@@ -61,6 +61,9 @@ def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
     checkpoint_every=6,
     eval_mode='multiscale',
     multiscale_sizes=(8, 12),
+    freeze='conv1,bn1',  # a fine-tune's controls: no state for the stem, per-tensor rates
+    lr_mults='fc=2',
+    layer_decay=0.9,
   )
   multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')
   result = launch_local(tmp_path, multi, tiny_flags(tmp_path, **steps), port=12421)

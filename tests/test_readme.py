@@ -12,10 +12,13 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 from helpers import REPO, write_image_folder, write_imagenet_archives
+
+from resnet_jax.train import metrics
 
 pytestmark = pytest.mark.slow
 
@@ -110,6 +113,11 @@ def readme_commands() -> list[str]:
   return commands
 
 
+def readme_python_blocks() -> list[str]:
+  with open(README) as f:
+    return re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)
+
+
 def rule_for(command: str):
   for pattern, action in RULES:
     if re.search(pattern, command):
@@ -202,6 +210,18 @@ def test_readme_commands_run_as_written(tmp_path):
     assert os.path.isdir(tmp_path / 'r50_tv')
     assert os.path.isdir(tmp_path / 'dir' / 'checkpoints' / '2')  # the init_from fine-tune ran
   assert os.path.isdir(tmp_path / 'digits_2proc' / 'checkpoints' / '8')  # two processes
+  # The fine-tuning block: a linear probe (only the head trained), then a fine-tune of it.
+  probe = [r for r in metrics.read(str(tmp_path / 'digits_probe')) if r['split'] == 'eval']
+  tuned = [r for r in metrics.read(str(tmp_path / 'digits_tuned')) if r['split'] == 'eval']
+  assert probe[-1]['step'] == tuned[-1]['step'] == 8
+  for block in readme_python_blocks():  # after the commands: they read the digits run
+    code = localise(block, tmp_path)
+    result = subprocess.run(
+      [sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, f'{block}\n{result.stderr[-3000:]}'
+    for printed in re.findall(r'print\(.*\)\s+# (\(.*?\))$', block, flags=re.M):
+      assert printed in result.stdout, (block, result.stdout)  # the value the comment shows
   assert 'train 12, validation 8 examples' in by_tool['resnet_jax.prepare']
   for line, result in dry:  # the user's training flags reach the command a cluster would run
     if '--config=' in line:

@@ -71,9 +71,25 @@ MODERN = dict(
 )
 
 
+# A fine-tune's controls: frozen stem and stage 1 (no optimiser state, BatchNorm statistics
+# kept), AdamW, lr multipliers, layer-wise decay and the head's initial scale (applied once, not
+# on resume).
+FINETUNE = dict(
+  freeze='conv1,bn1,layer1',
+  optimizer='adamw',
+  learning_rate=0.01,
+  weight_decay=0.05,
+  lr_mults='fc=5',
+  layer_decay=0.8,
+  head_init_scale=0.5,
+)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  'recipe', [{}, {'drop_path_rate': 0.3}, MODERN], ids=['paper', 'drop_path', 'modern']
+  'recipe',
+  [{}, {'drop_path_rate': 0.3}, MODERN, FINETUNE],
+  ids=['paper', 'drop_path', 'modern', 'finetune'],
 )
 def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, recipe):
   options = dict(schedule='plateau', plateau_patience=0, eval_every=4, **recipe)

@@ -114,6 +114,7 @@ class ClassicNet(nn.Module):
     bn_momentum, bn_epsilon, bn_axis_name, bn_axis_index_groups, cpu_kernels: as ``ResNet``'s,
       for ``vgg*_bn``'s norms.
     cpu_convolution: as ``ResNet``'s: oneDNN's gradients for the CPU's float32 convolutions.
+    frozen_norms: as ``ResNet``'s: the BatchNorms a fine-tune freezes.
     dtype: compute dtype; parameters, BN statistics and logits stay float32.
   """
 
@@ -128,6 +129,7 @@ class ClassicNet(nn.Module):
   bn_axis_index_groups: Any = None
   cpu_convolution: str = 'auto'
   cpu_kernels: str = 'auto'
+  frozen_norms: tuple[str, ...] = ()
   dtype: Dtype = jnp.float32
 
   @property
@@ -221,6 +223,7 @@ class ClassicNet(nn.Module):
       axis_index_groups=self.bn_axis_index_groups,
       dtype=self.dtype,
       cpu_kernels=self.cpu_kernels,
+      frozen=self.frozen_norms,
     )
     index = 0  # torchvision's index in its features Sequential: conv, [norm], ReLU, or pool
     for layer in VGG_LAYERS[self.depth]:

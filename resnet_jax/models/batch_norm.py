@@ -47,6 +47,9 @@ class BatchNorm(nn.Module):
     dtype: dtype of the output.
     cpu_kernels: 'auto', 'native' or 'xla': whether the float32 training pass's per-channel sums
       lowered for the CPU are ``channel_sums.cc``'s (``native.kernels_enabled``).
+    frozen_paths: module paths ('layer1_0/bn1') of the layers a fine-tune freezes
+      (``param_groups.frozen_norms``): in training too they normalise by their running
+      statistics and leave them as they are (timm's ``freeze``).
   """
 
   momentum: float = 0.9
@@ -56,9 +59,12 @@ class BatchNorm(nn.Module):
   axis_index_groups: Any = None
   dtype: Dtype = jnp.float32
   cpu_kernels: str = 'auto'
+  frozen_paths: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    if train and self.frozen_paths and '/'.join(self.path) in self.frozen_paths:
+      train = False
     features = x.shape[-1]
     scale = self.param('scale', self.scale_init, (features,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)

@@ -91,10 +91,12 @@ def norm_layer(
   axis_index_groups: Any,
   dtype: Dtype,
   cpu_kernels: str,
+  frozen: tuple[str, ...] = (),
 ):
   """The constructor of ``kind``'s layer (called with ``name`` and optionally ``scale_init``).
 
-  ``momentum`` and the device axis concern BatchNorm only, ``groups`` GroupNorm only.
+  ``momentum``, the device axis and ``frozen`` (the module paths of the layers a fine-tune
+  freezes) concern BatchNorm only, ``groups`` GroupNorm only.
   """
   if kind == 'batch':
     return functools.partial(
@@ -105,6 +107,7 @@ def norm_layer(
       axis_index_groups=axis_index_groups,
       dtype=dtype,
       cpu_kernels=cpu_kernels,
+      frozen_paths=frozen,
     )
   if kind == 'group':
     return functools.partial(GroupNorm, num_groups=groups, epsilon=epsilon, dtype=dtype)

@@ -124,12 +124,13 @@ def _cifar_config(name, depth, residual, preact):
 
 
 def get_model(
-  name: str, *, num_classes: int, dtype: Dtype = jnp.float32, **overrides
+  name: str, /, *, num_classes: int, dtype: Dtype = jnp.float32, **overrides
 ) -> ResNet | baselines.ClassicNet:
   """Builds a network by name.
 
   Args:
-    name: one of VALID_NAMES.
+    name: one of VALID_NAMES (positional: ``name=`` is the flax module's name, so the net can be
+      a named submodule of your own, ``get_model('resnet50', num_classes=0, name='backbone')``).
     num_classes: classifier width.
     dtype: compute dtype (``jnp.bfloat16`` / ``jnp.float16`` for mixed precision).
     **overrides: any ResNet attribute, e.g. ``shortcut='C'``, ``zero_init_residual=True``,
@@ -142,8 +143,9 @@ def get_model(
     The flax module.
   """
   kwargs = model_config(name)
+  module_name = overrides.pop('name', None)
   if 'family' in kwargs:
-    return _baseline(name, kwargs, num_classes, dtype, overrides)
+    return _baseline(name, kwargs, num_classes, dtype, overrides, module_name)
   if 'dropout' in overrides:
     raise ValueError(
       f'{name} has no dropout (its head is a global average pool and one linear layer); '
@@ -167,10 +169,10 @@ def get_model(
     raise ValueError(f"shortcut must be 'A', 'B' or 'C', got {kwargs['shortcut']!r}.")
   _check_block_options(name, kwargs)
   _check_norm(name, kwargs)
-  return ResNet(num_classes=num_classes, dtype=dtype, **kwargs)
+  return ResNet(num_classes=num_classes, dtype=dtype, name=module_name, **kwargs)
 
 
-def _baseline(name, kwargs, num_classes, dtype, overrides) -> baselines.ClassicNet:
+def _baseline(name, kwargs, num_classes, dtype, overrides, module_name) -> baselines.ClassicNet:
   resnet_defaults = {k: f.default for k, f in ResNet.__dataclass_fields__.items()}
   changed = sorted(
     k
@@ -185,7 +187,9 @@ def _baseline(name, kwargs, num_classes, dtype, overrides) -> baselines.ClassicN
   if not 0.0 <= overrides.get('dropout', 0.5) < 1.0:
     raise ValueError(f'dropout must be in [0, 1), got {overrides["dropout"]}.')
   options = {k: v for k, v in overrides.items() if k in _BASELINE_OPTIONS}
-  return baselines.ClassicNet(num_classes=num_classes, dtype=dtype, **kwargs, **options)
+  return baselines.ClassicNet(
+    num_classes=num_classes, dtype=dtype, name=module_name, **kwargs, **options
+  )
 
 
 def _check_block_options(name: str, kwargs: dict):

@@ -266,6 +266,8 @@ class ResNet(nn.Module):
       sums and the stem's max pool, lowered for the CPU, are the project's C++ kernels
       (``native.kernels_enabled``). Pool values equal; statistics and gradients equal to float32
       rounding.
+    frozen_norms: module paths of the BatchNorms a fine-tune freezes (``param_groups``): they
+      normalise by their running statistics in training too, and keep them.
     dtype: compute dtype; parameters, BN statistics and logits stay float32.
   """
 
@@ -294,6 +296,7 @@ class ResNet(nn.Module):
   scan_blocks: bool = False
   cpu_convolution: str = 'auto'
   cpu_kernels: str = 'auto'
+  frozen_norms: tuple[str, ...] = ()
   dtype: Dtype = jnp.float32
 
   @property
@@ -343,6 +346,7 @@ class ResNet(nn.Module):
       axis_index_groups=self.bn_axis_index_groups,
       dtype=self.dtype,
       cpu_kernels=self.cpu_kernels,
+      frozen=self.frozen_norms,
     )
     outputs = {'stem': self._stem(x.astype(self.dtype), conv, norm, train)}
     dilation = 1

@@ -25,12 +25,13 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from resnet_jax import storage
 from resnet_jax.errors import UserError
+from resnet_jax.models import block_layout, norms
 
 LOG = logging.getLogger(__name__)
 
 DAMAGED_DIR = 'checkpoints_damaged'
 # What checkpoints saved before a metadata field existed hold for it (their optimiser was SGD).
-META_BEFORE_FIELDS = {'optimizer': 'sgd'}
+META_BEFORE_FIELDS = {'optimizer': 'sgd', 'freeze': ''}
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'  # where orbax writes a step until it is complete
 
 
@@ -292,7 +293,13 @@ def save_variables(directory: str, variables: dict):
 
 
 def load_variables(
-  path: str, abstract_variables, sharding, allow_fresh: str = '', relayout=None, use_ema=False
+  path: str,
+  abstract_variables,
+  sharding,
+  allow_fresh: str = '',
+  relayout=None,
+  use_ema=False,
+  saved: dict | None = None,
 ) -> dict:
   """{'params', 'batch_stats'} from a converted checkpoint or from another run's workdir (its
   moving average of them with ``use_ema``).
@@ -302,13 +309,15 @@ def load_variables(
   count differs): those come back as None and keep the caller's initialisation. Everything is
   restored onto ``sharding`` (this run's mesh), whatever topology saved it. ``relayout(saved,
   abstract_variables)``, if given, first converts the saved tree to this model's layout (e.g.
-  per-block <-> scanned blocks).
+  per-block <-> scanned blocks; ``relayout_like``). ``saved``: the variables already read from
+  ``path``.
 
   Raises:
     CheckpointError: when the weights cannot be read, or tensors outside ``allow_fresh`` are
       missing or mis-shaped (listing them).
   """
-  saved = read_variables(storage.path(path), sharding, use_ema)
+  if saved is None:
+    saved = read_variables(storage.path(path), sharding, use_ema)
   if relayout is not None:
     saved = relayout(saved, abstract_variables)
   flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
@@ -338,6 +347,12 @@ def load_variables(
   if fresh:
     LOG.warning('init_from %s: fresh initialisation kept for %s', path, sorted(set(fresh)))
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def relayout_like(saved: dict, like: dict) -> dict:
+  """Another net's variables in ``like``'s block layout and norm collections (a trained
+  BatchNorm's scale and bias into a frozen one's statistics, and back)."""
+  return norms.collections_like(block_layout.relayout_like(saved, like), like)
 
 
 def read_variables(path, sharding=None, use_ema: bool = False) -> dict:

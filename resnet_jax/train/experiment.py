@@ -16,7 +16,7 @@ from flax import traverse_util
 
 from resnet_jax import storage
 from resnet_jax.data import device_pixels, input_pipeline, mean_image, sources
-from resnet_jax.models import block_layout, norms
+from resnet_jax.models import param_groups
 from resnet_jax.train import checkpoint, ema, network, optim, parallel, scoring, steps
 
 LOG = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class Experiment:
       'model': config.model,
       'num_classes': self.num_classes,
       'optimizer': config.optimizer,
+      'freeze': config.freeze,  # frozen tensors have no optimiser state
     }
 
   @functools.cached_property
@@ -88,8 +89,10 @@ class Experiment:
     if restored is not None:
       LOG.info('Resuming from step %d of %s', int(restored[0].step), self.workdir)
       state = restored[0]
-    elif self.config.init_from:
-      state = self._init_from(state)
+    else:
+      if self.config.init_from:
+        state = self._init_from(state)
+      state = _scale_head(state, self.config.head_init_scale)
     return self.data_parallel.put_state(state)
 
   def save(self, step: int, state, metric: dict | None = None):
@@ -120,7 +123,7 @@ class Experiment:
       abstract,
       self.data_parallel.replicated,
       self.config.init_from_skip,
-      relayout=_relayout_like,
+      relayout=checkpoint.relayout_like,
       use_ema=self.config.init_from_ema,
     )
     merged = jax.tree.map(
@@ -151,9 +154,17 @@ class Experiment:
     return self.mean_image
 
 
-def _relayout_like(saved: dict, like: dict) -> dict:
-  """Another run's variables in this model's block layout and norm collections."""
-  return norms.collections_like(block_layout.relayout_like(saved, like), like)
+def _scale_head(state, scale: float):
+  """The classifier's weights and bias times ``head_init_scale`` (timm's; 0: BiT's zero head), as
+  a run starts (after init_from)."""
+  if scale == 1.0:
+    return state
+  head = param_groups.head_prefix(state.params)
+  params = {**state.params, head: jax.tree.map(lambda w: w * scale, state.params[head])}
+  state = state.replace(params=params)
+  if state.ema:  # the average starts from the weights the run starts from
+    state = state.replace(ema=ema.initial(state.params, state.batch_stats))
+  return state
 
 
 def flat_params(state) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 
 from resnet_jax import config_check
 from resnet_jax.data import device_pixels
-from resnet_jax.models import registry
+from resnet_jax.models import param_groups, registry
 from resnet_jax.train import ema, optim, parallel, steps
 
 
@@ -41,7 +41,17 @@ def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
   dtype = jnp.float32
   if config.half_precision:
     dtype = {'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[config.half_dtype]
-  return registry.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
+  model = registry.get_model(config.model, num_classes=num_classes, dtype=dtype, **overrides)
+  if config.freeze and config.freeze_bn_stats:
+    frozen = param_groups.frozen_norms(variable_shapes(config, model)['params'], config.freeze)
+    model = model.clone(frozen_norms=frozen)
+  return model
+
+
+def variable_shapes(config, model) -> dict:
+  """The model's variables as shapes (nothing computed)."""
+  image = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), image, train=False))
 
 
 def fresh_state(config, model, tx, data_parallel) -> steps.TrainState:

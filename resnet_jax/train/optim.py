@@ -23,6 +23,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from resnet_jax.models import param_groups
+
 
 def peak_learning_rate(config) -> float:
   """The linear scaling rule: learning_rate at lr_reference_batch, scaled to batch_size."""
@@ -135,7 +137,10 @@ def warmup_after_step(config, state: ScheduleState, train_error) -> ScheduleStat
 
 
 def scale_by_learning_rate(config, base_schedule) -> optax.GradientTransformationExtraArgs:
-  """Multiplies the update direction by ``-learning_rate(...)`` and advances the schedule state.
+  """Multiplies the update direction by ``-learning_rate(...)`` (times each tensor's multiplier:
+  ``lr_mults``, ``layer_decay``) and advances the schedule state. The multipliers are a function
+  of the tensors' names, fixed when the step is traced: the state is the same with or without
+  them, so a run resumes with other multipliers.
 
   ``update`` takes ``train_error`` (this step's mean top-1 training error, all devices), which
   the warmup-until-train-error phase needs.
@@ -148,7 +153,11 @@ def scale_by_learning_rate(config, base_schedule) -> optax.GradientTransformatio
   def update(updates, state, params=None, *, train_error=None, **extra):
     del params, extra
     lr = learning_rate(config, base_schedule, state)
-    updates = jax.tree.map(lambda u: -lr * u, updates)
+    multipliers = param_groups.lr_multipliers(updates, config.lr_mults, config.layer_decay)
+    if multipliers is None:
+      updates = jax.tree.map(lambda u: -lr * u, updates)
+    else:
+      updates = jax.tree.map(lambda u, m: -lr * m * u, updates, multipliers)
     state = state._replace(count=state.count + 1)
     if train_error is not None:
       state = warmup_after_step(config, state, train_error)
@@ -175,13 +184,17 @@ def create_optimizer(config, base_schedule) -> optax.GradientTransformationExtra
     is accumulated (optax's): the same under a constant rate.
   - 'lamb': You et al. 2020 as optax's ``lamb``: Adam's direction, decoupled decay added, then the
     layer's trust ratio ``|w| / |update|``.
+  - 'adamw': Loshchilov & Hutter 2019 as torch's ``AdamW`` (timm's fine-tuning optimiser): Adam's
+    direction plus the decoupled decay ``weight_decay * w``, both times the learning rate.
   BN scales and shifts and biases are left out of the decay (``weight_decay_bn_and_bias``) and of
   the trust ratio (``trust_ratio_bn_and_bias``; timm and the LARS paper): their update is the
   plain direction times the learning rate. With ``grad_clip_norm`` > 0 the gradients are first
   scaled to at most that global norm (timm's LAMB does so at 1.0).
 
   The chain's last state is the ``ScheduleState``: ``schedule_state(opt_state)`` reads it and
-  ``with_schedule_state`` replaces it (the plateau rule, between steps).
+  ``with_schedule_state`` replaces it (the plateau rule, between steps). With ``freeze`` the
+  optimiser's transforms (all but the learning rate's) see the trained tensors only
+  (``trained_only``): frozen ones have no momentum or moments, and take no part in the clip.
   """
   decay = optax.add_decayed_weights(
     config.weight_decay,
@@ -195,13 +208,66 @@ def create_optimizer(config, base_schedule) -> optax.GradientTransformationExtra
   elif config.optimizer == 'lars':
     trust = optax.scale_by_trust_ratio(trust_coefficient=config.lars_trust_coefficient)
     first, rest = decay, (optax.masked(trust, trust_mask), momentum, learning_rate)
-  elif config.optimizer == 'lamb':
+  elif config.optimizer in ('lamb', 'adamw'):
     b1, b2 = config.adam_betas
-    first = optax.scale_by_adam(b1=b1, b2=b2, eps=config.adam_eps)
-    rest = (decay, optax.masked(optax.scale_by_trust_ratio(), trust_mask), learning_rate)
+    first = optax.scale_by_adam(b1=b1, b2=b2, eps=adam_eps(config))
+    rest = (decay, learning_rate)
+    if config.optimizer == 'lamb':
+      rest = (decay, optax.masked(optax.scale_by_trust_ratio(), trust_mask), learning_rate)
   else:
-    raise ValueError(f"optimizer must be 'sgd', 'lars' or 'lamb', got {config.optimizer!r}.")
-  return optax.chain(clipped_first(first, config.grad_clip_norm), *rest)
+    raise ValueError(
+      f"optimizer must be 'sgd', 'lars', 'lamb' or 'adamw', got {config.optimizer!r}."
+    )
+  first = clipped_first(first, config.grad_clip_norm)
+  if config.freeze:
+    frozen = lambda tree: param_groups.frozen_mask(tree, config.freeze)  # noqa: E731
+    return optax.chain(trained_only(optax.chain(first, *rest[:-1]), frozen), rest[-1])
+  return optax.chain(first, *rest)
+
+
+# adam_eps 0 takes the optimiser's own: timm's Lamb 1e-6, torch's (and timm's) AdamW 1e-8.
+DEFAULT_ADAM_EPS = {'lamb': 1e-6, 'adamw': 1e-8}
+
+
+def adam_eps(config) -> float:
+  return config.adam_eps or DEFAULT_ADAM_EPS[config.optimizer]
+
+
+def trained_only(tx, frozen_mask_fn) -> optax.GradientTransformationExtraArgs:
+  """``tx`` on the tensors ``frozen_mask_fn(tree)`` leaves out: its state holds them alone (as a
+  frozen tensor's ``requires_grad=False`` in torch), and the frozen tensors' updates are 0."""
+
+  def split(tree, frozen):
+    flat = traverse_util.flatten_dict(tree)
+    return traverse_util.unflatten_dict({k: v for k, v in flat.items() if not frozen[k]})
+
+  def init(params):
+    return tx.init(split(params, traverse_util.flatten_dict(frozen_mask_fn(params))))
+
+  def update(updates, state, params=None, **extra):
+    frozen = traverse_util.flatten_dict(frozen_mask_fn(updates))
+    trained_params = None if params is None else split(params, frozen)
+    new, state = tx.update(split(updates, frozen), state, trained_params, **extra)
+    new = traverse_util.flatten_dict(new)
+    flat = traverse_util.flatten_dict(updates)
+    out = {k: jnp.zeros_like(u) if frozen[k] else new[k] for k, u in flat.items()}
+    return traverse_util.unflatten_dict(out), state
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def frozen_mask(config, tree) -> dict | None:
+  """True for each tensor ``freeze`` names (None when nothing is frozen)."""
+  return param_groups.frozen_mask(tree, config.freeze) if config.freeze else None
+
+
+def apply_updates(config, params, updates):
+  """``params + updates``, frozen tensors kept as they are (bit for bit: even a -0.0 stays)."""
+  new = optax.apply_updates(params, updates)
+  frozen = frozen_mask(config, params)
+  if frozen is None:
+    return new
+  return jax.tree.map(lambda p, n, f: p if f else n, params, new, frozen)
 
 
 def clipped_first(tx, max_norm: float) -> optax.GradientTransformation:

@@ -12,11 +12,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
 from resnet_jax.data import batch_mixing
-from resnet_jax.models import block_layout
+from resnet_jax.models import block_layout, param_groups
 from resnet_jax.train import ema, losses, optim
 from resnet_jax.train.divergence import NONFINITE_GRADIENTS, NONFINITE_LOSS
 from resnet_jax.train.parallel import AXIS
@@ -154,12 +153,17 @@ def train_step(
     )
     grads = jax.tree.map(lambda g: g / k, grad_sum)
     logits, loss = logits.reshape(-1, logits.shape[-1]), micro_losses.mean()
+  frozen = optim.frozen_mask(config, grads)
+  if frozen is not None:  # a frozen tensor's gradient is never used: XLA then never computes it
+    grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, frozen)
   grads = lax.pmean(grads, AXIS)
   grads = jax.tree.map(lambda g: g / scale, grads)
   if running_statistics:
     # Running averages are linear in the batch statistics, so averaging them every step equals
     # averaging per-device averages at the end: one consistent set to evaluate and save.
     batch_stats = lax.pmean(batch_stats, AXIS)
+    # A frozen BatchNorm's statistics stay bit for bit (a mean of equal values can round them).
+    batch_stats = _keep_frozen_norms(config, state.params, state.batch_stats, batch_stats)
   # Errors against each row's own label (with mixup: the label of the image it was mixed into).
   top1, top5 = topk_errors(logits, batch['label'])
   metrics = {'loss': loss, 'top1_err': top1.mean(), 'top5_err': top5.mean()}
@@ -170,7 +174,7 @@ def train_step(
   updates, opt_state = tx.update(
     grads, state.opt_state, state.params, train_error=metrics['top1_err']
   )
-  params = optax.apply_updates(state.params, updates)
+  params = optim.apply_updates(config, state.params, updates)
   metrics['relative_update'] = _relative_update(updates, state.params)
   new_state = state.replace(
     step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
@@ -193,6 +197,18 @@ def train_step(
     bad_gradients = 0.0
   metrics['nonfinite'] = jnp.where(loss_finite, bad_gradients, NONFINITE_LOSS)
   return new_state, metrics
+
+
+def _keep_frozen_norms(config, params, old_stats, new_stats):
+  """``new_stats`` with the frozen BatchNorms' statistics (``freeze``, ``freeze_bn_stats``) taken
+  from ``old_stats``."""
+  if not (config.freeze and config.freeze_bn_stats):
+    return new_stats
+  norms = set(param_groups.frozen_norms(params, config.freeze))
+  old = flax.traverse_util.flatten_dict(old_stats)
+  new = flax.traverse_util.flatten_dict(new_stats)
+  kept = {key: old[key] if '/'.join(key[:-1]) in norms else value for key, value in new.items()}
+  return flax.traverse_util.unflatten_dict(kept)
 
 
 def _relative_update(updates, params) -> jax.Array:
