@@ -15,16 +15,22 @@ import jax.numpy as jnp
 from resnet_jax import storage
 from resnet_jax.models import param_groups, registry
 from resnet_jax.train import checkpoint
+from resnet_jax.train import pretrained as pretrained_weights
 
 
-def load_variables(path: str, *, ema: bool = False) -> dict[str, Any]:
-  """``{'params', 'batch_stats'}`` of a run's latest checkpoint (its moving average with ``ema``)
-  or of a ``python -m resnet_jax.convert`` output, on the default device.
+def load_variables(path: str, *, model: str | None = None, ema: bool = False) -> dict[str, Any]:
+  """``{'params', 'batch_stats'}`` on the default device, of: released weights by name
+  (``'torchvision:resnet50.IMAGENET1K_V2'``, ``'timm:resnet50.a1_in1k'``: downloaded and
+  converted once, ``train/pretrained.py``), a URL of a torchvision or timm file (``model`` names
+  its net), a run's latest checkpoint (its moving average with ``ema``) or a
+  ``python -m resnet_jax.convert`` output, local or ``gs://``.
 
   Raises:
-    checkpoint.CheckpointError: the path holds no weights (its message says what it is).
+    UserError: unknown names, failed downloads, weights that are not of ``model``;
+      checkpoint.CheckpointError: the path holds no weights (its message says what it is).
   """
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  path = pretrained_weights.resolve(path, model)
   return checkpoint.read_variables(storage.path(path), device, use_ema=ema)
 
 
@@ -43,7 +49,8 @@ def create_model(
 
   Args:
     model: a name of ``registry.VALID_NAMES`` ('resnet50', 'cifar_resnet20', 'vgg16_bn'...).
-    pretrained: a run's workdir or a ``convert`` output whose weights it starts from. Every
+    pretrained: released weights by name, a URL, a run's workdir or a ``convert`` output
+      (``load_variables``) whose weights it starts from. Every
       tensor must fit, except a classifier head whose class count differs from ``num_classes``:
       that one is freshly initialised (as ``init_from`` does).
     num_classes: the classifier's width; default: the pretrained head's, else 1000.
@@ -55,7 +62,7 @@ def create_model(
     **overrides: the net's options (``registry.get_model``), e.g. ``norm='frozen_batch'``,
       ``replace_stride_with_dilation=(False, True, True)``, ``scan_blocks=True``.
   """
-  loaded = load_variables(pretrained) if pretrained else None
+  loaded = load_variables(pretrained, model=model) if pretrained else None
   if num_classes is None:
     num_classes = _head_width(loaded) if loaded else 1000
   module = registry.get_model(model, num_classes=num_classes, dtype=dtype, name=name, **overrides)
@@ -66,7 +73,7 @@ def create_model(
     return module, variables
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   fitted = checkpoint.load_variables(
-    pretrained, variables, device, relayout=checkpoint.relayout_like, saved=loaded
+    str(pretrained), variables, device, relayout=checkpoint.relayout_like, saved=loaded
   )
   merged = jax.tree.map(
     lambda new, old: old if new is None else new, fitted, variables, is_leaf=lambda x: x is None

@@ -322,6 +322,7 @@ def _check_combinations(c, num_devices: int, num_processes: int):
   if c.init_from_skip and not c.init_from:
     raise ConfigError('--config.init_from_skip is set but --config.init_from is empty.')
   _check_param_groups(c)
+  _check_init_from(c)
   if c.cpu_convolution == 'onednn':
     from resnet_jax.cpu import onednn
 
@@ -335,6 +336,24 @@ def _check_combinations(c, num_devices: int, num_processes: int):
       f'--config.lock_heartbeat_seconds={c.lock_heartbeat_seconds} must be shorter than '
       f'lock_stale_seconds={c.lock_stale_seconds}, or live runs would look abandoned.'
     )
+
+
+def _check_init_from(c):
+  """Named weights: known, and of this net (a URL's net is this run's)."""
+  from resnet_jax.models import releases
+
+  if c.init_from.split(':', 1)[0] in releases.SOURCES:
+    try:
+      weights = releases.lookup(c.init_from)
+    except UserError as e:
+      raise ConfigError(f'--config.init_from={c.init_from!r}: {e}') from None
+    if weights.model != c.model:
+      raise ConfigError(
+        f'--config.init_from={c.init_from!r} are weights of {weights.model}, not of '
+        f'--config.model={c.model}: set --config.model={weights.model}.'
+      )
+  if c.init_from_ema and releases.is_reference(c.init_from):
+    raise ConfigError('--config.init_from_ema: released weights have no moving average.')
 
 
 def _check_param_groups(c):

@@ -1,7 +1,8 @@
 """Converts weights between torchvision and this project, both ways.
 
-  # torchvision state_dict -> a checkpoint that init_from reads
+  # torchvision state_dict -> a checkpoint that init_from reads (no torch needed)
   python -m resnet_jax.convert --torchvision=resnet50.pth --model=resnet50 --out=/tmp/r50_tv
+  python -m resnet_jax.convert --torchvision=torchvision:resnet50.IMAGENET1K_V2 --out=/tmp/r50_v2
   python -m resnet_jax.main --config=configs/r50.py --workdir=DIR --config.init_from=/tmp/r50_tv
   # a run's latest checkpoint (or a converted one) -> torchvision's state_dict
   python -m resnet_jax.convert --weights=DIR --to_torchvision=resnet50.pth
@@ -18,13 +19,18 @@ import io
 import jax
 from absl import flags
 
-from resnet_jax import cli
+from resnet_jax import cli, torch_files
 from resnet_jax.errors import UserError
 from resnet_jax.models import torchvision_weights
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('torchvision', None, 'Path of a torchvision state_dict (.pth) to convert.')
-flags.DEFINE_string('model', None, 'Model name of --torchvision, e.g. resnet50.')
+flags.DEFINE_string(
+  'torchvision',
+  None,
+  'A torchvision or timm state_dict to convert (.pth, .safetensors): a path, a URL, or released '
+  'weights by name (torchvision:resnet50.IMAGENET1K_V2, timm:resnet50.a1_in1k).',
+)
+flags.DEFINE_string('model', None, 'The net of --torchvision, e.g. resnet50 (names: their own).')
 flags.DEFINE_string('out', None, 'Output directory of the orbax checkpoint (from --torchvision).')
 flags.DEFINE_string('weights', None, 'A run workdir or a converted checkpoint to export.')
 flags.DEFINE_string('to_torchvision', None, 'Output .pth of torchvision state_dict (of --weights).')
@@ -50,29 +56,42 @@ def _torch():
 
 
 def from_torchvision_file():
+  """A torch file (torchvision's or timm's: a local or cloud path, a URL, or released weights by
+  name, downloaded once into the cache) as a checkpoint; read without torch."""
   from resnet_jax import storage
-  from resnet_jax.train import checkpoint
+  from resnet_jax.models import releases
+  from resnet_jax.train import checkpoint, pretrained
 
-  weights = storage.path(FLAGS.torchvision)  # local or cloud
-  if not weights.is_file():
-    raise UserError(f'--torchvision={FLAGS.torchvision}: no such file.')
-  torch = _torch()
+  source, model = FLAGS.torchvision, FLAGS.model
+  if releases.is_reference(source):
+    if not source.startswith(('http://', 'https://')):
+      weights = releases.lookup(source)
+      model = model or weights.model
+      if model != weights.model:
+        raise UserError(f'--torchvision={source} are weights of {weights.model}, not {model}.')
+      source = weights.url
+    file = pretrained.download(source)
+    data = storage.path(file).read_bytes()
+  else:
+    weights = storage.path(source)  # local or cloud
+    if not weights.is_file():
+      raise UserError(f'--torchvision={FLAGS.torchvision}: no such file.')
+    data = weights.read_bytes()
+  if not model:
+    raise UserError(f'convert: --model=NAME is the net of {FLAGS.torchvision}.')
   try:
-    state_dict = torch.load(io.BytesIO(weights.read_bytes()), map_location='cpu', weights_only=True)
-  except Exception as e:  # torch raises many types; its advice to unpickle unsafely is not ours
+    state_dict = torch_files.read(data, source)
+    variables = torchvision_weights.from_torchvision(state_dict, model)
+  except torch_files.NotWeights as e:
     raise UserError(
-      f'--torchvision={FLAGS.torchvision} is not a readable torch state_dict '
-      f'({type(e).__name__}): re-download it, or save it with torch.save(model.state_dict()).'
+      f'--torchvision={FLAGS.torchvision}: {e}: re-download it, or save it with '
+      f'torch.save(model.state_dict()).'
     ) from None
-  if 'state_dict' in state_dict:  # Checkpoints saved by torchvision's reference scripts nest it.
-    state_dict = state_dict['state_dict']
-  try:
-    variables = torchvision_weights.from_torchvision(state_dict, FLAGS.model)
   except ValueError as e:
     raise UserError(f'--torchvision={FLAGS.torchvision}: {e}') from None
   checkpoint.save_variables(FLAGS.out, variables)
   count = sum(v.size for v in jax.tree.leaves(variables['params']))
-  print(f'Wrote {FLAGS.model} ({count:,} parameters) to {FLAGS.out}')
+  print(f'Wrote {model} ({count:,} parameters) to {FLAGS.out}')
 
 
 def to_torchvision_file():
@@ -97,7 +116,7 @@ def to_torchvision_file():
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments {argv[1:]}: every option is a flag, --name=value.')
-  importing = [FLAGS.torchvision, FLAGS.model, FLAGS.out]
+  importing = [FLAGS.torchvision, FLAGS.out]
   exporting = [FLAGS.weights, FLAGS.to_torchvision]
   if all(importing) and not any(exporting):
     from_torchvision_file()

@@ -28,7 +28,12 @@ from resnet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, "A run's workdir: its latest checkpoint and config.json.")
-flags.DEFINE_string('weights', None, 'Instead of --workdir: a convert output (needs --model).')
+flags.DEFINE_string(
+  'weights',
+  None,
+  'Instead of --workdir: a convert output (needs --model), or released weights by name '
+  '(torchvision:resnet50.IMAGENET1K_V2) or URL.',
+)
 flags.DEFINE_string('model', None, "The net's name; default the run's (config.json).")
 flags.DEFINE_string('out', None, 'The .onnx file to write (local or gs://).')
 flags.DEFINE_integer('image_size', None, "Input height and width; default the run's image_size.")
@@ -151,6 +156,8 @@ def runtime_check(graph, forward, variables, shape) -> tuple[bool, str]:
 
 def main(argv):
   from resnet_jax import storage
+  from resnet_jax.models import releases
+  from resnet_jax.train import pretrained
 
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments {argv[1:]}: every option is a flag, --name=value.')
@@ -160,10 +167,15 @@ def main(argv):
       'and --out=FILE.onnx.'
     )
   _onnx()
-  source = storage.path(FLAGS.workdir or FLAGS.weights)
+  model_name, weights = FLAGS.model, FLAGS.weights
+  if weights and releases.is_reference(weights):  # released weights: downloaded, converted once
+    if not weights.startswith(('http://', 'https://')):
+      model_name = model_name or releases.lookup(weights).model
+    weights = pretrained.resolve(weights, model_name)
+  source = storage.path(FLAGS.workdir or weights)
   if not source.is_dir():
     raise UserError(f'--{"workdir" if FLAGS.workdir else "weights"}={source}: no such directory.')
-  config = run_config(source, FLAGS.model)
+  config = run_config(source, model_name)
   from resnet_jax import config_check
 
   config_check.model_name('model', config.model)

@@ -8,7 +8,9 @@ recorded in the workdir), the averaged weights' top-1 error (runs with ``ema_dec
 published number for that model and protocol (``configs/experiments/paper.py``; for a run of a
 published recipe, its ``recipe`` field, that recipe's) and our difference from it, the steps,
 the training time and the hardware. Runs are grouped by dataset (one table per study). Errors
-are percentages.
+are percentages. For released weights (``init_from=torchvision:...``) evaluated on ImageNet, the
+top-1 their source publishes stands where the paper's would. With several runs, a last table
+lists the config fields that differ between them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import defaultdict
 
 from configs.experiments.paper import PAPER
 from resnet_jax import storage
+from resnet_jax.models import releases
 from resnet_jax.train import divergence, metrics
 
 COLUMNS = (
@@ -59,6 +62,29 @@ def paper_key(config: dict, protocol: str) -> str:
   return f'{model}@multiscale' if protocol == 'multiscale' else model
 
 
+def _release_figure(config: dict, protocol: str) -> dict:
+  """For released weights evaluated (or trained further) on ImageNet: the top-1 error their
+  source publishes (single 224 centre crop), as the paper's numbers are set beside a run."""
+  name = config.get('init_from', '')
+  if config.get('dataset') != 'imagenet2012' or protocol != 'center' or ':' not in name:
+    return {}
+  if name.split(':', 1)[0] not in releases.SOURCES:
+    return {}
+  top1 = releases.published_top1(name)
+  return {'top1': 100 - top1, 'source': f'{name} (published)'} if top1 else {}
+
+
+def config_differences(workdirs: list[str]) -> dict[str, list]:
+  """The config fields whose values differ between the runs (field -> each run's value)."""
+  configs = [json.loads((storage.path(w) / 'config.json').read_text()) for w in workdirs]
+  fields = sorted(set().union(*configs))
+  return {
+    f: [c.get(f, '-') for c in configs]
+    for f in fields
+    if len({json.dumps(c.get(f, '-'), sort_keys=True) for c in configs}) > 1
+  }
+
+
 def _hours(records: list[dict]) -> str:
   times = [r['time'] for r in records if 'time' in r]
   if len(times) < 2:
@@ -97,7 +123,8 @@ def run_rows(workdir: str) -> list[dict]:
     results = [('-', {'top1_err': float('nan'), 'top5_err': float('nan'), 'step': '-'})]
   rows = []
   for protocol, result in results:
-    paper = PAPER.get(paper_key(config, protocol), {})
+    # Released weights: their own published figure, before the paper's for the architecture.
+    paper = _release_figure(config, protocol) or PAPER.get(paper_key(config, protocol), {})
     top1 = 100 * result['top1_err']
     rows.append(
       {
@@ -131,6 +158,16 @@ def report(workdirs: list[str]) -> str:
     parts.append('| ' + ' | '.join(COLUMNS) + ' |')
     parts.append('|' + ' --- |' * len(COLUMNS))
     parts += ['| ' + ' | '.join(row[c] for c in COLUMNS) + ' |' for row in rows]
+    parts.append('')
+  differences = config_differences(workdirs) if len(workdirs) > 1 else {}
+  if differences:
+    names = [storage.path(w).name for w in workdirs]
+    parts.append('### Config fields that differ\n')
+    parts.append('| field | ' + ' | '.join(names) + ' |')
+    parts.append('|' + ' --- |' * (len(names) + 1))
+    for field, values in differences.items():
+      shown = [json.dumps(v) if not isinstance(v, str) else v or "''" for v in values]
+      parts.append(f'| {field} | ' + ' | '.join(shown) + ' |')
     parts.append('')
   return '\n'.join(parts)
 

@@ -336,6 +336,16 @@ CASES = [
     'freeze names some of the blocks stacked in layer1_scan/',
   ),
   ('layer decay above 1', [*DIGITS, '--config.layer_decay=1.5'], '--config.layer_decay=1.5'),
+  (
+    'unknown weights name',
+    [*DIGITS, '--config.init_from=torchvision:resnet50.IMAGENET1K_V3'],
+    "Unknown weights 'torchvision:resnet50.IMAGENET1K_V3' (closest: torchvision:resnet50.",
+  ),
+  (
+    'weights of another net',
+    [*DIGITS, '--config.init_from=torchvision:resnet50.IMAGENET1K_V2'],
+    'are weights of resnet50, not of --config.model=cifar_resnet20',
+  ),
 ]
 
 

@@ -82,6 +82,11 @@ RULES = [
   # The committed figure is left alone: the plot goes to the test's folder (argparse: last wins).
   (r'^python -m resnet_jax\.plot /tmp/photos', ('run', ['--out={tmp}/photos.png'])),
   (r'^python -m resnet_jax\.main --config=configs/r50\.py .*init_from', ('run', TINY_IMAGENET)),
+  (
+    r'^python -m resnet_jax\.evaluate .*init_from=torchvision:',
+    'skip: downloads torchvision weights and needs ImageNet (tests/test_pretrained.py serves '
+    'released files from 127.0.0.1)',
+  ),
   (r'^python -m resnet_jax\.(evaluate|plot|summary|convert|export) ', ('run', [])),
   (r'^python -m resnet_jax\.report /tmp/digits ', ('run', [])),
   (r'^python -m resnet_jax\.report gs://', 'skip: reads runs of a paper study on a bucket'),

@@ -60,7 +60,9 @@ def test_a_study_runs_each_run_in_its_workdir_and_resumes(study):
 def test_report_rows_are_the_runs_final_numbers(study):
   root, _ = study
   text = report.report([str(root / 'plain20'), str(root / 'resnet20')])
-  lines = [line for line in text.splitlines() if line.startswith('| ')]
+  results, differences = text.split('### Config fields that differ')
+  assert '| model | cifar_plain20 | cifar_resnet20 |' in differences  # the two runs' nets
+  lines = [line for line in results.splitlines() if line.startswith('| ')]
   header = [c.strip() for c in lines[0].strip('|').split('|')]
   assert header[:3] == ['run', 'model', 'protocol'] and 'paper top-1' in header
   rows = [
@@ -162,3 +164,32 @@ def test_report_sets_the_average_beside_the_weights_and_a_recipe_beside_its_numb
   (row,) = report.run_rows(str(run))
   assert (row['top-1 err'], row['EMA top-1'], row['paper top-1']) == ('20.00', '19.00', '19.14')
   assert row['paper source'] == "torchvision's ResNet50_Weights.IMAGENET1K_V2"
+
+
+def test_report_sets_released_weights_beside_their_published_top1_and_lists_differences(
+  tmp_path,
+):
+  """Released weights evaluated on ImageNet (`evaluate --config.init_from=torchvision:...`): the
+  top-1 error their source publishes stands in the paper's column; several runs get a table of
+  the config fields that differ between them."""
+  runs = []
+  for name, init_from, lr in (('tv', 'torchvision:resnet50.IMAGENET1K_V2', 0.1), ('own', '', 0.4)):
+    run = tmp_path / name
+    run.mkdir()
+    config = {'dataset': 'imagenet2012', 'model': 'resnet50', 'init_from': init_from}
+    config.update(learning_rate=lr, batch_size=256)
+    (run / 'config.json').write_text(json.dumps(config))
+    record = {'split': 'eval', 'step': 0, 'top1_err': 0.2, 'top5_err': 0.05}
+    (run / 'metrics.jsonl').write_text(json.dumps(record) + '\n')
+    runs.append(str(run))
+  (row,) = report.run_rows(runs[0])
+  assert (row['paper top-1'], row['diff']) == ('19.14', '+0.86')  # 100 - 80.858
+  assert row['paper source'] == 'torchvision:resnet50.IMAGENET1K_V2 (published)'
+  (row,) = report.run_rows(runs[1])
+  assert row['paper source'] == 'He et al. 2015, Table 4 (10-crop)' or row['paper top-1'] != '19.14'
+  text = report.report(runs)
+  differences = text.split('### Config fields that differ', 1)[1]
+  assert '| field | tv | own |' in differences
+  assert "| init_from | torchvision:resnet50.IMAGENET1K_V2 | '' |" in differences
+  assert '| learning_rate | 0.1 | 0.4 |' in differences
+  assert 'batch_size' not in differences  # the same in both

@@ -17,7 +17,16 @@ from flax import traverse_util
 from resnet_jax import storage
 from resnet_jax.data import device_pixels, input_pipeline, mean_image, sources
 from resnet_jax.models import param_groups
-from resnet_jax.train import checkpoint, ema, network, optim, parallel, scoring, steps
+from resnet_jax.train import (
+  checkpoint,
+  ema,
+  network,
+  optim,
+  parallel,
+  pretrained,
+  scoring,
+  steps,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -119,7 +128,7 @@ class Experiment:
   def _init_from(self, state):
     abstract = {'params': state.params, 'batch_stats': state.batch_stats}
     loaded = checkpoint.load_variables(
-      self.config.init_from,
+      pretrained.resolve(self.config.init_from, self.config.model),
       abstract,
       self.data_parallel.replicated,
       self.config.init_from_skip,
