@@ -211,6 +211,18 @@ def get_config():
   # residual block the next (VGG/AlexNet: each features_k), the head the last, L in all; layer i
   # learns at layer_decay ** (L - 1 - i) times the rate (times its lr_mults); 0 = off.
   c.layer_decay = 0.0
+  # The few-shot linear probe (train/fewshot.py, `python -m resnet_jax.fewshot`; big_vision's
+  # fewshot_lsr): ridge regression with this L2 strength (big_vision's 2^10) on the pre-logit
+  # features of k examples per class of fewshot_train_split (k in fewshot_shots, drawn with seeds
+  # 0 .. fewshot_seeds - 1), top-1 accuracy on fewshot_test_split. '' = train_split / eval_split.
+  c.fewshot_shots = (1, 5, 10)
+  c.fewshot_seeds = 3
+  c.fewshot_l2_reg = 1024.0
+  c.fewshot_train_split = ''
+  c.fewshot_test_split = ''
+  # True: every evaluation (of training, and of `evaluate`) runs the probe too; its accuracies
+  # (fewshot_{k}shot: the mean over seeds, and each seed's) join the eval record.
+  c.fewshot_in_evaluations = False
   # The classifier's initial weights and bias times this as a run starts (after init_from; not on
   # resume): timm's --head-init-scale; 0 is BiT's zero head.
   c.head_init_scale = 1.0

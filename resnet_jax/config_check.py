@@ -204,6 +204,12 @@ RULES: dict[str, Rule] = {
   'lr_mults': text(),
   'layer_decay': number(0.0, 1.0),
   'head_init_scale': number(0.0),
+  'fewshot_shots': numbers(None, number(1, integer=True), increasing=True),
+  'fewshot_seeds': POSITIVE_INT,
+  'fewshot_l2_reg': number(0.0, open_lo=True),
+  'fewshot_train_split': text(),
+  'fewshot_test_split': text(),
+  'fewshot_in_evaluations': boolean,
   # Optimisation
   'batch_size': POSITIVE_INT,
   'num_epochs': number(0.0, open_lo=True),

@@ -64,6 +64,9 @@ def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
     freeze='conv1,bn1',  # a fine-tune's controls: no state for the stem, per-tensor rates
     lr_mults='fc=2',
     layer_decay=0.9,
+    fewshot_in_evaluations=True,  # features gathered across processes, in the global order
+    fewshot_shots=(1, 5),
+    fewshot_seeds=2,
   )
   multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')
   result = launch_local(tmp_path, multi, tiny_flags(tmp_path, **steps), port=12421)
@@ -85,6 +88,7 @@ def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
     assert abs(ours['top1_err'] - theirs['top1_err']) <= 1 / 360 + 1e-9
     assert ours['loss'] == pytest.approx(theirs['loss'], rel=1e-3)
     assert abs(ours['ema_top1_err'] - theirs['ema_top1_err']) <= 1 / 360 + 1e-9
+    assert abs(ours['fewshot_5shot'] - theirs['fewshot_5shot']) <= 2 / 360 + 1e-9
 
 
 def _process_ids(pattern: str, launcher_pid: int) -> dict[int, int]:

@@ -82,6 +82,9 @@ FINETUNE = dict(
   lr_mults='fc=5',
   layer_decay=0.8,
   head_init_scale=0.5,
+  fewshot_in_evaluations=True,  # the probe reads the state and must leave the run as it was
+  fewshot_shots=(1, 3),
+  fewshot_seeds=2,
 )
 
 
@@ -107,7 +110,13 @@ def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, recipe):
     assert np.array_equal(a[key], b[key]), key
   evals = {
     name: {
-      r['step']: (r['learning_rate'], r['top1_err'], r.get('ema_top1_err'), r.get('ema_loss'))
+      r['step']: (
+        r['learning_rate'],
+        r['top1_err'],
+        r.get('ema_top1_err'),
+        r.get('ema_loss'),
+        r.get('fewshot_3shot'),
+      )
       for r in metrics.read(d)
       if r['split'] == 'eval'
     }
@@ -116,6 +125,7 @@ def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, recipe):
   assert evals['resumed'][8] == evals['straight'][8]
   assert evals['resumed'][12] == evals['straight'][12]
   assert (evals['straight'][12][2] is None) == ('ema_decay' not in recipe)
+  assert (evals['straight'][12][4] is None) == ('fewshot_in_evaluations' not in recipe)
 
 
 def test_plateau_rule_and_its_counters():

@@ -323,8 +323,9 @@ class ResNet(nn.Module):
         position of the last feature map, giving [N, h, w, num_classes] instead of [N, num_classes].
       features: instead of logits, the outputs of these stages by name, for a detection or
         segmentation head (a backbone's C2..C5): 'stem' (after the ImageNet stem's max pool),
-        'layer1', 'layer2', ... (torchvision's names). The net runs only as deep as the deepest
-        one asked for; initialise the variables without ``features``.
+        'layer1', 'layer2', ... (torchvision's names), and 'pre_logits' (the pooled float32
+        features the classifier takes). The net runs only as deep as the deepest one asked for;
+        initialise the variables without ``features``.
       example_keys: with ``drop_path_rate`` in training, one PRNG key per example: its
         stochastic depth draws are functions of its key alone (the train step keys them on the
         run seed, the step and the example's row in the global batch).
@@ -333,9 +334,11 @@ class ResNet(nn.Module):
       float32 logits, or ``{name: stage output}`` (compute dtype) in the order of ``features``.
     """
     stages = [f'layer{i + 1}' for i in range(len(self.stage_sizes))]
-    unknown = sorted(set(features) - {'stem', *stages})
+    unknown = sorted(set(features) - {'stem', *stages, 'pre_logits'})
     if unknown:
-      raise ValueError(f'Unknown features {unknown}; this net has stem, {", ".join(stages)}.')
+      raise ValueError(
+        f'Unknown features {unknown}; this net has stem, {", ".join(stages)}, pre_logits.'
+      )
     conv = functools.partial(layers.conv, dtype=self.dtype, cpu_convolution=self.cpu_convolution)
     norm = norms.norm_layer(
       self.norm,
@@ -368,11 +371,14 @@ class ResNet(nn.Module):
       outputs[name] = self._stage(
         outputs[stages[i - 1] if i else 'stem'], i, strides, dilations, conv, norm, train, drop
       )
-    if features:
+    if features and set(features) <= set(outputs):
       return {name: outputs[name] for name in features}
     x = outputs[stages[-1]]
     if self.preact:
       x = nn.relu(norm(name='final_bn')(x, train=train))
+    if features:  # 'pre_logits': what the classifier sees (the few-shot probe's features)
+      outputs['pre_logits'] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      return {name: outputs[name] for name in features}
     return self._head(x.astype(jnp.float32), spatial_logits)
 
   def _stem(self, x, conv, norm, train):

@@ -16,10 +16,12 @@ from flax import traverse_util
 
 from resnet_jax import storage
 from resnet_jax.data import device_pixels, input_pipeline, mean_image, sources
+from resnet_jax.errors import UserError
 from resnet_jax.models import param_groups
 from resnet_jax.train import (
   checkpoint,
   ema,
+  fewshot,
   network,
   optim,
   parallel,
@@ -154,7 +156,23 @@ class Experiment:
       averaged = score(ema.averaged(state))
       result.update({f'ema_{k}': averaged[k] for k in ('loss', 'top1_err', 'top5_err')})
       result['eval_time_s'] += averaged['eval_time_s']
+    if self.config.fewshot_in_evaluations:
+      result.update(self.fewshot(state))
     return result
+
+  def fewshot(self, state) -> dict:
+    """The few-shot probe of ``state``'s net (train/fewshot.py)."""
+    try:
+      return fewshot.run(self, state)
+    except ValueError as e:  # a class with fewer examples than the shots
+      raise UserError(str(e)) from None
+
+  @functools.cached_property
+  def feature_fn(self):
+    """The wrapped pre-logit feature step of the few-shot probe (compiled once per shape)."""
+    model = network.build_model(self.config, self.num_classes, train_bn_axis=False)
+    step = functools.partial(fewshot.feature_step, model=model)
+    return self.data_parallel.wrap(step, donate_state=False)
 
   def pixel_mean(self):
     """The training split's mean image (None unless normalization is 'pixel_mean')."""

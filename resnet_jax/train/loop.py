@@ -257,4 +257,7 @@ def _evaluate(experiment, writer, state, step) -> dict:
       result['num_examples'],
       f'; EMA top1_err {result["ema_top1_err"]:.4f}' if 'ema_top1_err' in result else '',
     )
+    shots = [k for k in result if k.startswith('fewshot_') and k.endswith('shot')]
+    if shots:
+      LOG.info('few-shot probe: %s', ', '.join(f'{k[8:]} {result[k]:.4f}' for k in shots))
   return record
