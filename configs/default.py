@@ -27,6 +27,10 @@ def get_config():
   c.shuffle_buffer = 16_384  # Only for TFDS datasets stored as TFRecord (no random access).
   c.prefetch_batches = 2  # Global batches prepared ahead of the device.
   c.num_parallel_calls = -1  # tf.data decode/augment parallelism; -1 = AUTOTUNE.
+  # Comma-separated class ids ('5,6,7,8,9'): every split keeps only these classes, relabelled 0, 1,
+  # ... in this order (a held-out task: pretrain on 0-4, transfer to 5-9). Reads each example's
+  # label once: for small datasets with random access. '' = every class.
+  c.class_subset = ''
   c.digits_test_fraction = 0.2  # 'digits': held-out fraction (stratified, fixed split seed 0).
   c.photos_num_examples = (2048, 512)  # 'photos': (training, test) crops.
   c.fake_num_examples = 1_281_167  # 'fake': training epoch size (ImageNet's by default).
@@ -211,10 +215,11 @@ def get_config():
   # residual block the next (VGG/AlexNet: each features_k), the head the last, L in all; layer i
   # learns at layer_decay ** (L - 1 - i) times the rate (times its lr_mults); 0 = off.
   c.layer_decay = 0.0
-  # The few-shot linear probe (train/fewshot.py, `python -m resnet_jax.fewshot`; big_vision's
-  # fewshot_lsr): ridge regression with this L2 strength (big_vision's 2^10) on the pre-logit
-  # features of k examples per class of fewshot_train_split (k in fewshot_shots, drawn with seeds
-  # 0 .. fewshot_seeds - 1), top-1 accuracy on fewshot_test_split. '' = train_split / eval_split.
+  # The few-shot linear probe (train/fewshot.py, `python -m resnet_jax.evaluate --fewshot`;
+  # big_vision's fewshot_lsr): ridge regression with this L2 strength (big_vision's 2^10) on the
+  # pre-logit features of k examples per class of fewshot_train_split (k in fewshot_shots, drawn
+  # with seeds 0 .. fewshot_seeds - 1), top-1 accuracy on fewshot_test_split. '' = train_split /
+  # eval_split.
   c.fewshot_shots = (1, 5, 10)
   c.fewshot_seeds = 3
   c.fewshot_l2_reg = 1024.0

@@ -104,6 +104,12 @@ def model_name(name, value):
     raise ConfigError(f'--config.{name}={value!r}: {e}') from None
 
 
+def class_ids(name, value):
+  parts = [p.strip() for p in value.split(',')] if value else []
+  if not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts) or len(parts) == 1:
+    _fail(name, value, "'' or two or more distinct comma-separated class ids, e.g. '5,6,7,8,9'")
+
+
 def recipe_name(name, value):
   from configs.experiments.paper import PAPER
 
@@ -130,6 +136,7 @@ RULES: dict[str, Rule] = {
   'prefetch_batches': POSITIVE_INT,
   'num_parallel_calls': number(-1, integer=True),
   'digits_test_fraction': number(0.0, 0.9, open_lo=True),
+  'class_subset': class_ids,
   'photos_num_examples': numbers(2, POSITIVE_INT),
   'fake_num_examples': POSITIVE_INT,
   'fake_eval_examples': POSITIVE_INT,

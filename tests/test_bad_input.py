@@ -341,6 +341,7 @@ CASES = [
     [*DIGITS, '--config.init_from=torchvision:resnet50.IMAGENET1K_V3'],
     "Unknown weights 'torchvision:resnet50.IMAGENET1K_V3' (closest: torchvision:resnet50.",
   ),
+  ('a class subset of one class', [*DIGITS, '--config.class_subset=5'], 'two or more distinct'),
   (
     'weights of another net',
     [*DIGITS, '--config.init_from=torchvision:resnet50.IMAGENET1K_V2'],

@@ -1,5 +1,5 @@
-"""The few-shot linear probe (train/fewshot.py, `python -m resnet_jax.fewshot`): its ridge
-regression equals the textbook solve in numpy, its draws are big_vision's, and through the
+"""The few-shot linear probe (train/fewshot.py, `python -m resnet_jax.evaluate --fewshot`): its
+ridge regression equals the textbook solve in numpy, its draws are big_vision's, and through the
 command and training it scores a run's representation."""
 
 import json
@@ -92,7 +92,8 @@ def test_the_command_probes_a_run_and_training_logs_the_probe(tmp_path):
       [
         sys.executable,
         '-m',
-        'resnet_jax.fewshot',
+        'resnet_jax.evaluate',
+        '--fewshot',
         '--config=configs/digits.py',
         f'--workdir={work}',
         f'--checkpoint_step={step}',

@@ -22,7 +22,7 @@ from resnet_jax.data import (
   tfds_source,
 )
 from resnet_jax.data.input_pipeline import Layout
-from resnet_jax.data.source import DatasetNotFoundError
+from resnet_jax.data.source import DatasetError, DatasetNotFoundError
 from resnet_jax.train import parallel
 
 
@@ -370,3 +370,21 @@ def test_repeated_augmentation_deals_each_example_k_times_with_its_own_draws(tmp
   for j in range(4):  # each example's four copies: four different crops
     copies = {images[c, j].tobytes() for c in range(4)}
     assert len(copies) == 4
+
+
+def test_a_class_subset_keeps_those_classes_relabelled_in_order(tmp_path):
+  """Digits 5-9 as a task of its own: the same images, in the split's order, labels 0-4."""
+  config = digits_config(tmp_path)
+  whole = sources.get_source(config, 'train')
+  config.class_subset = '7,5,9,6,8'  # relabelled in the order given
+  subset = sources.get_source(config, 'train')
+  images, labels = whole.fetch(np.arange(whole.num_examples))
+  kept = np.flatnonzero(np.isin(labels, [5, 6, 7, 8, 9]))
+  assert subset.num_examples == len(kept) == 716 and subset.num_classes == 5
+  sub_images, sub_labels = subset.fetch(np.arange(subset.num_examples))
+  np.testing.assert_array_equal(sub_images, images[kept])
+  np.testing.assert_array_equal(sub_labels, np.array([1, 3, 0, 4, 2])[labels[kept] - 5])
+  assert subset.fingerprint == f'{whole.fingerprint}:classes=7,5,9,6,8'  # its own mean image
+  config.class_subset = '5,12'
+  with pytest.raises(DatasetError, match=r'has classes 0\.\.9, not \[12\]'):
+    sources.get_source(config, 'train')

@@ -87,7 +87,7 @@ RULES = [
     'skip: downloads torchvision weights and needs ImageNet (tests/test_pretrained.py serves '
     'released files from 127.0.0.1)',
   ),
-  (r'^python -m resnet_jax\.(evaluate|fewshot|plot|summary|convert|export) ', ('run', [])),
+  (r'^python -m resnet_jax\.(evaluate|plot|summary|convert|export) ', ('run', [])),
   (r'^python -m resnet_jax\.report /tmp/digits ', ('run', [])),
   (r'^python -m resnet_jax\.report gs://', 'skip: reads runs of a paper study on a bucket'),
   (
@@ -202,7 +202,7 @@ def test_readme_commands_run_as_written(tmp_path):
   assert '; EMA top1_err ' in by_tool['resnet_jax.main']  # the modern digits run's average
   assert os.path.getsize(tmp_path / 'digits' / 'curves.png') > 10_000
   assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
-  assert '"fewshot_10shot": ' in by_tool['resnet_jax.fewshot']
+  assert '"fewshot_10shot": ' in by_tool['resnet_jax.evaluate']
   if not needs_torch:  # the digits run's weights, as a torch state_dict
     state_dict = torch.load(tmp_path / 'digits' / 'weights.pth', weights_only=True)
     # CIFAR ResNet-20: conv1, bn1 (weight, bias, running mean and var, num_batches_tracked), nine

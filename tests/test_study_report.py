@@ -12,6 +12,7 @@ from PIL import Image
 
 from configs.experiments import paper
 from resnet_jax import plot, report
+from resnet_jax import study as study_command
 from resnet_jax.train import metrics
 
 pytestmark = pytest.mark.slow
@@ -193,3 +194,19 @@ def test_report_sets_released_weights_beside_their_published_top1_and_lists_diff
   assert "| init_from | torchvision:resnet50.IMAGENET1K_V2 | '' |" in differences
   assert '| learning_rate | 0.1 | 0.4 |' in differences
   assert 'batch_size' not in differences  # the same in both
+
+
+def test_a_study_run_starts_from_the_earlier_run_it_names(tmp_path, monkeypatch):
+  """The transfer study's fine-tunes: each command gets --config.init_from=ROOT/<its source>."""
+  commands = []
+  monkeypatch.setattr(
+    study_command.subprocess, 'call', lambda command: commands.append(command) or 0
+  )
+  path = os.path.join(REPO, 'configs', 'experiments', 'transfer.py')
+  study_command.main([f'--study={path}', f'--root={tmp_path}', '--only=pretrain,probe_s1,lpft_s1'])
+  init_from = [[a for a in c if a.startswith('--config.init_from=')] for c in commands]
+  assert init_from == [
+    [],
+    [f'--config.init_from={tmp_path}/pretrain'],
+    [f'--config.init_from={tmp_path}/probe_s1'],
+  ]

@@ -3,7 +3,7 @@ the pre-logit features (``ResNet(features=('pre_logits',))``) of a training and 
 for each seed and shot count ``k``, ``k`` training examples per class drawn at random, a
 closed-form ridge regression onto ±1 one-hot targets on features standardised by those examples
 (a constant feature of 100 as an almost unregularised bias), and its top-1 accuracy on the whole
-test split. The command is ``resnet_jax.fewshot``.
+test split. The command is ``resnet_jax.evaluate --fewshot``.
 """
 
 from __future__ import annotations
