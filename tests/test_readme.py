@@ -69,6 +69,12 @@ RULES = [
     r'|plot /tmp/modern)',
     'skip: the 15-minute study whose table the README shows (its parts are tested one by one)',
   ),
+  (
+    r'^python -m resnet_jax\.(study --study=configs/experiments/transfer|report /tmp/transfer'
+    r'|plot /tmp/transfer|evaluate --fewshot --config=configs/experiments/transfer)',
+    'skip: the 8-minute study whose tables the README shows (tests/test_param_groups.py, '
+    'test_fewshot.py and test_study_report.py test its parts)',
+  ),
   (r'^python -m resnet_jax\.main --config=configs/digits\.py', ('run', SHORT_DIGITS)),
   (r'^python -m resnet_jax\.main --config=configs/photos\.py', ('run', SHORT_PHOTOS)),
   # Multi-scale compiles an eval step per size and aspect bucket: two sizes here, five in the

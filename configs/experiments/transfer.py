@@ -46,7 +46,7 @@ def get_config(run: str = 'pretrain'):
   c.class_subset = TARGET_CLASSES
   c.seed = int(seed)
   c.num_train_steps = 60
-  c.eval_every, c.checkpoint_every, c.log_every = 60, 60, 20
+  c.eval_every, c.checkpoint_every, c.log_every = 20, 60, 5
   if arm == 'probe':
     c.freeze = 'backbone'
     c.head_init_scale = 0.0
