@@ -46,11 +46,11 @@ USAGE = (
 
 def _torch():
   try:
-    import torch  # only this command needs torch: an optional dependency
+    import torch  # only writing a .pth needs torch (an optional dependency)
   except ImportError:
     raise UserError(
-      'convert reads and writes torch files and needs torch: pip install torch==2.13.0 (the '
-      'small CPU build), or pip install -e ".[convert]".'
+      'convert --to_torchvision writes a torch file and needs torch: pip install torch==2.13.0 '
+      '(the small CPU build), or pip install -e ".[convert]".'
     ) from None
   return torch
 

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch_resnet
 from flax import traverse_util
 from helpers import final_params, run_main, tiny, tiny_flags
 
@@ -73,8 +72,14 @@ def shapes(name: str, size: int = 32, **overrides) -> dict:
   ],
 )
 def test_layer_decay_scales_are_timms(name, matcher):
-  net = torch_resnet.build(name, num_classes=10)
-  torch_names = {n: p.ndim for n, p in net.named_parameters()}
+  # The torch net's parameter names and ranks: its state_dict (our converter's, whose keys equal
+  # torchvision's and timm's, tests/test_torchvision_parity.py) less the buffers.
+  variables = registry.get_model(name, num_classes=10).init(
+    jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+  )
+  state_dict = torchvision_weights.to_torchvision(jax.device_get(variables))
+  buffers = ('running_mean', 'running_var', 'num_batches_tracked')
+  torch_names = {n: v.ndim for n, v in state_dict.items() if not n.endswith(buffers)}
   expected = timm_layer_scales(list(torch_names), matcher, 0.7)
   ours = traverse_util.flatten_dict(param_groups.lr_multipliers(shapes(name), '', 0.7), sep='/')
   assert len(ours) == len(expected)
