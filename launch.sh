@@ -99,13 +99,17 @@ local_run() {
     return 0
   fi
   local -A index=()  # pid -> process id
-  local pids=() i
+  local pids=() filters=() i err
   for ((i = 0; i < n; i++)); do
+    # Each process's stderr passes through quiet_after_lost_coordinator (below).
+    exec {err}> >(quiet_after_lost_coordinator)
+    filters+=($!)
     JAX_PLATFORMS=cpu JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i \
       XLA_FLAGS="--xla_force_host_platform_device_count=$per ${XLA_FLAGS:-}" \
-      python3 -m resnet_jax.main "${MAIN_ARGS[@]}" &
+      python3 -m resnet_jax.main "${MAIN_ARGS[@]}" 2>&$err &
     pids+=($!)
     index[$!]=$i
+    exec {err}>&-
   done
   # SIGTERM / Ctrl-C: every process saves at the same step and exits; wait for them all.
   local stopping=0
@@ -131,16 +135,44 @@ local_run() {
       # A process that died takes the job with it: the others cannot finish a collective (or a
       # checkpoint) without it. Give them a moment to end on their own, then stop them.
       deadline=$((SECONDS + grace))
-      while ((SECONDS < deadline)) && kill -0 "${left[@]}" 2>/dev/null; do sleep 0.2; done
-      kill -KILL "${left[@]}" 2>/dev/null || true
+      {  # (bash reports each job that a signal ended, such as "Aborted": the last line says why)
+        while ((SECONDS < deadline)) && kill -0 "${left[@]}"; do sleep 0.2; done
+        kill -KILL "${left[@]}" || true
+      } 2>/dev/null
     fi
   done
+  wait "${filters[@]}" 2>/dev/null || true  # every process's last lines come before ours
   release_lock "${pids[@]}"
   if ((status != 0 && !stopping)); then  # last, after whatever the other processes printed
-    echo "launch.sh: the job stopped: $failed. Its last checkpoint is kept: run the same" \
-      "command to resume." >&2
+    echo "launch.sh: the job stopped: $failed. $(checkpoint_note)" >&2
   fi
   return "$status"
+}
+
+# A process whose coordinator (process 0) died is ended by JAX's coordination service with ~50
+# lines (a check-failure stack, "Fatal Python error: Aborted", every thread's stack) that say
+# only that another process died. They are dropped here; the launcher's last line names the
+# process that died. Ctrl-C reaches this filter too: it ignores it, so a process saving its
+# checkpoint after Ctrl-C can still write its lines.
+quiet_after_lost_coordinator() {
+  trap '' INT TERM
+  awk '/Polled an error from coordination service|JAX distributed service detected fatal/ { quiet = 1 }
+       !quiet { print; fflush() }' >&2
+}
+
+checkpoint_note() {  # what a failed local job leaves in its workdir
+  local workdir='' a steps=()
+  for a in "${MAIN_ARGS[@]}"; do [[ "$a" == --workdir=* ]] && workdir=${a#--workdir=}; done
+  if [[ -d "$workdir/checkpoints" ]]; then
+    mapfile -t steps < <(find "$workdir/checkpoints" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' -printf '%f\n' | sort -n)
+  fi
+  if ((${#steps[@]})); then
+    echo "Its last checkpoint (step ${steps[-1]}) is kept: run the same command to resume."
+  elif [[ "$workdir" == *://* ]]; then
+    echo "Its checkpoints, if any, are kept: run the same command to resume."
+  else
+    echo "It had saved no checkpoint yet: run the same command to start again."
+  fi
 }
 
 describe_exit() {  # an exit status as words

@@ -281,13 +281,13 @@ def time_input(config, cores: int, num_batches: int, baseline: bool) -> dict:
 
 def main(argv):
   del argv
-  from resnet_jax import config_check, distributed
+  from resnet_jax import cli, config_check, distributed
 
   distributed.initialize()
   if FLAGS.mode in ('input', 'input_baseline', 'end_to_end'):  # the modes that run tf.data
     distributed.hide_accelerators_from_tensorflow()
   config = FLAGS.config
-  config_check.check(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  config_check.check_here(config, given=cli.config_fields_given())
   if FLAGS.mode in ('input', 'input_baseline'):
     result = time_input(config, FLAGS.cores, FLAGS.steps, FLAGS.mode == 'input_baseline')
   elif FLAGS.mode == 'end_to_end':

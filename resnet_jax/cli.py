@@ -40,6 +40,15 @@ def fail(message: str, code: int = USAGE_EXIT_CODE, prefix: str = 'error'):
   os._exit(code)
 
 
+def refuse_unwritable_file(location: str, example: str):
+  """For argparse commands (plot, report): ``storage.check_writable_file`` of ``--out`` as one
+  line."""
+  try:
+    storage.check_writable_file(location, '--out', example)
+  except UserError as e:
+    fail(str(e))
+
+
 def _load_config(spec: str):
   path, _, argument = spec.partition(':')
   if not os.path.isfile(path):
@@ -70,6 +79,13 @@ def check_config_overrides(argv: list[str]):
       close = difflib.get_close_matches(name, fields, n=1, cutoff=0.5)
       hint = f'did you mean --config.{close[0]}?' if close else 'see configs/default.py'
       fail(f'--config.{match[1]}: the config has no field {name!r} — {hint}')
+
+
+def config_fields_given(argv: list[str] | None = None) -> frozenset[str]:
+  """The config fields named by ``--config.FIELD=...`` on the command line: set, even where
+  the value is the field's default (see ``config_check.check``)."""
+  names = (re.match(r'--config\.(\w+)', a) for a in (sys.argv if argv is None else argv))
+  return frozenset(m[1] for m in names if m)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -286,8 +286,14 @@ def closest(name: str, names: Iterable[str]) -> str:
   return f' (did you mean {match[0]}?)' if match else ''
 
 
-def check(config, *, num_devices: int = 1, num_processes: int = 1):
-  """Raises ConfigError for the first field or combination that cannot work."""
+def check(config, *, num_devices: int = 1, num_processes: int = 1, given: Iterable[str] = ()):
+  """Raises ConfigError for the first field or combination that cannot work.
+
+  ``given``: the fields the command line set (``cli.config_fields_given``). A field whose
+  default means something (dropout 0.5, norm_groups 32, mix_prob 1) counts as set when it is
+  given there or differs from its default; a config file that sets one to its default value
+  cannot be told from one that leaves it.
+  """
   for name in config:
     if name not in RULES:
       raise ConfigError(f'Unknown config field {name!r}{closest(name, RULES)}.')
@@ -295,10 +301,34 @@ def check(config, *, num_devices: int = 1, num_processes: int = 1):
     if name not in config:
       raise ConfigError(f'The config has no field {name!r}: build it from configs/default.py.')
     rule(name, config[name])
-  _check_combinations(config, num_devices, num_processes)
+  _check_combinations(config, num_devices, num_processes, _SetFields(config, given))
 
 
-def _check_combinations(c, num_devices: int, num_processes: int):
+def check_here(config, given: Iterable[str] = ()):
+  """``check`` for this process's devices and processes, then the host memory its input
+  batches take (``memory_check``): what a command runs before any work."""
+  import jax
+
+  from resnet_jax import memory_check
+
+  check(config, num_devices=jax.device_count(), num_processes=jax.process_count(), given=given)
+  memory_check.check(config, jax.process_count(), cpu_backend=jax.default_backend() == 'cpu')
+
+
+class _SetFields:
+  """``name in set_fields``: was the field set (on the command line, or away from its default)?"""
+
+  def __init__(self, config, given: Iterable[str]):
+    from configs import default
+
+    defaults = default.get_config()
+    self.names = {n for n in config if n in defaults and config[n] != defaults[n]} | set(given)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.names
+
+
+def _check_combinations(c, num_devices: int, num_processes: int, set_fields: _SetFields):
   for name in ('batch_size', 'eval_batch_size'):
     batch = c[name]
     if batch and (batch % num_devices or batch % num_processes):
@@ -330,8 +360,8 @@ def _check_combinations(c, num_devices: int, num_processes: int):
     )
   if c.multiscale_aspects[0] != 1.0:
     _fail('multiscale_aspects', tuple(c.multiscale_aspects), 'increasing from 1.0 (square images)')
-  _check_model_options(c)
-  _check_recipe(c, num_devices)
+  _check_model_options(c, set_fields)
+  _check_recipe(c, num_devices, set_fields)
   if c.init_from_skip and not c.init_from:
     raise ConfigError('--config.init_from_skip is set but --config.init_from is empty.')
   _check_param_groups(c)
@@ -410,7 +440,7 @@ def _check_param_groups(c):
     raise ConfigError(f'--config.freeze={c.freeze!r}: {e}.') from None
 
 
-def _check_recipe(c, num_devices: int):
+def _check_recipe(c, num_devices: int, set_fields: _SetFields):
   """The training recipe's combinations: accumulation, the loss, mixing, the weights' average."""
   rows = c.batch_size // max(num_devices, 1)
   if c.grad_accum_steps > 1 and rows % c.grad_accum_steps:
@@ -419,7 +449,7 @@ def _check_recipe(c, num_devices: int):
       f'{rows} rows of batch_size={c.batch_size} ({num_devices} devices): one of '
       f'{[d for d in range(1, rows + 1) if rows % d == 0][:8]}.'
     )
-  _check_policy_fields(c)
+  _check_policy_fields(c, set_fields)
   if c.repeated_augmentation > c.batch_size:
     raise ConfigError(
       f'--config.repeated_augmentation={c.repeated_augmentation} must be at most '
@@ -430,12 +460,12 @@ def _check_recipe(c, num_devices: int):
       f"--config.bce_target_threshold={c.bce_target_threshold} needs --config.loss='bce'."
     )
   mixing = c.mixup_alpha > 0 or c.cutmix_alpha > 0
-  if not mixing and (c.mix_prob != 1.0 or c.mix_switch_prob != 0.5):
+  if not mixing and ('mix_prob' in set_fields or 'mix_switch_prob' in set_fields):
     raise ConfigError(
       '--config.mix_prob and mix_switch_prob need --config.mixup_alpha or cutmix_alpha > 0.'
     )
   if c.ema_decay == 0:
-    if c.ema_every != 1 or c.ema_warmup:
+    if 'ema_every' in set_fields or c.ema_warmup:
       raise ConfigError('--config.ema_every and ema_warmup need --config.ema_decay > 0.')
     for name in ('best_metric', 'plateau_metric'):
       if c[name].startswith('ema_'):
@@ -449,9 +479,10 @@ def _check_recipe(c, num_devices: int):
     raise ConfigError('--config.init_from_ema is set but --config.init_from is empty.')
 
 
-def architecture_overrides(c) -> dict:
+def architecture_overrides(c, set_fields=()) -> dict:
   """The ResNet arguments that the config's architecture fields set over its named model's own
-  (unset fields, 0 or False, keep the model's)."""
+  (unset fields, 0 or False, keep the model's; ``set_fields`` adds those set to their default,
+  so that the checks see them)."""
   given = {k: c[k] for k in ('groups', 'width_per_group', 'stem_width') if c[k]}
   if c.shortcut:
     given['shortcut'] = c.shortcut
@@ -459,9 +490,9 @@ def architecture_overrides(c) -> dict:
     given['stride_in_1x1'] = True
   if any(c.replace_stride_with_dilation):
     given['replace_stride_with_dilation'] = tuple(c.replace_stride_with_dilation)
-  if c.norm != 'batch':
+  if c.norm != 'batch' or 'norm' in set_fields:
     given['norm'] = c.norm
-  if c.norm_groups != 32:
+  if c.norm_groups != 32 or 'norm_groups' in set_fields:
     given['norm_groups'] = c.norm_groups
   if c.deep_stem:
     given['stem'] = 'deep'
@@ -469,7 +500,7 @@ def architecture_overrides(c) -> dict:
     given['avg_down'] = True
   if c.drop_path_rate:
     given['drop_path_rate'] = c.drop_path_rate
-  if c.dropout != 0.5:
+  if c.dropout != 0.5 or 'dropout' in set_fields:
     given['dropout'] = c.dropout
   return given
 
@@ -490,11 +521,11 @@ def _check_baseline_sizes(c, model):
     )
 
 
-def _check_model_options(c):
+def _check_model_options(c, set_fields: _SetFields):
   """The architecture fields against the model they change (basic blocks have none of them)."""
   from resnet_jax.models import registry
 
-  given = architecture_overrides(c)
+  given = architecture_overrides(c, set_fields)
   given |= {k: True for k in ('zero_init_residual', 'scan_blocks') if c[k]}  # VGG has neither
   fields = [{'stem': 'deep_stem'}.get(k, k) for k in given]  # the config field that set each
   flags = ' '.join(f'--config.{field}={c[field]!r}' for field in fields)
@@ -504,6 +535,11 @@ def _check_model_options(c):
     raise ConfigError(f'{flags} with --config.model={c.model}: {e}') from None
   if registry.is_baseline(c.model):
     _check_baseline_sizes(c, model)
+  if 'norm_groups' in given and c.norm != 'group':
+    raise ConfigError(
+      f"--config.norm_groups={c.norm_groups} is GroupNorm's number of groups: it needs "
+      f"--config.norm='group' (this run's norm is {c.norm!r})."
+    )
   if c.norm != 'batch' and c.bn_group_size != 1:
     raise ConfigError(
       f'--config.bn_group_size={c.bn_group_size} shares BatchNorm statistics across devices; '
@@ -533,12 +569,9 @@ POLICY_FIELDS = {
 }
 
 
-def _check_policy_fields(c):
-  from configs import default
-
-  defaults = default.get_config()
+def _check_policy_fields(c, set_fields: _SetFields):
   for name, policies in POLICY_FIELDS.items():
-    if c.augment_policy not in policies and c[name] != defaults[name]:
+    if c.augment_policy not in policies and name in set_fields:
       needed = ' or '.join(repr(p) for p in policies)
       raise ConfigError(f'--config.{name} needs --config.augment_policy={needed}.')
   magnitude = c.randaugment_magnitude

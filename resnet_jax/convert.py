@@ -98,6 +98,7 @@ def to_torchvision_file():
   from resnet_jax import storage
   from resnet_jax.train import checkpoint
 
+  storage.check_writable_file(FLAGS.to_torchvision, '--to_torchvision', 'model.pth')
   source = storage.path(FLAGS.weights)
   if not source.is_dir():
     raise UserError(

@@ -29,13 +29,15 @@ flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def evaluate_workdir(config, workdir: str, step: int | None = None, fewshot=False) -> dict:
+def evaluate_workdir(
+  config, workdir: str, step: int | None = None, fewshot=False, given=()
+) -> dict:
   """Restores a run (latest or ``step``; or ``init_from`` weights) and scores the eval split with
-  ``config.eval_mode``, or with the few-shot probe."""
+  ``config.eval_mode``, or with the few-shot probe. ``given``: the fields the command line set."""
   from resnet_jax.train import checkpoint
   from resnet_jax.train.experiment import Experiment
 
-  config_check.check(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  config_check.check_here(config, given=given)
   checkpoints = storage.path(workdir) / 'checkpoints'
   if not checkpoints.is_dir() and not config.init_from:  # never create what we were asked to read
     raise checkpoint.CheckpointError(
@@ -60,7 +62,9 @@ def main(argv):
   distributed.hide_accelerators_from_tensorflow()
   config = FLAGS.config
   distributed.use_compilation_cache(config.compilation_cache_dir)
-  result = evaluate_workdir(config, FLAGS.workdir, FLAGS.checkpoint_step, FLAGS.fewshot)
+  result = evaluate_workdir(
+    config, FLAGS.workdir, FLAGS.checkpoint_step, FLAGS.fewshot, cli.config_fields_given()
+  )
   mode = 'fewshot' if FLAGS.fewshot else config.eval_mode
   line = json.dumps({'eval_mode': mode, **result})
   print(line)

@@ -166,6 +166,7 @@ def main(argv):
       'export: give --workdir=DIR (a run) or --weights=DIR --model=NAME (converted weights), '
       'and --out=FILE.onnx.'
     )
+  storage.check_writable_file(FLAGS.out, '--out', 'model.onnx')
   _onnx()
   model_name, weights = FLAGS.model, FLAGS.weights
   if weights and releases.is_reference(weights):  # released weights: downloaded, converted once

@@ -32,9 +32,7 @@ def main(argv):
   console.setup()
   distributed.initialize(FLAGS.config)
   # Before the heavy imports (TensorFlow, orbax): a bad value is reported in a second.
-  config_check.check(
-    FLAGS.config, num_devices=jax.device_count(), num_processes=jax.process_count()
-  )
+  config_check.check_here(FLAGS.config, given=cli.config_fields_given())
   from resnet_jax.train import loop
 
   distributed.use_compilation_cache(FLAGS.config.compilation_cache_dir)

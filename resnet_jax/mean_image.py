@@ -9,7 +9,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax import cli, config_check
-from resnet_jax.data import mean_image, sources
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
@@ -19,6 +18,9 @@ def main(argv):
   del argv
   config = FLAGS.config
   config_check.check(config)
+  # Imported here, after cli.run holds back TensorFlow's start-up lines.
+  from resnet_jax.data import mean_image, sources
+
   source = sources.get_source(config, config.train_split)
   mean = mean_image.compute(config, source)
   key = mean_image.content_key(config, source)

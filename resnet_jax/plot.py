@@ -74,6 +74,7 @@ def main(argv=None):
   parser.add_argument('--labels', nargs='*')
   parser.add_argument('--title')
   args = parser.parse_args(argv)
+  cli.refuse_unwritable_file(args.out, 'curves.png')
   for workdir in args.workdirs:
     metrics.require(workdir)
   if args.labels and len(args.labels) != len(args.workdirs):

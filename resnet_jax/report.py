@@ -20,7 +20,7 @@ import json
 from collections import defaultdict
 
 from configs.experiments.paper import PAPER
-from resnet_jax import storage
+from resnet_jax import cli, storage
 from resnet_jax.models import releases
 from resnet_jax.train import divergence, metrics
 
@@ -106,6 +106,8 @@ def run_rows(workdir: str) -> list[dict]:
   """The rows of one workdir: its training evaluation and each recorded evaluate protocol."""
   root = storage.path(workdir)
   metrics.require(workdir)
+  if not (root / 'config.json').exists():
+    cli.fail(f'{workdir}: no config.json (not a resnet_jax workdir, or not started).')
   config = json.loads((root / 'config.json').read_text())
   env = _latest_json(root, 'environment')
   records = metrics.read(workdir)
@@ -119,24 +121,24 @@ def run_rows(workdir: str) -> list[dict]:
       results.append((protocol, lines[-1]))
   hardware = f'{env.get("devices", "?")} x {env.get("device_kind", "?")}' if env else '-'
   name = root.name + _nonfinite_note(records)
-  if not results and name != root.name:  # diverged before its first evaluation: still a row
-    results = [('-', {'top1_err': float('nan'), 'top5_err': float('nan'), 'step': '-'})]
+  if not results:  # not evaluated yet (or diverged before its first evaluation): still a row
+    results = [('-', {})]
   rows = []
   for protocol, result in results:
     # Released weights: their own published figure, before the paper's for the architecture.
     paper = _release_figure(config, protocol) or PAPER.get(paper_key(config, protocol), {})
-    top1 = 100 * result['top1_err']
+    top1 = 100 * result.get('top1_err', float('nan'))
     rows.append(
       {
         'run': name,
         'model': config.get('model', '?'),
         'protocol': protocol,
         'train err': f'{100 * train[-1]["top1_err"]:.2f}' if train else '-',
-        'top-1 err': f'{top1:.2f}',
-        'top-5 err': f'{100 * result["top5_err"]:.2f}',
+        'top-1 err': f'{top1:.2f}' if result else '-',
+        'top-5 err': f'{100 * result["top5_err"]:.2f}' if result else '-',
         'EMA top-1': f'{100 * result["ema_top1_err"]:.2f}' if 'ema_top1_err' in result else '-',
         'paper top-1': f'{paper["top1"]:.2f}' if paper else '-',
-        'diff': f'{top1 - paper["top1"]:+.2f}' if paper else '-',
+        'diff': f'{top1 - paper["top1"]:+.2f}' if paper and result else '-',
         'paper source': paper.get('source', '-'),
         'steps': str(result.get('step', '-')),
         'wall time': _hours(records),
@@ -177,6 +179,8 @@ def main(argv=None):
   parser.add_argument('workdirs', nargs='+')
   parser.add_argument('--out', default='', help='also write the markdown here')
   args = parser.parse_args(argv)
+  if args.out:
+    cli.refuse_unwritable_file(args.out, 'results.md')
   text = report(args.workdirs)
   print(text)
   if args.out:

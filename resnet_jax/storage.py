@@ -62,6 +62,24 @@ def check_writable_dir(location, what: str = '--workdir'):
       created.rmtree()
 
 
+def check_writable_file(location, what: str, example: str):
+  """Refuses, before any work, an output file path that cannot be a file: an existing
+  directory (``example``: a file name to suggest in it), or a path below a regular file. (A full
+  or read-only disk is met on writing.)"""
+  target = path(location)
+  if is_cloud(target):
+    return  # object stores have no directories in the way
+  if target.is_dir():
+    raise UserError(
+      f'{what}={location} is a directory: give a file path, such as {target / example}.'
+    )
+  parent = target.parent
+  while not parent.exists():
+    parent = parent.parent
+  if not parent.is_dir():
+    raise UserError(f'{what}={location}: {parent} is a file, not a directory: give another path.')
+
+
 def describe(error: BaseException) -> str:
   """An exception as one short line (the first line of its message, with its kind)."""
   if isinstance(error, OSError) and error.strerror:
@@ -104,8 +122,12 @@ def write_bytes_atomic(target: epath.Path, data: bytes):
     target.write_bytes(data)
     return
   tmp = target.parent / f'.{target.name}.{uuid.uuid4().hex}.tmp'
-  tmp.write_bytes(data)
-  os.replace(tmp, target)
+  try:
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+  finally:  # a failed write (full disk, a directory in the way) leaves no temporary file
+    if tmp.exists():
+      tmp.unlink()
 
 
 class AppendOnlyText:

@@ -13,7 +13,7 @@ from etils import epath
 from helpers import REPO, folder_config, tiny, tiny_flags, write_image_folder
 
 from configs import digits
-from resnet_jax import evaluate, plot
+from resnet_jax import evaluate, plot, storage
 from resnet_jax.models import block_layout, registry, torchvision_weights
 from resnet_jax.train import checkpoint, experiment, loop, metrics, scoring
 
@@ -181,3 +181,13 @@ def test_plot_writes_a_png(trained, tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   data = plot.curves(workdir)
   assert data['eval'][0] == [12] and len(data['train'][0]) == 3
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+  (tmp_path / 'taken').mkdir()  # a directory where the file would go: the final rename fails
+  with pytest.raises(IsADirectoryError):
+    storage.write_bytes_atomic(storage.path(tmp_path / 'taken'), b'x' * 1000)
+  assert os.listdir(tmp_path) == ['taken'] and not os.listdir(tmp_path / 'taken')
+  storage.write_bytes_atomic(storage.path(tmp_path / 'file'), b'abc')
+  assert sorted(os.listdir(tmp_path)) == ['file', 'taken']
+  assert (tmp_path / 'file').read_bytes() == b'abc'

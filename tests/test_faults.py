@@ -135,6 +135,38 @@ def test_skip_mode_skips_then_stops_after_the_limit(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # nothing after a NaN is saved
 
 
+@pytest.mark.slow
+def test_skip_mode_says_what_a_checkpoint_saved_while_skipping_holds(tmp_path):
+  """Checkpoints saved during a run of skipped steps are kept (resume goes on from there), and
+  the stop line says whose weights they hold: the last applied step's."""
+  workdir = str(tmp_path / 'run')
+  result, out = _run(
+    workdir,
+    tmp_path,
+    num_train_steps=40,
+    learning_rate=1e4,
+    on_nonfinite='skip',
+    nonfinite_skip_limit=6,
+    checkpoint_every=2,
+    eval_every=40,
+    keep_checkpoints=10,
+  )
+  assert result.returncode == divergence.DIVERGED_EXIT_CODE, out
+  line = last_line(result.stderr)
+  match = re.search(
+    r'no update after step (\d+) was applied\. Last checkpoint: step (\d+) in \S+ \(saved '
+    r'during the skipped steps: its weights are those of step (\d+)\)',
+    line,
+  )
+  assert match, line
+  applied, saved, holds = map(int, match.groups())
+  assert holds == applied < saved and saved == max(steps_on_disk(workdir)), (line, workdir)
+  assert 'saved nothing after' not in line
+  events = [r for r in metrics.read(workdir) if r['split'] == divergence.SPLIT]
+  assert [e['step'] for e in events[-6:]] == list(range(applied + 1, applied + 7))
+  assert [e['action'] for e in events[-6:]] == ['skipped'] * 5 + ['stopped']
+
+
 @pytest.fixture
 def started():
   """Starts runs in the background; whatever is still running at the end is killed (a failed

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import final_params, run_main, tiny, tiny_flags
+from helpers import REPO, final_params, run_main, tiny, tiny_flags
 
 from resnet_jax.train import checkpoint, loop, workdir_lock
 
@@ -151,3 +151,57 @@ def test_init_from_an_8_device_run_into_a_4_device_run(tmp_path):
   assert step == 1
   for key, value in src_params.items():
     np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+
+@pytest.mark.slow
+def test_evaluate_and_export_beside_a_trainer_that_deletes_what_they_read(tmp_path):
+  """A trainer saving every step and keeping one deletes the step a reader listed, often while
+  it is being read: evaluate and export read the new newest step, and blame no damage. export
+  runs on 1 device, the trainer on 8 (a run's weights read on another topology)."""
+  workdir = str(tmp_path / 'run')
+  flags = tiny_flags(
+    tmp_path,
+    num_train_steps=100000,
+    checkpoint_every=1,
+    keep_checkpoints=1,
+    keep_best=0,
+    eval_every=100000,
+    log_every=100000,
+  )
+  trainer = run_main(workdir, *flags, wait=False)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.isdir(os.path.join(workdir, 'checkpoints', '5')):
+      assert trainer.poll() is None, trainer.stdout.read().decode()[-3000:]
+      time.sleep(0.2)
+    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    evaluate_flags = ['--config=configs/digits.py', *flags]
+    for _ in range(2):
+      evaluated = subprocess.run(
+        [sys.executable, '-m', 'resnet_jax.evaluate', f'--workdir={workdir}', *evaluate_flags],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+      )
+      assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+      assert 'damaged' not in evaluated.stderr, evaluated.stderr[-3000:]
+      result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+      assert result['step'] > 5 and result['num_examples'] == 360
+    one_device = dict(os.environ, PYTHONPATH=REPO)
+    one_device.pop('XLA_FLAGS', None)
+    exported = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.export', f'--workdir={workdir}', '--out=m.onnx'],
+      cwd=str(tmp_path),
+      env=one_device,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert 'logits within' in exported.stdout and os.path.getsize(tmp_path / 'm.onnx') > 10000
+    assert trainer.poll() is None  # the trainer went on throughout
+  finally:
+    trainer.kill()
+    trainer.wait()

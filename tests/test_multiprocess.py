@@ -131,16 +131,42 @@ def test_a_killed_process_ends_the_job_in_seconds_with_one_line(tmp_path):
   # itself (with our one line when its collective fails first, or terminated by JAX's
   # coordination service, "another task died") or, blocked in a collective or a checkpoint
   # barrier, is stopped by the launcher after STOP_GRACE_SECONDS (10).
+  checkpoints = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')))
+  assert checkpoints and checkpoints[-1] >= 10  # what was saved stays
   assert out.strip().splitlines()[-1] == (
     f'launch.sh: the job stopped: process {killed} (pid {workers[killed]}) was killed by SIGKILL.'
-    ' Its last checkpoint is kept: run the same command to resume.'
+    f' Its last checkpoint (step {checkpoints[-1]}) is kept: run the same command to resume.'
   ), out[-3000:]
+  # The survivor, whose coordinator died, says nothing more: no abort report, stack or dump.
+  noise = ('Terminating process', 'Check failure', 'Fatal Python error', 'Aborted', 'Thread 0x')
+  assert not [n for n in noise if n in out], out[-3000:]
   assert ' Killed ' not in out and 'no such job' not in out  # bash's own job reports
   assert not os.path.exists(os.path.join(workdir, 'run.lock'))
   alive = subprocess.run(['pgrep', '-f', f'workdir={workdir}'], capture_output=True).stdout
   assert not alive
-  checkpoints = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')))
-  assert checkpoints and checkpoints[-1] >= 10  # what was saved stays
+
+
+def test_a_process_that_dies_before_any_checkpoint_is_not_said_to_keep_one(tmp_path):
+  workdir = str(tmp_path / 'run')
+  flags = tiny_flags(tmp_path, num_train_steps=100000, eval_every=100000, checkpoint_every=100000)
+  launcher = launch_local(tmp_path, workdir, flags, port=12451, wait=False)
+  try:
+    deadline = time.time() + 300
+    while len(_process_ids(f'workdir={workdir}', launcher.pid)) < 2 and time.time() < deadline:
+      time.sleep(0.2)
+    workers = _process_ids(f'workdir={workdir}', launcher.pid)
+    os.kill(workers[1], signal.SIGKILL)
+    out = launcher.communicate(timeout=180)[0].decode()
+  finally:
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, signal.SIGKILL)
+  assert out.strip().splitlines()[-1] == (
+    f'launch.sh: the job stopped: process 1 (pid {workers[1]}) was killed by SIGKILL.'
+    ' It had saved no checkpoint yet: run the same command to start again.'
+  ), out[-3000:]
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints')) or not os.listdir(
+    os.path.join(workdir, 'checkpoints')
+  )
 
 
 def test_sigterm_to_one_process_checkpoints_both_and_exits(tmp_path):

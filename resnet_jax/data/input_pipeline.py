@@ -263,10 +263,22 @@ def train_dataset(
 
 
 def train_steps_per_epoch(source: Source, layout: Layout) -> int:
+  """Whole global batches per epoch. A batch larger than the split would give no step at all:
+  refused here, before anything compiles."""
   if source.fetch is not None:
-    return source.num_examples // layout.global_batch
-  per_process = source.stream(layout.process_index, layout.process_count, train=True).count
-  return per_process // layout.local_batch
+    steps, largest = source.num_examples // layout.global_batch, source.num_examples
+  else:  # each process reads its own share and fills its own rows
+    share = source.stream(layout.process_index, layout.process_count, train=True).count
+    steps, largest = share // layout.local_batch, share * layout.process_count
+  if steps == 0:
+    devices = jax.device_count()
+    raise DatasetError(
+      f'--config.batch_size={layout.global_batch} is more than the {source.num_examples:,} '
+      f'training examples of {source.name}: not one batch can be formed. Lower '
+      f'--config.batch_size to at most {largest // devices * devices:,} (a multiple of the '
+      f'{devices} devices), or train on a larger split.'
+    )
+  return steps
 
 
 def eval_dataset(

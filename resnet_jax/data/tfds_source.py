@@ -6,6 +6,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import os
+import shutil
+import socket
+import urllib.parse
+import urllib.request
 
 import jax
 import numpy as np
@@ -13,6 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from resnet_jax import storage
 from resnet_jax.data import source
 
 LOG = logging.getLogger(__name__)
@@ -36,6 +42,45 @@ def _not_prepared_message(name: str, data_dir: str | None, error: Exception) -> 
   )
 
 
+PROBE_TIMEOUT_SECONDS = 5  # TFDS itself retries an unreachable host for minutes
+
+
+def _require_download_hosts(builder):
+  """Fails in seconds when a host the dataset downloads from cannot be reached (directly, or
+  through the proxy the environment names), instead of TFDS's minutes of retries."""
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    return  # read from downloads/manual/: TFDS says at once what is missing
+  reached = set()
+  for url in sorted(builder.url_infos or {}):
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+      parts = urllib.parse.urlsplit(proxy if '://' in proxy else f'http://{proxy}')
+    host = (parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80))
+    if host in reached:
+      continue
+    try:
+      socket.create_connection(host, timeout=PROBE_TIMEOUT_SECONDS).close()
+    except OSError as e:
+      raise OSError(f'cannot reach {host[0]}:{host[1]} to download {url}: {e}') from None
+    reached.add(host)
+
+
+def _folders_prepare_may_make(builder) -> list[str]:
+  """The folders a preparation creates that do not exist yet (the data dir, or the outermost
+  missing folder above it; the dataset's folder; downloads/): what a failed one removes again."""
+  root = os.path.dirname(os.path.dirname(str(builder.data_dir)))  # DATA_DIR/NAME/VERSION
+  if builder.builder_config is not None:  # DATA_DIR/NAME/CONFIG/VERSION
+    root = os.path.dirname(root)
+  if storage.is_cloud(root):
+    return []
+  outermost = root
+  while not os.path.exists(os.path.dirname(outermost)):
+    outermost = os.path.dirname(outermost)
+  folders = [outermost, os.path.join(root, builder.name), os.path.join(root, 'downloads')]
+  return [f for f in folders if not os.path.exists(f)]
+
+
 def _tfds_builder(name: str, data_dir: str | None):
   """The prepared builder; preparation runs on process 0 alone while the others wait.
 
@@ -53,9 +98,13 @@ def _tfds_builder(name: str, data_dir: str | None):
   if builder.is_prepared():
     return builder
   if jax.process_index() == 0:
+    made = _folders_prepare_may_make(builder)
     try:
+      _require_download_hosts(builder)
       builder.download_and_prepare()
     except Exception as e:
+      for folder in made:  # leaves no empty or half-written dataset folder behind
+        shutil.rmtree(folder, ignore_errors=True)
       raise source.DatasetNotFoundError(_not_prepared_message(name, data_dir, e)) from e
   multihost_utils.sync_global_devices(f'tfds_prepare_{name}')
   return tfds.builder(name, data_dir=data_dir) if jax.process_index() else builder

@@ -39,6 +39,11 @@ class CheckpointError(UserError):
   """A checkpoint could not be restored; the message names the directory and the mismatch."""
 
 
+# A reader (evaluate beside a running trainer) may see the newest step deleted by the trainer's
+# retention as it reads it; it then reads the new newest, this many times at most.
+VANISHED_RETRIES = 20
+
+
 class DamagedCheckpointError(CheckpointError):
   """One step's files cannot be read back."""
 
@@ -173,17 +178,47 @@ class Checkpointer:
         ``step`` is unreadable, or when no step is readable (naming each step and its failure).
     """
     if step is not None:
-      return self._restore_step(step, abstract_state, expected_meta, upgrade)
-    failures = {}
-    for candidate in sorted(self.manager.all_steps(), reverse=True):
       try:
-        restored = self._restore_step(candidate, abstract_state, expected_meta, upgrade)
-      except DamagedCheckpointError as e:
-        LOG.warning('Skipping damaged checkpoint step %d: %s', candidate, e.reason)
-        failures[candidate] = e.reason
-        continue
-      self._move_aside(sorted(failures))
-      return restored
+        return self._restore_step(step, abstract_state, expected_meta, upgrade)
+      except DamagedCheckpointError:
+        if self._step_exists(step):
+          raise
+        raise CheckpointError(
+          f'Checkpoint step {step} in {self.directory} was deleted while it was read: the run '
+          f'writing this workdir keeps only its newest (keep_checkpoints) and best steps. Omit '
+          f'--checkpoint_step to read the newest, or choose a step that run keeps.'
+        ) from None
+    failures = {}
+    for _ in range(VANISHED_RETRIES):
+      vanished = None
+      for candidate in sorted(self.manager.all_steps(), reverse=True):
+        if candidate in failures:
+          continue
+        try:
+          restored = self._restore_step(candidate, abstract_state, expected_meta, upgrade)
+        except DamagedCheckpointError as e:
+          if not self._step_exists(candidate):  # not damage: a running trainer's retention
+            vanished = candidate
+            break
+          LOG.warning('Skipping damaged checkpoint step %d: %s', candidate, e.reason)
+          failures[candidate] = e.reason
+          continue
+        self._move_aside(sorted(failures))
+        return restored
+      if vanished is None:
+        break
+      LOG.info(
+        'Checkpoint step %d was deleted while it was read (the run writing this workdir keeps '
+        'only its newest steps): reading the newest step again.',
+        vanished,
+      )
+      self.manager.reload()
+    else:
+      raise CheckpointError(
+        f'The checkpoints in {self.directory} were deleted as fast as they were read '
+        f'({VANISHED_RETRIES} tries): the run writing this workdir saves often and keeps few. '
+        f'Evaluate after it ends, or give it a larger --config.keep_checkpoints.'
+      )
     if failures:
       listing = '; '.join(f'step {s}: {reason}' for s, reason in failures.items())
       raise CheckpointError(
@@ -191,6 +226,10 @@ class Checkpointer:
         f'use a new workdir, or inspect the steps named.'
       )
     return None
+
+  def _step_exists(self, step: int) -> bool:
+    self.manager.reload()
+    return step in self.manager.all_steps() and (self.directory / str(step)).exists()
 
   def _move_aside(self, damaged_steps: list[int]):
     """Keeps damaged steps for inspection, out of the way of the steps this run will save."""
@@ -278,8 +317,11 @@ class Checkpointer:
 def _target_like(tree_metadata, sharding):
   """A restore target with the saved shapes and dtypes on this run's sharding.
 
-  orbax refuses a target-less restore onto another topology than the one that saved.
+  orbax refuses a target-less restore onto another topology than the one that saved (and takes
+  a target without a sharding as target-less): ``sharding`` None means this process's first
+  device, so that a run trained on 8 devices exports or converts on a machine with one.
   """
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(
     lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree_metadata
   )
@@ -355,6 +397,33 @@ def relayout_like(saved: dict, like: dict) -> dict:
   return norms.collections_like(block_layout.relayout_like(saved, like), like)
 
 
+def _read_latest_state(run_checkpoints, sharding) -> tuple[int, dict]:
+  """(step, saved state) of a run's newest checkpoint, as saved. A step that a running trainer's
+  retention deletes while it is read is not damage: the new newest is read instead."""
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+  manager = ocp.CheckpointManager(run_checkpoints, item_handlers=handlers)
+  try:
+    for _ in range(VANISHED_RETRIES):
+      step = manager.latest_step()
+      if step is None:
+        raise CheckpointError(f'No checkpoint in {run_checkpoints}.')
+      try:
+        target = _target_like(manager.item_metadata(step)['state'], sharding)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        return step, manager.restore(step, args=args)['state']
+      except Exception:
+        manager.reload()
+        if step in manager.all_steps() and (run_checkpoints / str(step)).exists():
+          raise  # there and unreadable: reported as such by the caller
+        LOG.info('Checkpoint step %d was deleted while it was read: reading the newest.', step)
+    raise CheckpointError(
+      f'The checkpoints in {run_checkpoints} were deleted as fast as they were read: the run '
+      f'writing them saves often and keeps few. Read them after it ends.'
+    )
+  finally:
+    manager.close()
+
+
 def read_variables(path, sharding=None, use_ema: bool = False) -> dict:
   """The {'params', 'batch_stats'} of a run's latest checkpoint or of a converted one, on
   ``sharding`` (None: the default device); with ``use_ema`` the run's moving average of them."""
@@ -366,15 +435,7 @@ def read_variables(path, sharding=None, use_ema: bool = False) -> dict:
     )
   try:
     if run_checkpoints.is_dir():
-      handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
-      manager = ocp.CheckpointManager(run_checkpoints, item_handlers=handlers)
-      step = manager.latest_step()
-      if step is None:
-        raise CheckpointError(f'No checkpoint in {run_checkpoints}.')
-      target = _target_like(manager.item_metadata(step)['state'], sharding)
-      state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-      manager.close()
-      state = state['state']
+      step, state = _read_latest_state(run_checkpoints, sharding)
       if use_ema:
         if not state.get('ema'):
           raise CheckpointError(

@@ -78,12 +78,15 @@ class NonFiniteWatch:
       )
       return
     saved = self.last_checkpoint()
+    applied = step - self.in_a_row  # the last step whose update was applied
     kept = f'step {saved} in {self.checkpoint_dir}' if saved is not None else 'none yet'
+    if saved is not None and saved > applied:  # saved while skipping: true, but say what it holds
+      kept += f' (saved during the skipped steps: its weights are those of step {applied})'
     if self.config.on_nonfinite == 'skip':
       what = f'{self.in_a_row} steps in a row, the last {what}'
     raise TrainingDiverged(
-      f'training diverged: {what} is not finite. The run stopped without applying it and saved '
-      f'nothing after step {step - self.in_a_row}. Last checkpoint: {kept}. Lower '
+      f'training diverged: {what} is not finite. The run stopped; no update after step '
+      f'{applied} was applied. Last checkpoint: {kept}. Lower '
       f'--config.learning_rate (or allow a few such steps with --config.on_nonfinite=skip), then '
       f'run the same command to resume from that checkpoint.'
     )

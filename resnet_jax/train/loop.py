@@ -66,7 +66,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start (data found, checkpoint restored or refused).
   """
   console.setup()
-  config_check.check(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  config_check.check_here(config)
   lock = workdir_lock.acquire_everywhere(
     workdir,
     stale_seconds=config.lock_stale_seconds,

@@ -142,11 +142,18 @@ def _drop_records_beyond(target, step: int):
 
 
 def require(workdir: str):
-  """Ends a command that reads a run's records with one line when ``workdir`` has none."""
-  if not (storage.path(workdir) / 'metrics.jsonl').exists():
-    from resnet_jax import cli
+  """Ends a command that reads a run's records (plot, report) with one line when ``workdir``
+  has none: no metrics.jsonl, or one with no record yet (a run stopped before its first log)."""
+  from resnet_jax import cli
 
+  file = storage.path(workdir) / 'metrics.jsonl'
+  if not file.exists():
     cli.fail(f'{workdir}: no metrics.jsonl (not a resnet_jax workdir, or not started).')
+  if not file.read_text().strip():
+    cli.fail(
+      f'{workdir}: metrics.jsonl has no records yet (the run stopped or is still before its '
+      f'first logged step): nothing to show.'
+    )
 
 
 def read(workdir: str) -> list[dict]:
