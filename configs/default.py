@@ -158,9 +158,16 @@ def get_config():
   # The draws are keyed on (seed, step, row of the global batch): the same on any number of
   # processes and after a resume. Residual nets only.
   c.drop_path_rate = 0.0
-  # The classifier dropout of vgg* and alexnet (torchvision's 0.5), keyed like stochastic depth.
-  # ResNets have none (their head is a global average pool and one linear layer).
-  c.dropout = 0.5
+  # The classifier dropout of vgg*, alexnet and googlenet, keyed like stochastic depth. -1 = the
+  # net's own (torchvision's: 0.5 VGG and AlexNet, 0.2 GoogLeNet). ResNets have none (their head
+  # is a global average pool and one linear layer).
+  c.dropout = -1.0
+  # GoogLeNet's two auxiliary classifiers (after inception 4a and 4d, training only): the weight
+  # of their losses beside the main one (the GoogLeNet paper's 0.3); 0 builds the net without
+  # them (torchvision's aux_logits=False). transform_input: torchvision's rescaling of
+  # ImageNet-normalised images to the (x - 0.5) / 0.5 its released googlenet weights expect.
+  c.aux_loss_weight = 0.3
+  c.transform_input = False
   # Compile each stage's identical blocks once (nn.scan): ResNet-152 compiles about as fast as
   # ResNet-50. Same numbers for the same weights; variables stacked under layer{i}_scan, converted
   # to and from the per-block layout on restore and init_from. Costs step time on a GPU (0.62-0.68x
@@ -183,7 +190,7 @@ def get_config():
   # preemption, or evaluated again, loads its compiled steps instead of compiling them. '' = off.
   c.compilation_cache_dir = ''
   c.bn_momentum = 0.9  # Weight of the old running average (torch's momentum 0.1).
-  c.bn_epsilon = 1e-5
+  c.bn_epsilon = 0.0  # 0 = the net's own: 1e-5 (torchvision's ResNets and VGGs), 1e-3 GoogLeNet.
   # Devices whose batches share BatchNorm statistics: 1 = per device (the paper's 32 images per
   # GPU), 0 = all devices, k = groups of k consecutive devices.
   c.bn_group_size = 1

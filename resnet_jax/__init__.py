@@ -4,12 +4,13 @@ From Python (``resnet_jax.api``)::
 
   module, variables = resnet_jax.create_model('resnet50', pretrained='/path/to/run')
   variables = resnet_jax.load_variables('gs://bucket/run')
+  resnet_jax.list_models('resnet50*', pretrained=True)  # ['resnet50']
 
 The commands are ``python -m resnet_jax.<command>`` (README). Importing the package loads
 nothing else: the API's modules load on first use.
 """
 
-__all__ = ['create_model', 'load_variables']
+__all__ = ['create_model', 'list_models', 'load_variables']
 
 
 def __getattr__(name: str):

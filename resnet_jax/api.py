@@ -1,8 +1,9 @@
 """The Python API: a net by name, with its weights, to use in your own code.
 
-``create_model`` gives a flax module and its variables, optionally loaded from a run's workdir or
-a ``convert`` output (a plain string, local or ``gs://``); the module can be a named submodule of
-your own (``create_model(..., name='backbone')``). ``load_variables`` reads such weights alone.
+``list_models`` names the nets. ``create_model`` gives a flax module and its variables, optionally
+loaded from a run's workdir or a ``convert`` output (a plain string, local or ``gs://``); the
+module can be a named submodule of your own (``create_model(..., name='backbone')``).
+``load_variables`` reads such weights alone.
 """
 
 from __future__ import annotations
@@ -13,9 +14,20 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import storage
-from resnet_jax.models import param_groups, registry
+from resnet_jax.models import param_groups, registry, releases
 from resnet_jax.train import checkpoint
 from resnet_jax.train import pretrained as pretrained_weights
+
+
+def list_models(pattern: str = '*', *, pretrained: bool = False) -> list[str]:
+  """The nets ``create_model`` builds by name, matching the shell-style ``pattern`` (timm's
+  ``list_models``); with ``pretrained``, those with released weights by name only (each net's
+  names: ``python -m resnet_jax.summary --list``)."""
+  names = registry.list_models(pattern)
+  if pretrained:
+    released = {releases.lookup(n).model for n in releases.names()}
+    names = [n for n in names if n in released]
+  return names
 
 
 def load_variables(path: str, *, model: str | None = None, ema: bool = False) -> dict[str, Any]:

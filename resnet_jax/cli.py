@@ -88,12 +88,19 @@ def config_fields_given(argv: list[str] | None = None) -> frozenset[str]:
   return frozenset(m[1] for m in names if m)
 
 
+HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   check_config_overrides(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(f'{e} (see --helpfull)')
+  except SystemExit as e:  # absl prints the help asked for, then exits 1: asking is no error
+    if any(a in HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise e from None
 
 
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)

@@ -48,6 +48,16 @@ def number(lo: float | None = None, hi: float | None = None, *, integer=False, o
   return check
 
 
+def or_the_nets_own(rule: Rule) -> Rule:
+  """-1 (the net's own value), or a value ``rule`` takes."""
+
+  def check(name, value):
+    if value != -1:
+      rule(name, value)
+
+  return check
+
+
 def one_of(*choices) -> Rule:
   def check(name, value):
     if value not in choices:
@@ -193,12 +203,14 @@ RULES: dict[str, Rule] = {
   'stem_width': NONNEG_INT,
   'avg_down': boolean,
   'drop_path_rate': number(0.0, 0.99),
-  'dropout': number(0.0, 0.99),
+  'dropout': or_the_nets_own(number(0.0, 0.99)),
+  'aux_loss_weight': number(0.0),
+  'transform_input': boolean,
   'scan_blocks': boolean,
   'cpu_convolution': one_of('auto', 'onednn', 'xla'),
   'cpu_kernels': one_of('auto', 'native', 'xla'),
   'bn_momentum': number(0.0, 1.0),
-  'bn_epsilon': number(0.0, open_lo=True),
+  'bn_epsilon': number(0.0),
   'bn_group_size': NONNEG_INT,
   'half_precision': boolean,
   'half_dtype': one_of('bfloat16', 'float16'),
@@ -290,7 +302,7 @@ def check(config, *, num_devices: int = 1, num_processes: int = 1, given: Iterab
   """Raises ConfigError for the first field or combination that cannot work.
 
   ``given``: the fields the command line set (``cli.config_fields_given``). A field whose
-  default means something (dropout 0.5, norm_groups 32, mix_prob 1) counts as set when it is
+  default means something (norm_groups 32, mix_prob 1, aux_loss_weight 0.3) counts as set when it is
   given there or differs from its default; a config file that sets one to its default value
   cannot be told from one that leaves it.
   """
@@ -394,6 +406,12 @@ def _check_init_from(c):
       raise ConfigError(
         f'--config.init_from={c.init_from!r} are weights of {weights.model}, not of '
         f'--config.model={c.model}: set --config.model={weights.model}.'
+      )
+    unmet = [f'--config.{k}={v!r}' for k, v in weights.requires if c[k] != v]
+    if unmet:
+      raise ConfigError(
+        f'--config.init_from={c.init_from!r} were trained on inputs that need '
+        f'{" ".join(unmet)}: set {"them" if len(unmet) > 1 else "it"}.'
       )
   if c.init_from_ema and releases.is_reference(c.init_from):
     raise ConfigError('--config.init_from_ema: released weights have no moving average.')
@@ -500,8 +518,12 @@ def architecture_overrides(c, set_fields=()) -> dict:
     given['avg_down'] = True
   if c.drop_path_rate:
     given['drop_path_rate'] = c.drop_path_rate
-  if c.dropout != 0.5 or 'dropout' in set_fields:
+  if c.dropout >= 0:  # -1: the net's own
     given['dropout'] = c.dropout
+  if c.aux_loss_weight != 0.3 or 'aux_loss_weight' in set_fields:
+    given['aux_logits'] = c.aux_loss_weight > 0
+  if c.transform_input:
+    given['transform_input'] = True
   return given
 
 
@@ -521,13 +543,17 @@ def _check_baseline_sizes(c, model):
     )
 
 
+# The config field that sets each model option of another name.
+OPTION_FIELDS = {'stem': 'deep_stem', 'aux_logits': 'aux_loss_weight'}
+
+
 def _check_model_options(c, set_fields: _SetFields):
   """The architecture fields against the model they change (basic blocks have none of them)."""
   from resnet_jax.models import registry
 
   given = architecture_overrides(c, set_fields)
   given |= {k: True for k in ('zero_init_residual', 'scan_blocks') if c[k]}  # VGG has neither
-  fields = [{'stem': 'deep_stem'}.get(k, k) for k in given]  # the config field that set each
+  fields = [OPTION_FIELDS.get(k, k) for k in given]  # the config field that set each
   flags = ' '.join(f'--config.{field}={c[field]!r}' for field in fields)
   try:
     model = registry.get_model(c.model, num_classes=1, **given)

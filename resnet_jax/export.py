@@ -77,7 +77,7 @@ def inference_model(config, variables, image_size: int):
   from resnet_jax.models import registry
   from resnet_jax.train import network
 
-  head = 'classifier_6' if registry.is_baseline(config.model) else 'fc'
+  head = registry.head_name(config.model)
   kernel = variables['params'].get(head, {}).get('kernel')
   if kernel is None:
     raise UserError(f'These weights have no {head!r} layer: they are not a {config.model}.')

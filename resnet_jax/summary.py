@@ -16,7 +16,11 @@ batch; the figure is the compiler's, for the device kind this runs on).
 Given several models, one line each instead: parameters and mult-adds, and each one's cost as a
 share of the first's (the paper's Fig. 3 comparison: VGG-19 19.6 G, the 34-layer nets 3.6 G).
 
+``--list [PATTERN ...]`` lists the nets by name instead (shell patterns, e.g. ``'resnet*d'``),
+each with the released weights that load into it by name (``--config.init_from=NAME``).
+
 Usage:
+  python -m resnet_jax.summary --list 'resnet50*' 'vgg*'
   python -m resnet_jax.summary resnet18 --image-size 224 --batch-size 128
   python -m resnet_jax.summary resnet50 --batch-size 32 --memory=80GB
   python -m resnet_jax.summary vgg19 plain34 resnet34
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import math
 import re
 
@@ -34,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import cli
-from resnet_jax.models import baselines, norms, registry
+from resnet_jax.models import baselines, norms, registry, releases
 
 
 @dataclasses.dataclass
@@ -221,18 +226,44 @@ def comparison(models: dict[str, list[LayerRow]], image_size: int) -> str:
   return '\n'.join(lines)
 
 
+def model_list(patterns: list[str]) -> str:
+  """One line per net matching any of ``patterns``: its name and its released weights' names
+  with the top-1 (%) their source publishes."""
+  weights = {}
+  for name in releases.names():
+    release = releases.lookup(name)
+    weights.setdefault(release.model, []).append(
+      f'{name} ({release.top1:.2f})' if release.top1 else name
+    )
+  names = [n for n in registry.list_models() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+  width = max(map(len, names), default=0)
+  return '\n'.join(f'{n:<{width}}  {", ".join(weights.get(n, []))}'.rstrip() for n in names)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument(
-    'model', nargs='+', help='e.g. resnet50, cifar_resnet56, plain34; several: one line each'
+    'model', nargs='*', help='e.g. resnet50, cifar_resnet56, plain34; several: one line each'
   )
-  parser.add_argument('--image-size', type=int, default=None, help='224 ImageNet, 32 CIFAR')
-  parser.add_argument('--batch-size', type=int, default=1)
-  parser.add_argument('--num-classes', type=int, default=None, help='1000 ImageNet, 10 CIFAR')
+  parser.add_argument(
+    '--list', action='store_true', help="list the nets matching the patterns given (all: '*')"
+  )
+  # Both spellings: the other commands' flags are absl's, --image_size.
+  parser.add_argument('--image-size', '--image_size', type=int, help='224 ImageNet, 32 CIFAR')
+  parser.add_argument('--batch-size', '--batch_size', type=int, default=1)
+  parser.add_argument('--num-classes', '--num_classes', type=int, default=None, help='1000, 10')
   parser.add_argument(
     '--memory', default=None, help="a device's memory, e.g. 80GB: compile the train step"
   )
   args = parser.parse_args(argv)
+  if args.list:
+    listed = model_list(args.model or ['*'])
+    if not listed:
+      cli.fail(f'--list {" ".join(args.model)}: no net matches (try --list to see them all).')
+    print(listed)
+    return
+  if not args.model:
+    cli.fail('summary: give one or more nets (e.g. resnet50), or --list to see their names.')
   try:
     budget = parse_bytes(args.memory) if args.memory is not None else None
   except ValueError as e:

@@ -97,6 +97,8 @@ CONFIGURED_NETS = {
   'vgg11': ('vgg11', dict(dropout=0.0)),
   'vgg16_bn': ('vgg16_bn', dict(dropout=0.0)),
   'alexnet': ('alexnet', dict(dropout=0.0)),
+  # With its auxiliary classifiers, which run (and update their BatchNorms) in training.
+  'googlenet': ('googlenet', dict(dropout=0.0, dropout_aux=0.0)),
 }
 # Two BN running statistics per net that the references hold (after a train-mode forward).
 STATISTICS = ('layer1.0.bn1.running_mean', 'layer2.0.downsample.1.running_var')

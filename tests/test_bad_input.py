@@ -408,6 +408,18 @@ CASES = [
     ['-m', 'resnet_jax.report', '{empty_run}'],
     'metrics.jsonl has no records yet',
   ),
+  (
+    'auxiliary classifiers on a resnet',  # set at its default value: still googlenet's alone
+    [*DIGITS, '--config.aux_loss_weight=0.3'],
+    '--config.aux_loss_weight=0.3 with --config.model=cifar_resnet20: cifar_resnet20 has no '
+    "aux_logits: auxiliary classifiers and torchvision's input transform are googlenet's.",
+  ),
+  (
+    "googlenet's released weights without their input transform",
+    [*DIGITS, '--config.model=googlenet', '--config.init_from=torchvision:googlenet.IMAGENET1K_V1'],
+    'were trained on inputs that need --config.transform_input=True '
+    "--config.normalization='channel_mean_std': set them.",
+  ),
   ('plot of a run with no records', ['-m', 'resnet_jax.plot', '{empty_run}'], 'has no records'),
   ('report of a run without its config', ['-m', 'resnet_jax.report', '{no_config}'], 'no config'),
   (

@@ -1,7 +1,11 @@
 """Every config field of every recipe can be set from the command line, through absl's parser."""
 
+import ast
 import glob
 import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from absl import flags
@@ -56,3 +60,29 @@ def test_every_field_of_every_recipe_parses_from_the_command_line(recipe):
 def test_the_readme_data_dir_override_parses_for_every_recipe():
   for recipe in RECIPES:
     assert parse(recipe, '--config.data_dir=/data/tfds').data_dir == '/data/tfds'
+
+
+def test_every_command_answers_help_with_its_usage_and_exit_code_0():
+  commands = ['main', 'evaluate', 'convert', 'export', 'benchmark', 'prepare', 'mean_image']
+  commands += ['summary', 'plot', 'report', 'study']
+  env = dict(os.environ, PYTHONPATH=REPO)
+
+  def ask(command):
+    return subprocess.run(
+      [sys.executable, '-m', f'resnet_jax.{command}', '--help'],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+
+  with ThreadPoolExecutor(3) as pool:
+    answers = dict(zip(commands, pool.map(ask, commands), strict=True))
+  for command, answer in answers.items():
+    assert answer.returncode == 0, (command, answer.stderr[-2000:])
+    with open(os.path.join(REPO, 'resnet_jax', f'{command}.py')) as f:  # (importing defines flags)
+      first_line = ast.get_docstring(ast.parse(f.read())).splitlines()[0]
+    said = ' '.join((answer.stdout + answer.stderr).split())  # argparse wraps its description
+    assert ' '.join(first_line.split()) in said, (command, said[:500])
+    assert 'Traceback' not in answer.stderr, command

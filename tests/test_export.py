@@ -19,6 +19,8 @@ FAMILY = [
   pytest.param('resnet18', {}, 32, 20, id='resnet18'),
   pytest.param('preact_resnet18', {}, 32, 9, id='preact_resnet18'),  # stem, each first conv
   pytest.param('alexnet', {}, 63, 5, id='alexnet'),  # no norms: the convs' own bias additions
+  # Inception branches concatenated; ceil-mode pools; the auxiliary classifiers never in eval.
+  pytest.param('googlenet', {}, 32, 57, id='googlenet'),
   pytest.param('resnet50d', {}, 32, 55, id='resnet50d', marks=SLOW),  # deep stem, avg-pool paths
   pytest.param(
     *('resnext50_32x4d', dict(norm='group'), 32, 0), id='resnext50_groupnorm', marks=SLOW

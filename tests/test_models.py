@@ -15,6 +15,7 @@ import pytest
 from flax import traverse_util
 from helpers import CONFIGURED_NETS, REFERENCE_NETS, REPO
 
+import resnet_jax
 from resnet_jax import summary
 from resnet_jax.models import (
   batch_norm,
@@ -48,6 +49,7 @@ TORCHVISION_PARAMS = {
   'vgg16_bn': 138_365_992,
   'vgg19_bn': 143_678_248,
   'alexnet': 61_100_840,
+  'googlenet': 6_624_904,  # without its auxiliary classifiers, as torchvision's model card
 }
 TORCHVISION_GMACS = {  # torchvision's model cards ("GFLOPS", counted as multiply-adds)
   'resnet18': 1.81,
@@ -65,6 +67,7 @@ TORCHVISION_GMACS = {  # torchvision's model cards ("GFLOPS", counted as multipl
   'vgg19': 19.63,
   'vgg16_bn': 15.47,
   'alexnet': 0.71,
+  'googlenet': 1.50,
 }
 
 
@@ -80,7 +83,9 @@ def count(tree):
 
 @pytest.mark.parametrize('name', sorted(TORCHVISION_PARAMS))
 def test_imagenet_param_counts_equal_torchvision(name):
-  model = registry.get_model(name, num_classes=1000)
+  # torchvision's figure for googlenet is without its auxiliary classifiers (test_googlenet: with)
+  options = dict(aux_logits=False) if name == 'googlenet' else {}
+  model = registry.get_model(name, num_classes=1000, **options)
   assert count(variables_of(model, 224)['params']) == TORCHVISION_PARAMS[name]
 
 
@@ -229,6 +234,51 @@ def test_mult_adds_match_torchvision(name):
   gmacs = sum(r.mult_adds for r in rows) / 1e9
   assert gmacs == pytest.approx(TORCHVISION_GMACS[name], rel=0.01)
   assert sum(r.params for r in rows) == TORCHVISION_PARAMS[name]
+
+
+def test_the_list_of_nets_names_what_builds_and_the_weights_each_loads(capsys):
+  names = registry.list_models()
+  assert len(names) == len(set(names)) == 65
+  for name in names:
+    registry.model_config(name)  # each listed name builds
+  assert {'resnet50d', 'wide_resnet101_2', 'cifar_resnet1202', 'cifar_preact_resnet1001'} < set(
+    names
+  )
+  assert registry.list_models('vgg1[13]*') == ['vgg11', 'vgg11_bn', 'vgg13', 'vgg13_bn']
+  released = resnet_jax.list_models(pretrained=True)
+  assert len(released) == 20 and 'resnet50' in released and 'resnet50d' not in released
+  summary.main(['--list', 'resnet50', 'alexnet', 'cifar_plain2?'])
+  assert capsys.readouterr().out.splitlines() == [
+    'resnet50       torchvision:resnet50.IMAGENET1K_V1 (76.13), torchvision:resnet50.IMAGENET1K_V2 '
+    '(80.86), timm:resnet50.a1_in1k (80.40), timm:resnet50.a2_in1k (79.80), timm:resnet50.a3_in1k '
+    '(78.10)',
+    'cifar_plain20',
+    'alexnet        torchvision:alexnet.IMAGENET1K_V1 (56.52)',
+  ]
+
+
+def test_blocks_of_your_own_keep_the_rules_of_the_block_they_derive_from():
+  class MyBasicBlock(resnet.BasicBlock):
+    pass
+
+  class MyBottleneck(resnet.Bottleneck):
+    pass
+
+  with pytest.raises(ValueError, match='built of basic blocks, which have no groups'):
+    registry.get_model('resnet18', num_classes=10, block_cls=MyBasicBlock, groups=32)
+  # Its 3x3 convolutions have 12, 24, 48 (and 96) channels: 32 groups divide only 96.
+  with pytest.raises(ValueError, match=r'its norms see \[12, 24, 48\] channels'):
+    registry.get_model(
+      'resnet50', num_classes=10, block_cls=MyBottleneck, groups=3, width_per_group=4, norm='group'
+    )
+
+
+def test_summary_takes_the_flag_spelling_of_the_other_commands_too(capsys):
+  summary.main(['cifar_resnet20', '--image_size', '40', '--batch_size', '2', '--num_classes', '7'])
+  underscores = capsys.readouterr().out
+  summary.main(['cifar_resnet20', '--image-size', '40', '--batch-size', '2', '--num-classes', '7'])
+  assert capsys.readouterr().out == underscores
+  assert 'cifar_resnet20: input [2, 40, 40, 3], 7 classes' in underscores
 
 
 def test_summary_resnet18_batch128_matches_torchinfo(capsys):
@@ -634,7 +684,7 @@ def test_to_torchvision_gives_torchvisions_state_dict_and_converts_back_exactly(
   torch's own modules have (committed with the references), and back to the same variables."""
   references = np.load(os.path.join(REPO, 'tests', 'data', 'torchvision_references.npz'))
   names = [k.split('/')[0] for k in references.files if k.endswith('/keys')]
-  assert len(names) == len(REFERENCE_NETS) + len(CONFIGURED_NETS) == 22
+  assert len(names) == len(REFERENCE_NETS) + len(CONFIGURED_NETS) == 23
   for name in names:
     torch_shapes = {k: tuple(shape) for k, shape in json.loads(str(references[f'{name}/keys']))}
     model_name, options = CONFIGURED_NETS.get(name, (name, {}))
@@ -651,6 +701,7 @@ def test_to_torchvision_gives_torchvisions_state_dict_and_converts_back_exactly(
     ('resnet18', dict(norm='frozen_batch')),
     ('vgg11_bn', {}),
     ('alexnet', {}),
+    ('googlenet', {}),
   ]
   for name, options in cases:
     shapes = torchvision_weights.expected_variables(name, num_classes=10, **options)

@@ -257,7 +257,7 @@ def test_convert_reads_a_url_without_torch(tmp_path, server, cache):
 
 
 def test_every_named_release_fits_its_net_and_names_its_published_top1():
-  assert len(releases.TORCHVISION) == 26 and len(releases.TIMM) == 3
+  assert len(releases.TORCHVISION) == 27 and len(releases.TIMM) == 3
   for name in releases.names():
     weights = releases.lookup(name)
     assert 50 < weights.top1 < 90, name

@@ -94,7 +94,7 @@ def test_logits_and_bn_statistics_match_committed_torchvision_references(name, s
   'name',
   [
     *('resnet18', 'resnet50', 'resnext50_32x4d', 'resnet50d', 'preact_resnet18'),
-    *('resnet50_groupnorm', 'vgg16_bn', 'alexnet'),
+    *('resnet50_groupnorm', 'vgg16_bn', 'alexnet', 'googlenet'),
   ],
 )
 def test_logits_and_bn_statistics_match_live_torch(name):

@@ -1,6 +1,6 @@
 """Writes tests/data/torchvision_references.npz: torchvision's outputs for seeded random weights.
 
-  pip install torch==2.13.0 && python tests/torch_references.py
+  pip install torch==2.13.0 && python tests/torch_references.py [NET ...]
 
 Needs torch; the tests that read the file do not. For each net of REFERENCE_NETS and
 CONFIGURED_NETS (torchvision's builders, timm's ResNet-D, the pre-activation nets, other norm
@@ -64,9 +64,14 @@ def references(name: str) -> dict[str, np.ndarray]:
 
 
 if __name__ == '__main__':
+  # Nets named on the command line are (re)computed into the existing file; none: all of them.
   torch.manual_seed(0)
+  names = sys.argv[1:] or (*REFERENCE_NETS, *CONFIGURED_NETS)
   out = {}
-  for name in (*REFERENCE_NETS, *CONFIGURED_NETS):
+  if sys.argv[1:]:
+    kept = dict(np.load(OUT))
+    out = {k: v for k, v in kept.items() if k.split('/')[0] not in names and k != 'torch_version'}
+  for name in names:
     out.update(references(name))
   os.makedirs(os.path.dirname(OUT), exist_ok=True)
   np.savez_compressed(OUT, torch_version=np.array(torch.__version__), **out)

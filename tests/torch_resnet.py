@@ -4,10 +4,12 @@ width_per_group, replace_stride_with_dilation, norm_layer) and initialisation as
 timm's ResNet-C/-D arguments (stem_type='deep', stem_width, avg_down) as timm's resnet.py builds
 them, the pre-activation nets of He et al. 2016 as their Torch code (fb.resnet.torch's
 preresnet.lua, and resnet-1k-layers' resnet-pre-act.lua for the CIFAR bottleneck nets) builds
-them, and torchvision's VGG and AlexNet (vgg.py, alexnet.py), the paper's comparison nets."""
+them, and torchvision's VGG, AlexNet and GoogLeNet (vgg.py, alexnet.py, googlenet.py), the
+paper's comparison nets."""
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -385,6 +387,98 @@ class AlexNet(nn.Module):
     return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+class BasicConv2d(nn.Module):
+  """torchvision's googlenet.py BasicConv2d: convolution without bias, BatchNorm eps 1e-3, ReLU."""
+
+  def __init__(self, in_channels, out_channels, **kwargs):
+    super().__init__()
+    self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+    self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+  def forward(self, x):
+    return torch.relu(self.bn(self.conv(x)))
+
+
+class Inception(nn.Module):
+  def __init__(self, in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj):
+    super().__init__()
+    self.branch1 = BasicConv2d(in_channels, ch1x1, kernel_size=1)
+    self.branch2 = nn.Sequential(
+      BasicConv2d(in_channels, ch3x3red, kernel_size=1),
+      BasicConv2d(ch3x3red, ch3x3, kernel_size=3, padding=1),
+    )
+    self.branch3 = nn.Sequential(  # torchvision's 3x3 where the paper has a 5x5
+      BasicConv2d(in_channels, ch5x5red, kernel_size=1),
+      BasicConv2d(ch5x5red, ch5x5, kernel_size=3, padding=1),
+    )
+    self.branch4 = nn.Sequential(
+      nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+      BasicConv2d(in_channels, pool_proj, kernel_size=1),
+    )
+
+  def forward(self, x):
+    branches = (self.branch1, self.branch2, self.branch3, self.branch4)
+    return torch.cat([branch(x) for branch in branches], 1)
+
+
+class InceptionAux(nn.Module):
+  def __init__(self, in_channels, num_classes, dropout=0.7):
+    super().__init__()
+    self.conv = BasicConv2d(in_channels, 128, kernel_size=1)
+    self.fc1 = nn.Linear(2048, 1024)
+    self.fc2 = nn.Linear(1024, num_classes)
+    self.dropout = nn.Dropout(p=dropout)
+
+  def forward(self, x):
+    x = torch.flatten(self.conv(F.adaptive_avg_pool2d(x, (4, 4))), 1)
+    return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class GoogLeNet(nn.Module):
+  """torchvision's googlenet.py. In training it returns (logits, aux2, aux1) as torchvision's
+  does; ``main_only`` keeps the logits alone (the references' train-mode outputs)."""
+
+  def __init__(
+    self, num_classes=1000, aux_logits=True, dropout=0.2, dropout_aux=0.7, main_only=True
+  ):
+    super().__init__()
+    self.main_only = main_only
+    self.conv1 = BasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
+    self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+    self.conv2 = BasicConv2d(64, 64, kernel_size=1)
+    self.conv3 = BasicConv2d(64, 192, kernel_size=3, padding=1)
+    self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+    self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32)
+    self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64)
+    self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+    self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64)
+    self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64)
+    self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64)
+    self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64)
+    self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128)
+    self.maxpool4 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
+    self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
+    self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
+    self.aux1 = InceptionAux(512, num_classes, dropout_aux) if aux_logits else None
+    self.aux2 = InceptionAux(528, num_classes, dropout_aux) if aux_logits else None
+    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    self.dropout = nn.Dropout(p=dropout)
+    self.fc = nn.Linear(1024, num_classes)
+
+  def forward(self, x):
+    x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))
+    x = self.maxpool3(self.inception3b(self.inception3a(x)))
+    x = self.inception4a(x)
+    aux1 = self.aux1(x) if self.aux1 is not None and self.training else None
+    x = self.inception4d(self.inception4c(self.inception4b(x)))
+    aux2 = self.aux2(x) if self.aux2 is not None and self.training else None
+    x = self.inception5b(self.inception5a(self.maxpool4(self.inception4e(x))))
+    x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+    if self.training and not self.main_only:
+      return x, aux2, aux1
+    return x
+
+
 VGG_LAYERS = {  # torchvision's cfgs "A", "B", "D", "E"
   11: [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
   13: [64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
@@ -401,6 +495,8 @@ def build(name, num_classes=1000, **kwargs):
   Torch code's for pre-activation nets) with random weights."""
   if name == 'alexnet':
     return AlexNet(num_classes, **kwargs)
+  if name == 'googlenet':
+    return GoogLeNet(num_classes, **kwargs)
   if name.startswith('vgg'):
     depth = int(name[3:].removesuffix('_bn'))
     return VGG(VGG_LAYERS[depth], name.endswith('_bn'), num_classes, **kwargs)

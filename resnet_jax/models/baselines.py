@@ -214,17 +214,7 @@ class ClassicNet(nn.Module):
   def _vgg_features(self, x, train):
     if self.depth not in VGG_LAYERS:
       raise ValueError(f'VGG depth must be one of {sorted(VGG_LAYERS)}, got {self.depth}.')
-    norm = norms.norm_layer(
-      'batch',
-      momentum=self.bn_momentum,
-      epsilon=self.bn_epsilon,
-      groups=1,
-      axis_name=self.bn_axis_name,
-      axis_index_groups=self.bn_axis_index_groups,
-      dtype=self.dtype,
-      cpu_kernels=self.cpu_kernels,
-      frozen=self.frozen_norms,
-    )
+    norm = norms.batch_norm_of(self)
     index = 0  # torchvision's index in its features Sequential: conv, [norm], ReLU, or pool
     for layer in VGG_LAYERS[self.depth]:
       if layer == POOL:

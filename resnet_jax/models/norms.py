@@ -81,6 +81,23 @@ class FrozenBatchNorm(nn.Module):
 NORM_LAYERS = (BatchNorm, GroupNorm, FrozenBatchNorm)
 
 
+def batch_norm_of(net):
+  """``norm_layer('batch', ...)`` with the BatchNorm options of ``net`` (a module with
+  ``bn_momentum``, ``bn_epsilon``, ``bn_axis_name``, ``bn_axis_index_groups``, ``dtype``,
+  ``cpu_kernels`` and ``frozen_norms``: the comparison nets)."""
+  return norm_layer(
+    'batch',
+    momentum=net.bn_momentum,
+    epsilon=net.bn_epsilon,
+    groups=1,
+    axis_name=net.bn_axis_name,
+    axis_index_groups=net.bn_axis_index_groups,
+    dtype=net.dtype,
+    cpu_kernels=net.cpu_kernels,
+    frozen=net.frozen_norms,
+  )
+
+
 def norm_layer(
   kind: str,
   *,

@@ -10,8 +10,9 @@ patterns mean the same tensors in both layouts.
 
 Layer-wise decay follows timm's ``param_groups_layer_decay`` with the net's ``group_matcher``
 (fine): the stem is layer 0, each residual block (or, in VGG and AlexNet, each ``features_k``
-layer) the next, everything else (the head; a pre-activation net's final norm) the last; layer
-``i`` of ``L`` learns at ``decay ** (L - 1 - i)`` times the rate.
+layer; in GoogLeNet each inception module) the next, everything else (the head, GoogLeNet's
+auxiliary classifiers; a pre-activation net's final norm) the last; layer ``i`` of ``L`` learns
+at ``decay ** (L - 1 - i)`` times the rate.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from resnet_jax.models.block_layout import SCAN_SUFFIX
 
 BACKBONE = 'backbone'  # the freeze word for every tensor but the head's: a linear probe
 
-_STEM = re.compile(r'^(conv1|bn1)(_\d+)?$')  # timm's r'^conv1|bn1|maxpool'; ResNet-C's conv1_k
+# timm's r'^conv1|bn1|maxpool'; ResNet-C's conv1_k; GoogLeNet's conv1..conv3.
+_STEM = re.compile(r'^(conv1|bn1)(_\d+)?$|^conv[23]$')
 _BLOCK = re.compile(r'^layer(\d+)_(\d+)$')
 _SCANNED = re.compile(rf'^layer(\d+){SCAN_SUFFIX}$')
 _CLASSIC_STEM = re.compile(r'^features_0$')  # timm's VGG matcher: features.0, then features.(\d+)
 _CLASSIC_LAYER = re.compile(r'^features_(\d+)$')
 _CLASSIFIER = re.compile(r'^classifier_(\d+)$')
+_INCEPTION = re.compile(r'^inception(\d)([a-e])$')  # GoogLeNet's modules, in order
 
 
 def parse_patterns(text: str) -> list[str]:
@@ -145,6 +148,8 @@ def _ordinal(name: str) -> tuple[float, ...]:
     return (1.0, float(match.group(1)), float(match.group(2)))
   if match := _CLASSIC_LAYER.match(top):
     return (1.0, float(match.group(1)))
+  if match := _INCEPTION.match(top):
+    return (1.0, float(match.group(1)), float(ord(match.group(2))))
   return (math.inf,)
 
 

@@ -4,7 +4,7 @@ Names: torchvision's (``resnet18..152``, ``resnext*``, ``wide_resnet*``), Bag of
 and -D as timm names them (``resnet50c``, ``resnet50d``), pre-activation nets (``preact_resnet*``,
 ``cifar_preact_resnet*``), the paper's CIFAR nets and every net's plain counterpart; and the
 paper's comparison nets, torchvision's ``vgg11..19``, ``vgg11_bn..vgg19_bn`` and ``alexnet``
-(``baselines.ClassicNet``).
+(``baselines.ClassicNet``) and ``googlenet`` (``googlenet.GoogLeNet``).
 
 Example:
   model = get_model('resnet50', num_classes=1000)
@@ -14,12 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from typing import Any
 
 import jax.numpy as jnp
 
-from resnet_jax.models import baselines, norms
+from resnet_jax.models import baselines, googlenet, norms
 from resnet_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 
 Dtype = Any
@@ -56,20 +57,45 @@ VALID_NAMES = (
   f'{", ".join(_VARIANTS)}, '
   'cifar_resnet{6n+2: 20,32,44,56,110,1202,...}, cifar_plain{6n+2}, '
   'cifar_preact_resnet{6n+2; 9n+2 from 164: 164, 1001 (bottleneck)}, '
-  'vgg{11,13,16,19}, vgg{...}_bn, alexnet'
+  'vgg{11,13,16,19}, vgg{...}_bn, alexnet, googlenet'
 )
-_BASELINE_PATTERN = re.compile(r'^(?:vgg(11|13|16|19)(_bn)?|alexnet)$')
+_BASELINE_PATTERN = re.compile(r'^(?:vgg(11|13|16|19)(_bn)?|alexnet|googlenet)$')
 # What ClassicNet takes as options: its fields less those its name and the caller set.
 _BASELINE_OPTIONS = tuple(
   field
   for field in baselines.ClassicNet.__dataclass_fields__
   if field not in ('family', 'depth', 'batch_norm', 'num_classes', 'dtype', 'parent', 'name')
 )
+_GOOGLENET_OPTIONS = tuple(
+  field
+  for field in googlenet.GoogLeNet.__dataclass_fields__
+  if field not in ('num_classes', 'dtype', 'parent', 'name')
+)
+
+
+def list_models(pattern: str = '*') -> list[str]:
+  """The nets by name (timm's ``list_models``), matching the shell-style ``pattern``: every
+  ImageNet depth of each ResNet kind and tweak, the ResNeXt and wide variants, the paper's CIFAR
+  depths (other 6n+2 depths build too) and the comparison nets."""
+  kinds = [('resnet', ''), ('resnet', 'c'), ('resnet', 'd'), ('plain', ''), ('preact_resnet', '')]
+  resnets = [f'{kind}{depth}{tweak}' for depth in IMAGENET_DEPTHS for kind, tweak in kinds]
+  cifar = [f'{kind}{d}' for d in PAPER_CIFAR_DEPTHS for kind in ('cifar_resnet', 'cifar_plain')]
+  cifar += [f'cifar_preact_resnet{d}' for d in (*PAPER_CIFAR_DEPTHS, 164, 1001)]
+  classic = [f'vgg{d}{bn}' for d in (11, 13, 16, 19) for bn in ('', '_bn')]
+  classic += ['alexnet', 'googlenet']
+  names = resnets + list(_VARIANTS) + cifar + classic
+  return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
 def is_baseline(name: str) -> bool:
-  """Whether ``name`` is one of the paper's comparison nets (VGG, AlexNet), not a ResNet."""
+  """Whether ``name`` is one of the paper's comparison nets (VGG, AlexNet, GoogLeNet), not a
+  ResNet."""
   return bool(_BASELINE_PATTERN.match(name))
+
+
+def head_name(name: str) -> str:
+  """The classifier's module: torchvision's ``classifier.6`` in VGG and AlexNet, else ``fc``."""
+  return 'classifier_6' if is_baseline(name) and name != 'googlenet' else 'fc'
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -81,8 +107,8 @@ def model_config(name: str) -> dict[str, Any]:
   baseline = _BASELINE_PATTERN.match(name)
   if baseline:
     depth, batch_norm = baseline.groups()
-    if name == 'alexnet':
-      return dict(family='alexnet')
+    if name in ('alexnet', 'googlenet'):
+      return dict(family=name)
     return dict(family='vgg', depth=int(depth), batch_norm=bool(batch_norm))
   if name in _VARIANTS:
     depth, groups, width_per_group = _VARIANTS[name]
@@ -125,7 +151,7 @@ def _cifar_config(name, depth, residual, preact):
 
 def get_model(
   name: str, /, *, num_classes: int, dtype: Dtype = jnp.float32, **overrides
-) -> ResNet | baselines.ClassicNet:
+) -> ResNet | baselines.ClassicNet | googlenet.GoogLeNet:
   """Builds a network by name.
 
   Args:
@@ -137,19 +163,28 @@ def get_model(
       ``stride_in_1x1=True``, ``groups=32, width_per_group=4``,
       ``replace_stride_with_dilation=(False, True, True)``, ``norm='group'``,
       ``bn_axis_name='data'``; for VGG and AlexNet, ``dropout`` and the BatchNorm and CPU
-      options (ResNet options at their defaults are accepted and mean nothing to them).
+      options; for GoogLeNet also ``aux_logits``, ``transform_input``, ``dropout_aux`` (ResNet
+      options at their defaults are accepted and mean nothing to them).
 
   Returns:
     The flax module.
   """
   kwargs = model_config(name)
   module_name = overrides.pop('name', None)
+  if kwargs.get('family') == 'googlenet':
+    return _googlenet(num_classes, dtype, overrides, module_name)
+  googlenets = sorted({'aux_logits', 'transform_input'} & set(overrides))
+  if googlenets:
+    raise ValueError(
+      f"{name} has no {' or '.join(googlenets)}: auxiliary classifiers and torchvision's input "
+      f"transform are googlenet's."
+    )
   if 'family' in kwargs:
     return _baseline(name, kwargs, num_classes, dtype, overrides, module_name)
   if 'dropout' in overrides:
     raise ValueError(
       f'{name} has no dropout (its head is a global average pool and one linear layer); '
-      f'dropout is the classifier of vgg* and alexnet.'
+      f'dropout is the classifier of vgg*, alexnet and googlenet.'
     )
   valid = set(ResNet.__dataclass_fields__) - {'parent', 'name', 'num_classes', 'dtype'}
   unknown = set(overrides) - valid
@@ -172,24 +207,35 @@ def get_model(
   return ResNet(num_classes=num_classes, dtype=dtype, name=module_name, **kwargs)
 
 
-def _baseline(name, kwargs, num_classes, dtype, overrides, module_name) -> baselines.ClassicNet:
+def _options_of(name: str, overrides: dict, options: tuple[str, ...]) -> dict:
+  """The ``overrides`` that a net other than a ResNet takes (``options``); ResNet options at
+  their defaults are accepted and dropped, any other is refused; rates must be in [0, 1)."""
   resnet_defaults = {k: f.default for k, f in ResNet.__dataclass_fields__.items()}
   changed = sorted(
     k
     for k, v in overrides.items()
-    if k not in _BASELINE_OPTIONS and (k not in resnet_defaults or v != resnet_defaults[k])
+    if k not in options and (k not in resnet_defaults or v != resnet_defaults[k])
   )
   if changed:
     raise ValueError(
-      f'{name} is not a ResNet: it has no {", ".join(changed)} (its options: '
-      f'{", ".join(_BASELINE_OPTIONS)}).'
+      f'{name} is not a ResNet: it has no {", ".join(changed)} (its options: {", ".join(options)}).'
     )
-  if not 0.0 <= overrides.get('dropout', 0.5) < 1.0:
-    raise ValueError(f'dropout must be in [0, 1), got {overrides["dropout"]}.')
-  options = {k: v for k, v in overrides.items() if k in _BASELINE_OPTIONS}
+  for rate in ('dropout', 'dropout_aux'):
+    if not 0.0 <= overrides.get(rate, 0.0) < 1.0:
+      raise ValueError(f'{rate} must be in [0, 1), got {overrides[rate]}.')
+  return {k: v for k, v in overrides.items() if k in options}
+
+
+def _baseline(name, kwargs, num_classes, dtype, overrides, module_name) -> baselines.ClassicNet:
+  options = _options_of(name, overrides, _BASELINE_OPTIONS)
   return baselines.ClassicNet(
     num_classes=num_classes, dtype=dtype, name=module_name, **kwargs, **options
   )
+
+
+def _googlenet(num_classes, dtype, overrides, module_name) -> googlenet.GoogLeNet:
+  options = _options_of('googlenet', overrides, _GOOGLENET_OPTIONS)
+  return googlenet.GoogLeNet(num_classes=num_classes, dtype=dtype, name=module_name, **options)
 
 
 def _check_block_options(name: str, kwargs: dict):
@@ -201,7 +247,8 @@ def _check_block_options(name: str, kwargs: dict):
     raise ValueError(f'replace_stride_with_dilation needs 3 values (stages 2-4), got {dilation}.')
   if groups < 1 or width < 1:
     raise ValueError(f'groups and width_per_group must be >= 1, got {groups} and {width}.')
-  if kwargs['block_cls'] is BasicBlock and (groups != 1 or width != 64 or any(dilation)):
+  # issubclass: a block of your own derived from one of these keeps its rules.
+  if issubclass(kwargs['block_cls'], BasicBlock) and (groups != 1 or width != 64 or any(dilation)):
     raise ValueError(
       f'{name} is built of basic blocks, which have no groups, width_per_group or dilation '
       f'(torchvision: groups=1, width_per_group=64, no dilation); use a bottleneck net '
@@ -233,7 +280,7 @@ def norm_channels(kwargs: dict) -> set[int]:
   if kwargs.get('stem') == 'deep':
     channels.add(kwargs.get('stem_width', 32))
   for width in widths:
-    if kwargs['block_cls'] is Bottleneck:
+    if issubclass(kwargs['block_cls'], Bottleneck):
       inner = int(width * kwargs.get('width_per_group', 64) / 64) * kwargs.get('groups', 1)
       channels |= {inner, width * 4}
     else:

@@ -1,5 +1,5 @@
 """Released weights of the family's nets, by name: ``torchvision:resnet50.IMAGENET1K_V2`` (the
-weights tables of torchvision's ``resnet.py``, ``vgg.py`` and ``alexnet.py``) and
+weights tables of torchvision's ``resnet.py``, ``vgg.py``, ``alexnet.py`` and ``googlenet.py``) and
 ``timm:resnet50.a1_in1k`` (timm's hub releases), each with the net it fits, its file's URL and the
 ImageNet top-1 its source publishes. ``train/pretrained.py`` downloads, checks and converts them.
 """
@@ -14,17 +14,20 @@ from resnet_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Weights:
-  """One release: the net it fits, its file and the ImageNet top-1 (%) its source publishes."""
+  """One release: the net it fits, its file and the ImageNet top-1 (%) its source publishes;
+  ``requires``: the config fields (name, value) the net must have for these weights."""
 
   model: str
   url: str
   top1: float | None = None
   note: str = ''
+  requires: tuple[tuple[str, object], ...] = ()
 
 
 _TV = 'https://download.pytorch.org/models/'
 _HF = 'https://huggingface.co/timm/{}/resolve/main/model.safetensors'
-# torchvision's weights tables (torchvision/models/resnet.py, vgg.py, alexnet.py): acc@1.
+# torchvision's weights tables (torchvision/models/resnet.py, vgg.py, alexnet.py, googlenet.py):
+# acc@1.
 TORCHVISION = {
   'resnet18.IMAGENET1K_V1': Weights('resnet18', _TV + 'resnet18-f37072fd.pth', 69.758),
   'resnet34.IMAGENET1K_V1': Weights('resnet34', _TV + 'resnet34-b627a593.pth', 73.314),
@@ -70,6 +73,13 @@ TORCHVISION = {
   'vgg19.IMAGENET1K_V1': Weights('vgg19', _TV + 'vgg19-dcbb9e9d.pth', 72.376),
   'vgg19_bn.IMAGENET1K_V1': Weights('vgg19_bn', _TV + 'vgg19_bn-c79401a0.pth', 74.218),
   'alexnet.IMAGENET1K_V1': Weights('alexnet', _TV + 'alexnet-owt-7be5be79.pth', 56.522),
+  # Trained on (x - 0.5) / 0.5 images: torchvision's googlenet() turns transform_input on for them.
+  'googlenet.IMAGENET1K_V1': Weights(
+    'googlenet',
+    _TV + 'googlenet-1378be20.pth',
+    69.778,
+    requires=(('transform_input', True), ('normalization', 'channel_mean_std')),
+  ),
 }
 # timm's hub releases of the nets here ("ResNet strikes back": the paper's top-1 at 224 px).
 TIMM = {

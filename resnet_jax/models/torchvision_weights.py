@@ -2,7 +2,8 @@
 timm's for ResNet-C/-D (its names are torchvision's plus the deep stem's ``conv1.0...conv1.6``
 and the shortcut's ``downsample.1``/``.2``); torchvision's VGG and AlexNet (``features.N``,
 ``classifier.N``; their first linear layer's rows in torch's channel-major flatten order, which
-``baselines.ClassicNet`` keeps).
+``baselines.ClassicNet`` keeps); torchvision's GoogLeNet, with its auxiliary classifiers or
+without.
 
 torchvision's pretrained weights expect inputs scaled to [0, 1] and normalised per channel, so
 fine-tune or evaluate them with ``--config.normalization=channel_mean_std``. The command that
@@ -99,10 +100,12 @@ def from_torchvision(
   Raises:
     ValueError: naming every missing, unexpected or mis-shaped key.
   """
-  head = 'classifier.6.weight' if registry.is_baseline(name) else 'fc.weight'
+  head = f'{registry.head_name(name).replace("_", ".")}.weight'
   if head not in state_dict:
     raise ValueError(f'state_dict has no {head!r}; is this a torchvision {name} state_dict?')
   num_classes = int(np.shape(state_dict[head])[0])
+  if name == 'googlenet' and 'aux_logits' not in model_overrides:  # saved with them or without
+    model_overrides['aux_logits'] = 'aux1.fc2.weight' in state_dict
   scan_blocks = model_overrides.pop('scan_blocks', False)  # converted per block, then stacked
   expected = traverse_util.flatten_dict(expected_variables(name, num_classes, **model_overrides))
 

@@ -39,6 +39,10 @@ class CheckpointError(UserError):
   """A checkpoint could not be restored; the message names the directory and the mismatch."""
 
 
+# GoogLeNet's auxiliary classifiers: trained from scratch when the weights lack them (or have
+# another class count), as a classifier head is.
+AUXILIARY_HEADS = ('aux1/', 'aux2/')
+
 # A reader (evaluate beside a running trainer) may see the newest step deleted by the trainer's
 # retention as it reads it; it then reads the new newest, this many times at most.
 VANISHED_RETRIES = 20
@@ -348,10 +352,11 @@ def load_variables(
 
   Every tensor of ``abstract_variables`` must load, except those under the comma-separated
   ``allow_fresh`` prefixes (e.g. 'fc,layer4'; '' allows only a classifier head 'fc' whose class
-  count differs): those come back as None and keep the caller's initialisation. Everything is
-  restored onto ``sharding`` (this run's mesh), whatever topology saved it. ``relayout(saved,
-  abstract_variables)``, if given, first converts the saved tree to this model's layout (e.g.
-  per-block <-> scanned blocks; ``relayout_like``). ``saved``: the variables already read from
+  count differs, and GoogLeNet's auxiliary classifiers, ``AUXILIARY_HEADS``): those come back as
+  None and keep the caller's initialisation. Everything is restored onto ``sharding`` (this run's
+  mesh), whatever topology saved it. ``relayout(saved, abstract_variables)``, if given, first
+  converts the saved tree to this model's layout (e.g. per-block <-> scanned blocks;
+  ``relayout_like``). ``saved``: the variables already read from
   ``path``.
 
   Raises:
@@ -374,7 +379,8 @@ def load_variables(
     name = '/'.join(str(getattr(k, 'key', k)) for k in key[1:])  # without the collection
     problem = 'missing' if value is None else f'{value.shape} vs {leaf.shape}'
     allowed = [p for p in prefixes if name == p or name.startswith(f'{p}/')]
-    if allowed or (not prefixes and value is not None and name.startswith('fc/')):
+    head = value is not None and name.startswith('fc/')  # of another class count
+    if allowed or (not prefixes and (head or name.startswith(AUXILIARY_HEADS))):
       fresh.append(name)
     else:
       refused.append(f'{name} ({problem})')

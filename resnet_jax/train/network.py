@@ -26,10 +26,11 @@ def build_model(config, num_classes: int, *, train_bn_axis: bool = True):
     zero_init_residual=config.zero_init_residual,
     scan_blocks=config.scan_blocks,
     bn_momentum=config.bn_momentum,
-    bn_epsilon=config.bn_epsilon,
     cpu_convolution=config.cpu_convolution,
     cpu_kernels=config.cpu_kernels,
   )
+  if config.bn_epsilon:  # 0: the net's own
+    overrides['bn_epsilon'] = config.bn_epsilon
   if train_bn_axis and config.bn_group_size != 1:
     overrides['bn_axis_name'] = parallel.AXIS
     if config.bn_group_size > 1:

@@ -123,17 +123,24 @@ def train_step(
   # must stay bitwise as loaded (a mean over devices of equal values can round them).
   running_statistics = config.norm == 'batch' and bool(state.batch_stats)  # VGG-11 has no norms
 
+  # GoogLeNet's auxiliary classifiers sow their logits; their losses join the main one, weighted.
+  aux_weight = config.aux_loss_weight if getattr(model, 'aux_logits', False) else 0.0
+  mutable = ['batch_stats'] * running_statistics + ['intermediates'] * bool(aux_weight)
+
   def loss_fn(params, batch_stats, micro):
     variables = {'params': params, 'batch_stats': batch_stats}
     apply = functools.partial(model.apply, train=True)
     if 'keys' in micro:
       apply = functools.partial(apply, example_keys=micro['keys'])
-    if not running_statistics:
+    if not mutable:
       logits = apply(variables, micro['image'])
     else:
-      logits, updates = apply(variables, micro['image'], mutable=['batch_stats'])
-      batch_stats = updates['batch_stats']
+      logits, updates = apply(variables, micro['image'], mutable=mutable)
+      batch_stats = updates['batch_stats'] if running_statistics else batch_stats
     loss = losses.loss(config, logits, micro['target']).mean()
+    if aux_weight:
+      for aux_logits in updates['intermediates']['aux_logits']:
+        loss += aux_weight * losses.loss(config, aux_logits, micro['target']).mean()
     return loss * scale, (batch_stats, logits, loss)
 
   gradient = jax.grad(loss_fn, has_aux=True)
