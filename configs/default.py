@@ -124,8 +124,12 @@ def get_config():
   # A name of models/registry.py: resnet18..200, plain*, resnext*, wide_resnet*, resnet50c/d,
   # preact_resnet18..200, cifar_resnet<6n+2>, cifar_plain<6n+2>, cifar_preact_resnet<6n+2, or
   # 9n+2 from 164 with the bottleneck: 164, 1001>; and the paper's comparison nets (torchvision's
-  # models/baselines.py): vgg11, vgg13, vgg16, vgg19, vgg11_bn..vgg19_bn, alexnet. The ResNet
-  # fields below do not apply to those: set away from their defaults, they are refused.
+  # models/baselines.py): vgg11, vgg13, vgg16, vgg19, vgg11_bn..vgg19_bn, alexnet, googlenet;
+  # timm's attention nets seresnet18..152, ecaresnet50d, ecaresnet101d (`python -m
+  # resnet_jax.summary --list` prints them all). Or a net of your own, 'package.module:function'
+  # (a function returning its constructor arguments; models/registry.py), imported from the
+  # working directory or PYTHONPATH. The ResNet fields below do not apply to the comparison nets:
+  # set away from their defaults, they are refused.
   c.model = 'resnet50'
   c.shortcut = ''  # '' = the model's default (B for ImageNet nets, A for CIFAR); or 'A', 'B', 'C'.
   c.stride_in_1x1 = False  # True: the paper's original bottleneck (stride on the first 1x1).
@@ -152,6 +156,12 @@ def get_config():
   c.deep_stem = False
   c.stem_width = 0  # 0 = 32 (timm's); needs the deep stem.
   c.avg_down = False
+  # Channel attention in every block, after its last norm, before the addition (timm's
+  # attn_layer): 'se' (squeeze-and-excitation, Hu et al. 2018: 1/16 of the channels, rounded to
+  # a multiple of 8) or 'eca' (efficient channel attention, Wang et al. 2020: a 1-D conv across
+  # the channel means). '' = the model's own (seresnet*: 'se'; ecaresnet*: 'eca'; else none). Not
+  # in pre-activation nets.
+  c.attention = ''
   # Stochastic depth (Huang et al. 2016; timm's drop_path_rate, "ResNet strikes back" uses 0.05):
   # in training each example drops each block's residual branch with a rate linear in the block's
   # depth, 0 for the first block to this for the last; the kept branch is scaled by 1 / (1 - rate).

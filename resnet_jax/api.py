@@ -60,7 +60,8 @@ def create_model(
   """A net by name and its variables: ``(module, {'params', 'batch_stats'})``.
 
   Args:
-    model: a name of ``registry.VALID_NAMES`` ('resnet50', 'cifar_resnet20', 'vgg16_bn'...).
+    model: a name of ``list_models()`` ('resnet50', 'seresnet50', 'vgg16_bn'...) or your own net's
+      ``package.module:function`` (``registry``).
     pretrained: released weights by name, a URL, a run's workdir or a ``convert`` output
       (``load_variables``) whose weights it starts from. Every
       tensor must fit, except a classifier head whose class count differs from ``num_classes``:

@@ -202,6 +202,7 @@ RULES: dict[str, Rule] = {
   'deep_stem': boolean,
   'stem_width': NONNEG_INT,
   'avg_down': boolean,
+  'attention': one_of('', 'se', 'eca'),
   'drop_path_rate': number(0.0, 0.99),
   'dropout': or_the_nets_own(number(0.0, 0.99)),
   'aux_loss_weight': number(0.0),
@@ -516,6 +517,8 @@ def architecture_overrides(c, set_fields=()) -> dict:
     given['stem'] = 'deep'
   if c.avg_down:
     given['avg_down'] = True
+  if c.attention:
+    given['attention'] = c.attention
   if c.drop_path_rate:
     given['drop_path_rate'] = c.drop_path_rate
   if c.dropout >= 0:  # -1: the net's own
@@ -559,7 +562,7 @@ def _check_model_options(c, set_fields: _SetFields):
     model = registry.get_model(c.model, num_classes=1, **given)
   except ValueError as e:
     raise ConfigError(f'{flags} with --config.model={c.model}: {e}') from None
-  if registry.is_baseline(c.model):
+  if hasattr(model, 'min_image_size'):  # VGG, AlexNet, GoogLeNet
     _check_baseline_sizes(c, model)
   if 'norm_groups' in given and c.norm != 'group':
     raise ConfigError(

@@ -27,8 +27,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
   'torchvision',
   None,
-  'A torchvision or timm state_dict to convert (.pth, .safetensors): a path, a URL, or released '
-  'weights by name (torchvision:resnet50.IMAGENET1K_V2, timm:resnet50.a1_in1k).',
+  'A torchvision or timm state_dict (.pth, .safetensors) or a BiT .npz to convert: a path, a URL, '
+  'or released weights by name (torchvision:resnet50.IMAGENET1K_V2, timm:resnet50.a1_in1k, '
+  'bit:M-R50x1).',
 )
 flags.DEFINE_string('model', None, 'The net of --torchvision, e.g. resnet50 (names: their own).')
 flags.DEFINE_string('out', None, 'Output directory of the orbax checkpoint (from --torchvision).')
@@ -80,8 +81,7 @@ def from_torchvision_file():
   if not model:
     raise UserError(f'convert: --model=NAME is the net of {FLAGS.torchvision}.')
   try:
-    state_dict = torch_files.read(data, source)
-    variables = torchvision_weights.from_torchvision(state_dict, model)
+    variables = pretrained.variables_of_file(data, source, model)
   except torch_files.NotWeights as e:
     raise UserError(
       f'--torchvision={FLAGS.torchvision}: {e}: re-download it, or save it with '

@@ -33,6 +33,7 @@ COLUMNS = (
   'top-5 err',
   'EMA top-1',
   'paper top-1',
+  'paper top-5',
   'diff',
   'paper source',
   'steps',
@@ -102,6 +103,16 @@ def _nonfinite_note(records: list[dict]) -> str:
   return f' ({"; ".join(notes)})' if notes else ''
 
 
+def _difference(result: dict, paper: dict) -> str:
+  """Our top-1 error less the paper's; its top-5 (so marked) where it gives only that."""
+  if not result:
+    return '-'
+  for ours, theirs, mark in (('top1_err', 'top1', ''), ('top5_err', 'top5', ' (top-5)')):
+    if theirs in paper:
+      return f'{100 * result[ours] - paper[theirs]:+.2f}{mark}'
+  return '-'
+
+
 def run_rows(workdir: str) -> list[dict]:
   """The rows of one workdir: its training evaluation and each recorded evaluate protocol."""
   root = storage.path(workdir)
@@ -137,8 +148,9 @@ def run_rows(workdir: str) -> list[dict]:
         'top-1 err': f'{top1:.2f}' if result else '-',
         'top-5 err': f'{100 * result["top5_err"]:.2f}' if result else '-',
         'EMA top-1': f'{100 * result["ema_top1_err"]:.2f}' if 'ema_top1_err' in result else '-',
-        'paper top-1': f'{paper["top1"]:.2f}' if paper else '-',
-        'diff': f'{top1 - paper["top1"]:+.2f}' if paper and result else '-',
+        'paper top-1': f'{paper["top1"]:.2f}' if 'top1' in paper else '-',
+        'paper top-5': f'{paper["top5"]:.2f}' if 'top5' in paper else '-',
+        'diff': _difference(result, paper),
         'paper source': paper.get('source', '-'),
         'steps': str(result.get('step', '-')),
         'wall time': _hours(records),

@@ -17,7 +17,9 @@ Given several models, one line each instead: parameters and mult-adds, and each 
 share of the first's (the paper's Fig. 3 comparison: VGG-19 19.6 G, the 34-layer nets 3.6 G).
 
 ``--list [PATTERN ...]`` lists the nets by name instead (shell patterns, e.g. ``'resnet*d'``),
-each with the released weights that load into it by name (``--config.init_from=NAME``).
+each with its parameters and mult-adds per image (at 224, 32 for the CIFAR nets; 1000 and 10
+classes) and the released weights that load into it by name (``--config.init_from=NAME``), one
+line as each is traced (the 1,000-layer CIFAR nets take a while).
 
 Usage:
   python -m resnet_jax.summary --list 'resnet50*' 'vgg*'
@@ -37,6 +39,7 @@ import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from resnet_jax import cli
 from resnet_jax.models import baselines, norms, registry, releases
@@ -52,9 +55,9 @@ class LayerRow:
 
 
 def _own_param_count(module: nn.Module) -> int:
-  if not module.has_variable('params', 'kernel') and not module.has_variable('params', 'scale'):
-    return 0
-  return sum(x.size for x in jax.tree.leaves(module.variables.get('params', {})))
+  """The parameters the module holds itself, not in its submodules."""
+  own = module.variables.get('params', {}).values()
+  return sum(x.size for x in own if not isinstance(x, dict | FrozenDict))
 
 
 def _mult_adds(module: nn.Module, output_shape, params: int) -> int:
@@ -71,10 +74,11 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name == '__call__' and isinstance(
-      module, (nn.Conv, nn.Dense, baselines.Linear, *norms.NORM_LAYERS)
-    ):
-      params = _own_param_count(module)
+    if context.method_name != '__call__':
+      return out
+    params = _own_param_count(module)
+    # The layers; and any other module with parameters of its own (a gate in a block of yours).
+    if params or isinstance(module, (nn.Conv, nn.Dense, baselines.Linear, *norms.NORM_LAYERS)):
       rows.append(
         LayerRow(
           path='/'.join(module.scope.path),
@@ -226,9 +230,15 @@ def comparison(models: dict[str, list[LayerRow]], image_size: int) -> str:
   return '\n'.join(lines)
 
 
-def model_list(patterns: list[str]) -> str:
-  """One line per net matching any of ``patterns``: its name and its released weights' names
-  with the top-1 (%) their source publishes."""
+def default_shape(name: str) -> tuple[int, int]:
+  """(image size, classes) a net is summarised at unless told: CIFAR's or ImageNet's."""
+  return (32, 10) if name.startswith('cifar') else (224, 1000)
+
+
+def model_list(patterns: list[str]):
+  """Yields a header, then one line per net matching any of ``patterns``: its name, parameters
+  and mult-adds per image (``default_shape``), and its released weights' names with the top-1
+  (%) their source publishes."""
   weights = {}
   for name in releases.names():
     release = releases.lookup(name)
@@ -236,8 +246,16 @@ def model_list(patterns: list[str]) -> str:
       f'{name} ({release.top1:.2f})' if release.top1 else name
     )
   names = [n for n in registry.list_models() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-  width = max(map(len, names), default=0)
-  return '\n'.join(f'{n:<{width}}  {", ".join(weights.get(n, []))}'.rstrip() for n in names)
+  if not names:
+    return
+  width = max(map(len, names))
+  yield f'{"name":<{width}}  {"params":>13}  {"G mult-adds":>11}  weights by name'
+  for name in names:
+    size, num_classes = default_shape(name)
+    rows = layer_rows(registry.get_model(name, num_classes=num_classes), (1, size, size, 3))
+    params, mult_adds = sum(r.params for r in rows), sum(r.mult_adds for r in rows)
+    line = f'{name:<{width}}  {params:>13,}  {mult_adds / 1e9:>11.3f}  '
+    yield (line + ', '.join(weights.get(name, []))).rstrip()
 
 
 def main(argv=None):
@@ -257,10 +275,12 @@ def main(argv=None):
   )
   args = parser.parse_args(argv)
   if args.list:
-    listed = model_list(args.model or ['*'])
+    listed = False
+    for line in model_list(args.model or ['*']):
+      print(line, flush=True)
+      listed = True
     if not listed:
       cli.fail(f'--list {" ".join(args.model)}: no net matches (try --list to see them all).')
-    print(listed)
     return
   if not args.model:
     cli.fail('summary: give one or more nets (e.g. resnet50), or --list to see their names.')
@@ -275,17 +295,17 @@ def main(argv=None):
   ):
     if value is not None and value < least:
       cli.fail(f'{name} {value}: must be an integer >= {least}.')
-  cifar = args.model[0].startswith('cifar')
-  size = args.image_size or (32 if cifar else 224)
-  num_classes = args.num_classes or (10 if cifar else 1000)
+  size, num_classes = default_shape(args.model[0])
+  size, num_classes = args.image_size or size, args.num_classes or num_classes
   models = {}
   for name in args.model:
     try:
       models[name] = registry.get_model(name, num_classes=num_classes)
     except ValueError as e:
       cli.fail(f'{e}')
-    if registry.is_baseline(name) and size < models[name].min_image_size:
-      cli.fail(f'--image-size {size}: {name} needs at least {models[name].min_image_size}.')
+    least = getattr(models[name], 'min_image_size', 0)  # VGG's, AlexNet's, GoogLeNet's
+    if size < least:
+      cli.fail(f'--image-size {size}: {name} needs at least {least}.')
   if len(models) > 1:
     if budget is not None:
       cli.fail("--memory compiles one model's train step: give one model.")

@@ -83,6 +83,9 @@ REFERENCE_NETS = (
   'wide_resnet101_2',
   'resnet18d',
   'resnet50d',
+  'seresnet18',
+  'seresnet50',
+  'ecaresnet50d',
   'preact_resnet18',
   'preact_resnet50',
   'cifar_preact_resnet20',
@@ -132,7 +135,7 @@ def random_torchvision_weights(keys_and_shapes, seed: int) -> dict[str, np.ndarr
     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
     if key.endswith('num_batches_tracked'):
       value = np.zeros(shape, np.int64)
-    elif len(shape) == 4:  # conv: He normal
+    elif len(shape) in (3, 4):  # conv (Conv1d: ECA's): He normal
       value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
     elif len(shape) == 2 or np.ndim(weights.get(key.removesuffix('bias') + 'weight')) == 2:
       # A linear layer: torch's default bound, fan-in of its weight.

@@ -46,7 +46,7 @@ CASES = [
   (
     'groups on basic blocks',
     [*DIGITS, '--config.groups=32'],
-    'cifar_resnet20 is built of basic blocks, which have no groups',
+    'cifar_resnet20 is built of blocks without a grouped 3x3 (BasicBlock): they have no groups',
   ),
   ('negative width', [*DIGITS, '--config.width_per_group=-4'], '--config.width_per_group=-4'),
   (
@@ -419,6 +419,29 @@ CASES = [
     [*DIGITS, '--config.model=googlenet', '--config.init_from=torchvision:googlenet.IMAGENET1K_V1'],
     'were trained on inputs that need --config.transform_input=True '
     "--config.normalization='channel_mean_std': set them.",
+  ),
+  (
+    'attention in a pre-activation net',
+    [*DIGITS, '--config.model=cifar_preact_resnet20', '--config.attention=se'],
+    "channel attention (SE, ECA) sits after a block's last norm, which a pre-activation block "
+    'does not have',
+  ),
+  ('unknown attention', [*DIGITS, '--config.attention=cbam'], "--config.attention='cbam'"),
+  (
+    'a net of your own that is not there',
+    [*DIGITS, '--config.model=my_lab.nets:tiny'],
+    "Cannot import 'my_lab.nets' for model 'my_lab.nets:tiny' (No module named 'my_lab')",
+  ),
+  (
+    "BiT's released weights without their inputs",
+    [
+      *DIGITS,
+      '--config.model=bit_r50x1',
+      '--config.image_size=32',
+      '--config.eval_resize=32',
+      '--config.init_from=bit:M-R50x1',
+    ],
+    '--config.channel_mean=(127.5, 127.5, 127.5) --config.channel_std=(127.5, 127.5, 127.5)',
   ),
   ('plot of a run with no records', ['-m', 'resnet_jax.plot', '{empty_run}'], 'has no records'),
   ('report of a run without its config', ['-m', 'resnet_jax.report', '{no_config}'], 'no config'),

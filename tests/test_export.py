@@ -32,6 +32,11 @@ FAMILY = [
     marks=SLOW,
   ),
   pytest.param('vgg11_bn', {}, 32, 8, id='vgg11_bn', marks=SLOW),  # 133 M parameters
+  # SE: mean, 1x1 convs (their bias additions folded too), sigmoid gate.
+  pytest.param('seresnet18', {}, 32, 36, id='seresnet18'),
+  pytest.param('ecaresnet50d', {}, 32, 55, id='ecaresnet50d', marks=SLOW),  # ECA's 1-D conv
+  # Weight-standardised kernels (computed from the variables: constants), GroupNorm, bare root.
+  pytest.param('bit_r50x1', {}, 32, 0, id='bit_r50x1', marks=SLOW),
 ]
 
 

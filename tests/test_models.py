@@ -18,6 +18,7 @@ from helpers import CONFIGURED_NETS, REFERENCE_NETS, REPO
 import resnet_jax
 from resnet_jax import summary
 from resnet_jax.models import (
+  attention,
   batch_norm,
   block_layout,
   example_draws,
@@ -100,6 +101,7 @@ def test_cifar_param_counts_match_paper_table6(depth, paper_millions):
 
 # The family beyond torchvision, 1000 classes: each equals its torch reference's count
 # (tests/torch_resnet.py; resnet50d is timm's 25.58 M), as the parity tests check key by key.
+# Counted at 64 px: the count does not depend on the image.
 FAMILY_PARAMS = {
   'resnet18d': 11_708_744,
   'resnet50c': 25_576_264,
@@ -107,13 +109,19 @@ FAMILY_PARAMS = {
   'preact_resnet18': 11_687_720,
   'preact_resnet50': 25_549_352,
   'preact_resnet200': 64_666_152,
+  # timm's attention nets, as its model cards count them.
+  'seresnet18': 11_779_624,
+  'seresnet50': 28_088_024,
+  'seresnet101': 49_326_872,
+  'ecaresnet50d': 25_576_350,
+  'ecaresnet101d': 44_568_563,
 }
 
 
 @pytest.mark.parametrize('name', sorted(FAMILY_PARAMS))
 def test_family_param_counts(name):
   model = registry.get_model(name, num_classes=1000)
-  assert count(variables_of(model, 224)['params']) == FAMILY_PARAMS[name]
+  assert count(variables_of(model, 64)['params']) == FAMILY_PARAMS[name]
 
 
 def test_resnet50d_mult_adds_are_timms():
@@ -238,7 +246,7 @@ def test_mult_adds_match_torchvision(name):
 
 def test_the_list_of_nets_names_what_builds_and_the_weights_each_loads(capsys):
   names = registry.list_models()
-  assert len(names) == len(set(names)) == 65
+  assert len(names) == len(set(names)) == 78
   for name in names:
     registry.model_config(name)  # each listed name builds
   assert {'resnet50d', 'wide_resnet101_2', 'cifar_resnet1202', 'cifar_preact_resnet1001'} < set(
@@ -246,14 +254,16 @@ def test_the_list_of_nets_names_what_builds_and_the_weights_each_loads(capsys):
   )
   assert registry.list_models('vgg1[13]*') == ['vgg11', 'vgg11_bn', 'vgg13', 'vgg13_bn']
   released = resnet_jax.list_models(pretrained=True)
-  assert len(released) == 20 and 'resnet50' in released and 'resnet50d' not in released
+  assert len(released) == 27 and 'resnet50' in released and 'resnet50d' not in released
+  assert 'bit_r152x4' in released and 'seresnet50' in released and 'seresnet101' not in released
   summary.main(['--list', 'resnet50', 'alexnet', 'cifar_plain2?'])
   assert capsys.readouterr().out.splitlines() == [
-    'resnet50       torchvision:resnet50.IMAGENET1K_V1 (76.13), torchvision:resnet50.IMAGENET1K_V2 '
-    '(80.86), timm:resnet50.a1_in1k (80.40), timm:resnet50.a2_in1k (79.80), timm:resnet50.a3_in1k '
-    '(78.10)',
-    'cifar_plain20',
-    'alexnet        torchvision:alexnet.IMAGENET1K_V1 (56.52)',
+    'name                  params  G mult-adds  weights by name',
+    'resnet50          25,557,032        4.089  torchvision:resnet50.IMAGENET1K_V1 (76.13), '
+    'torchvision:resnet50.IMAGENET1K_V2 (80.86), timm:resnet50.a1_in1k (80.40), '
+    'timm:resnet50.a2_in1k (79.80), timm:resnet50.a3_in1k (78.10)',
+    'cifar_plain20        269,722        0.041',
+    'alexnet           61,100,840        0.714  torchvision:alexnet.IMAGENET1K_V1 (56.52)',
   ]
 
 
@@ -264,13 +274,99 @@ def test_blocks_of_your_own_keep_the_rules_of_the_block_they_derive_from():
   class MyBottleneck(resnet.Bottleneck):
     pass
 
-  with pytest.raises(ValueError, match='built of basic blocks, which have no groups'):
+  with pytest.raises(ValueError, match=r'blocks without a grouped 3x3 \(MyBasicBlock\)'):
     registry.get_model('resnet18', num_classes=10, block_cls=MyBasicBlock, groups=32)
   # Its 3x3 convolutions have 12, 24, 48 (and 96) channels: 32 groups divide only 96.
   with pytest.raises(ValueError, match=r'its norms see \[12, 24, 48\] channels'):
     registry.get_model(
       'resnet50', num_classes=10, block_cls=MyBottleneck, groups=3, width_per_group=4, norm='group'
     )
+
+
+def test_attention_widths_follow_timms_rules():
+  # SE: 1/16 of the channels, to the nearest multiple of 8, at least 8 (seresnet18's 64 -> 8).
+  assert [attention.se_channels(c) for c in (64, 256, 512, 1024, 2048)] == [8, 16, 32, 64, 128]
+  # ECA: |log2 C + 1| / 2, odd upwards, at least 3.
+  assert [attention.eca_kernel_size(c) for c in (64, 256, 512, 1024, 2048)] == [3, 5, 5, 5, 7]
+  v = variables_of(registry.get_model('ecaresnet50d', num_classes=10), 32)['params']
+  assert v['layer1_0']['se']['conv']['kernel'].shape == (5, 1, 1)
+  assert v['layer4_2']['se']['conv']['kernel'].shape == (7, 1, 1)
+  v = variables_of(registry.get_model('seresnet50', num_classes=10), 32)['params']
+  assert v['layer4_0']['se']['fc1']['kernel'].shape == (1, 1, 2048, 128)
+  with pytest.raises(ValueError, match='pre-activation block does not have'):
+    registry.get_model('preact_resnet18', num_classes=10, attention='se')
+  with pytest.raises(ValueError, match="attention must be '', 'se' or 'eca', got 'cbam'"):
+    registry.get_model('resnet18', num_classes=10, attention='cbam')
+
+
+def test_blocks_declare_what_the_checks_read():
+  class TwoBranchBlock(resnet.BasicBlock):
+    """Declares a grouped 3x3 and wider norms, as a block of one's own may."""
+
+    takes_groups = True
+
+    @classmethod
+    def norm_channels(cls, features, groups=1, width_per_group=64):
+      return {features, 3 * features}
+
+  assert resnet.Bottleneck.norm_channels(64, 32, 4) == {128, 256}
+  # GroupNorm of 32 groups: 3 * 16 = 48 channels do not split, whatever the parent block says.
+  with pytest.raises(ValueError, match=r'its norms see \[16, 48\] channels'):
+    registry.get_model(
+      'cifar_resnet20', num_classes=10, block_cls=TwoBranchBlock, norm='group', norm_groups=32
+    )
+  registry.get_model('cifar_resnet20', num_classes=10, block_cls=TwoBranchBlock, groups=2)
+
+
+def test_nets_of_your_own_by_registration_and_by_import_path(tmp_path, monkeypatch):
+  @registry.register_model
+  def tiny_se_net():
+    return dict(
+      stage_sizes=(1, 1),
+      block_cls=resnet.BasicBlock,
+      widths=(16, 32),
+      stem='cifar',
+      attention='se',
+    )
+
+  try:
+    assert 'tiny_se_net' in registry.list_models('tiny_*')
+    v = variables_of(registry.get_model('tiny_se_net', num_classes=10), 16)['params']
+    assert v['layer2_0']['se']['fc1']['kernel'].shape == (1, 1, 32, 8)
+  finally:
+    registry._ENTRY_POINTS.pop('tiny_se_net')
+
+  def resnet50():
+    return {}
+
+  def seresnet50():
+    return {}
+
+  for built_in in (resnet50, seresnet50):
+    with pytest.raises(ValueError, match=f"'{built_in.__name__}' is a built-in net"):
+      registry.register_model(built_in)
+  (tmp_path / 'their_nets.py').write_text(
+    'import flax.linen as nn\n'
+    'class Linear(nn.Module):\n'
+    '  num_classes: int\n'
+    '  dtype: object = None\n'
+    '  @nn.compact\n'
+    '  def __call__(self, x, *, train):\n'
+    '    return nn.Dense(self.num_classes, name="fc")(x.reshape(x.shape[0], -1))\n'
+    'def not_a_net():\n'
+    '  return dict(stage_sizes=(1,))\n'
+  )
+  monkeypatch.syspath_prepend(str(tmp_path))
+  model = registry.get_model('their_nets:Linear', num_classes=3)
+  assert count(variables_of(model, 4)['params']) == 4 * 4 * 3 * 3 + 3
+  with pytest.raises(ValueError, match='returns no block_cls: a ResNet needs both'):
+    registry.get_model('their_nets:not_a_net', num_classes=3)
+  with pytest.raises(ValueError, match='their_nets has no function'):
+    registry.get_model('their_nets:missing', num_classes=3)
+  with pytest.raises(ValueError, match=r"Cannot import 'nowhere\.nets'.*PYTHONPATH"):
+    registry.get_model('nowhere.nets:net', num_classes=3)
+  with pytest.raises(ValueError, match='their_nets:Linear is not a ResNet: it has no drop_path'):
+    registry.get_model('their_nets:Linear', num_classes=3, drop_path_rate=0.1)
 
 
 def test_summary_takes_the_flag_spelling_of_the_other_commands_too(capsys):
@@ -427,7 +523,15 @@ def test_zero_init_residual_blocks_start_as_identity_of_the_shortcut():
 
 @pytest.mark.parametrize(
   'name, options',
-  [('cifar_resnet20', {}), ('cifar_preact_resnet20', {}), ('cifar_resnet20', {'norm': 'group'})],
+  [
+    ('cifar_resnet20', {}),
+    ('cifar_preact_resnet20', {}),
+    ('cifar_resnet20', {'norm': 'group'}),
+    ('cifar_resnet20', {'attention': 'se'}),
+    ('cifar_resnet20', {'attention': 'eca'}),
+    # BiT's make: GroupNorm, weight-standardised convs (standardised in float32, then cast).
+    ('cifar_preact_resnet20', {'norm': 'group', 'weight_standardization': True}),
+  ],
 )
 def test_mixed_precision_keeps_params_stats_and_logits_float32(name, options):
   options = {**options, 'norm_groups': 16} if options else options
@@ -665,11 +769,18 @@ def test_stage_features_are_the_classifiers_own_internals():
     model.apply(variables, x, train=False, features=('layer5',))
 
 
-def test_readme_python_examples_run_and_print_what_they_say():
+def test_readme_python_examples_run_and_print_what_they_say(tmp_path):
   with open(os.path.join(REPO, 'README.md')) as f:
     blocks = re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)
   assert blocks
+  # The README's digits run, as the weights it leaves (a converted checkpoint reads the same):
+  # this test must not depend on another having trained it.
+  from resnet_jax.train import checkpoint
+
+  _, variables = resnet_jax.create_model('cifar_resnet20', num_classes=10, image_size=16)
+  checkpoint.save_variables(str(tmp_path / 'digits'), jax.device_get(variables))
   for block in blocks:
+    block = block.replace("'/tmp/digits'", repr(str(tmp_path / 'digits')))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
       exec(compile(block, 'README.md', 'exec'), {})
@@ -684,7 +795,7 @@ def test_to_torchvision_gives_torchvisions_state_dict_and_converts_back_exactly(
   torch's own modules have (committed with the references), and back to the same variables."""
   references = np.load(os.path.join(REPO, 'tests', 'data', 'torchvision_references.npz'))
   names = [k.split('/')[0] for k in references.files if k.endswith('/keys')]
-  assert len(names) == len(REFERENCE_NETS) + len(CONFIGURED_NETS) == 23
+  assert len(names) == len(REFERENCE_NETS) + len(CONFIGURED_NETS) == 26
   for name in names:
     torch_shapes = {k: tuple(shape) for k, shape in json.loads(str(references[f'{name}/keys']))}
     model_name, options = CONFIGURED_NETS.get(name, (name, {}))

@@ -167,6 +167,20 @@ def test_report_sets_the_average_beside_the_weights_and_a_recipe_beside_its_numb
   assert row['paper source'] == "torchvision's ResNet50_Weights.IMAGENET1K_V2"
 
 
+def test_report_sets_googlenet_beside_the_papers_table_4_top5(tmp_path):
+  """Table 4 gives GoogLeNet's single-model top-5 error only (7.89): the difference is top-5's."""
+  run = tmp_path / 'googlenet'
+  run.mkdir()
+  config = {'dataset': 'imagenet2012', 'model': 'googlenet', 'eval_mode': 'multiscale'}
+  (run / 'config.json').write_text(json.dumps(config))
+  record = {'split': 'eval', 'step': 5, 'top1_err': 0.3, 'top5_err': 0.1}
+  (run / 'metrics.jsonl').write_text(json.dumps(record) + '\n')
+  (row,) = report.run_rows(str(run))
+  assert (row['paper top-1'], row['paper top-5']) == ('-', '7.89')
+  assert row['diff'] == '+2.11 (top-5)'
+  assert row['paper source'] == "Table 4 (GoogLeNet, ILSVRC'14)"
+
+
 def test_report_sets_released_weights_beside_their_published_top1_and_lists_differences(
   tmp_path,
 ):

@@ -71,6 +71,7 @@ BIGGEST = ('resnet101', 'resnet152', 'wide_resnet101_2', 'resnext101_32x8d', 're
     *((name, True) for name in DEEP),
     *(('resnet50', True), ('resnet152', True), ('resnext50_32x4d', True)),
     *(('resnet50_dilated', True), ('resnet50d', True), ('preact_resnet50', True)),
+    *(('seresnet50', True), ('ecaresnet50d', True)),
   ],
 )
 def test_logits_and_bn_statistics_match_committed_torchvision_references(name, scan_blocks):
@@ -95,6 +96,7 @@ def test_logits_and_bn_statistics_match_committed_torchvision_references(name, s
   [
     *('resnet18', 'resnet50', 'resnext50_32x4d', 'resnet50d', 'preact_resnet18'),
     *('resnet50_groupnorm', 'vgg16_bn', 'alexnet', 'googlenet'),
+    *('seresnet18', 'ecaresnet50d'),
   ],
 )
 def test_logits_and_bn_statistics_match_live_torch(name):

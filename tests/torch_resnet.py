@@ -5,7 +5,10 @@ timm's ResNet-C/-D arguments (stem_type='deep', stem_width, avg_down) as timm's 
 them, the pre-activation nets of He et al. 2016 as their Torch code (fb.resnet.torch's
 preresnet.lua, and resnet-1k-layers' resnet-pre-act.lua for the CIFAR bottleneck nets) builds
 them, and torchvision's VGG, AlexNet and GoogLeNet (vgg.py, alexnet.py, googlenet.py), the
-paper's comparison nets."""
+paper's comparison nets; and timm's squeeze-and-excitation and ECA modules (its layers'
+SEModule and EcaModule, ``attn_layer``) in the blocks of its seresnet* and ecaresnet*d."""
+
+import math
 
 import numpy as np
 import torch
@@ -59,6 +62,37 @@ NORM_LAYERS = {
 }
 
 
+class SEModule(nn.Module):
+  """timm's SEModule: 1/16 of the channels rounded to a multiple of 8, 1x1 convs with bias."""
+
+  def __init__(self, channels):
+    super().__init__()
+    reduced = max(8, int(channels / 16 + 4) // 8 * 8)
+    self.fc1 = nn.Conv2d(channels, reduced, 1, bias=True)
+    self.fc2 = nn.Conv2d(reduced, channels, 1, bias=True)
+
+  def forward(self, x):
+    s = self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+    return x * torch.sigmoid(s)
+
+
+class EcaModule(nn.Module):
+  """timm's EcaModule: a bias-free Conv1d across the channel means, its kernel from log2(C)."""
+
+  def __init__(self, channels):
+    super().__init__()
+    t = int(abs(math.log(channels, 2) + 1) / 2)
+    k = max(t if t % 2 else t + 1, 3)
+    self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+
+  def forward(self, x):
+    y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+    return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1)
+
+
+ATTENTION = {None: None, 'se': SEModule, 'eca': EcaModule}  # timm's attn_layer
+
+
 class BasicBlock(nn.Module):
   expansion = 1
 
@@ -72,6 +106,7 @@ class BasicBlock(nn.Module):
     base_width=64,
     dilation=1,
     norm_layer=nn.BatchNorm2d,
+    attn_layer=None,
   ):
     super().__init__()
     if groups != 1 or base_width != 64:
@@ -83,12 +118,15 @@ class BasicBlock(nn.Module):
     self.relu = nn.ReLU(inplace=True)
     self.conv2 = conv3x3(planes, planes)
     self.bn2 = norm_layer(planes)
+    self.se = ATTENTION[attn_layer](planes) if attn_layer else None
     self.downsample = downsample
 
   def forward(self, x):
     identity = x
     out = self.relu(self.bn1(self.conv1(x)))
     out = self.bn2(self.conv2(out))
+    if self.se is not None:
+      out = self.se(out)
     if self.downsample is not None:
       identity = self.downsample(x)
     return self.relu(out + identity)
@@ -107,6 +145,7 @@ class Bottleneck(nn.Module):
     base_width=64,
     dilation=1,
     norm_layer=nn.BatchNorm2d,
+    attn_layer=None,
   ):
     super().__init__()
     width = int(planes * (base_width / 64.0)) * groups
@@ -116,6 +155,7 @@ class Bottleneck(nn.Module):
     self.bn2 = norm_layer(width)
     self.conv3 = conv1x1(width, planes * 4)
     self.bn3 = norm_layer(planes * 4)
+    self.se = ATTENTION[attn_layer](planes * 4) if attn_layer else None
     self.relu = nn.ReLU(inplace=True)
     self.downsample = downsample
 
@@ -124,6 +164,8 @@ class Bottleneck(nn.Module):
     out = self.relu(self.bn1(self.conv1(x)))
     out = self.relu(self.bn2(self.conv2(out)))
     out = self.bn3(self.conv3(out))
+    if self.se is not None:
+      out = self.se(out)
     if self.downsample is not None:
       identity = self.downsample(x)
     return self.relu(out + identity)
@@ -142,6 +184,7 @@ class ResNet(nn.Module):
     stem_type='',
     stem_width=32,
     avg_down=False,
+    attn_layer=None,
   ):
     super().__init__()
     self.inplanes = 64
@@ -149,6 +192,7 @@ class ResNet(nn.Module):
     dilate = replace_stride_with_dilation or [False, False, False]
     self.groups, self.base_width = groups, width_per_group
     self.norm_layer, self.avg_down = NORM_LAYERS[norm], avg_down
+    self.attn_layer = attn_layer
     if stem_type == 'deep':  # timm's: conv1 = Sequential(conv, norm, ReLU, conv, norm, ReLU, conv)
       self.conv1 = nn.Sequential(
         nn.Conv2d(3, stem_width, 3, stride=2, padding=1, bias=False),
@@ -196,7 +240,12 @@ class ResNet(nn.Module):
           conv1x1(self.inplanes, planes * block.expansion, stride),
           self.norm_layer(planes * block.expansion),
         )
-    shape = dict(groups=self.groups, base_width=self.base_width, norm_layer=self.norm_layer)
+    shape = dict(
+      groups=self.groups,
+      base_width=self.base_width,
+      norm_layer=self.norm_layer,
+      attn_layer=self.attn_layer,
+    )
     layers = [block(self.inplanes, planes, stride, downsample, dilation=previous_dilation, **shape)]
     self.inplanes = planes * block.expansion
     layers += [
@@ -318,6 +367,15 @@ ARCHS = {  # name -> (block, layers, ResNet keyword arguments), as torchvision's
   # timm's Bag of Tricks nets
   'resnet18d': (BasicBlock, [2, 2, 2, 2], dict(stem_type='deep', avg_down=True)),
   'resnet50d': (Bottleneck, [3, 4, 6, 3], dict(stem_type='deep', avg_down=True)),
+  # timm's attention nets
+  'seresnet18': (BasicBlock, [2, 2, 2, 2], dict(attn_layer='se')),
+  'seresnet50': (Bottleneck, [3, 4, 6, 3], dict(attn_layer='se')),
+  'seresnet101': (Bottleneck, [3, 4, 23, 3], dict(attn_layer='se')),
+  'ecaresnet50d': (
+    Bottleneck,
+    [3, 4, 6, 3],
+    dict(stem_type='deep', avg_down=True, attn_layer='eca'),
+  ),
 }
 
 

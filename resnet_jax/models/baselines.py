@@ -132,6 +132,9 @@ class ClassicNet(nn.Module):
   frozen_norms: tuple[str, ...] = ()
   dtype: Dtype = jnp.float32
 
+  head_name = 'classifier_6'  # torchvision's classifier.6
+  name_fields = ('family', 'depth', 'batch_norm')  # what the net's name sets, not options
+
   @property
   def random_in_training(self) -> bool:
     """Whether training draws (dropout), and so takes ``example_keys``."""

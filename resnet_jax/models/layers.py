@@ -1,5 +1,5 @@
-"""Layers the nets share: torch's convolution (symmetric padding, its initialisation), torch's
-default linear initialisation, and ResNet-D's 2x2 average pool."""
+"""Layers the nets share: torch's convolution (symmetric padding, its initialisation; weight
+standardised for BiT), torch's default linear initialisation, and ResNet-D's 2x2 average pool."""
 
 from __future__ import annotations
 
@@ -14,6 +14,27 @@ conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
+# BiT's weight standardisation epsilon (its TF code and big_vision's bit_paper.py, whose released
+# weights were trained with it; timm's port uses 1e-8, which moves their logits measurably).
+WS_EPSILON = 1e-10
+
+
+def standardize_kernel(kernel):
+  """Weight standardisation (Qiao et al. 2019, as BiT): each output channel's kernel minus its
+  mean over (H, W, input channels), divided by sqrt(its biased variance + WS_EPSILON)."""
+  kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  return kernel / jnp.sqrt(jnp.mean(jnp.square(kernel), axis=(0, 1, 2), keepdims=True) + WS_EPSILON)
+
+
+class StandardizedConv(nn.Conv):
+  """nn.Conv that convolves with its kernel standardised (``standardize_kernel``), in float32
+  before the cast to the compute dtype; the stored parameter stays the raw kernel."""
+
+  def param(self, name, *args, **kwargs):
+    value = super().param(name, *args, **kwargs)
+    return standardize_kernel(value) if name == 'kernel' else value
+
+
 def conv(
   features,
   kernel,
@@ -26,16 +47,18 @@ def conv(
   kernel_init=conv_init,
   lowering=conv_lowering.conv_general_dilated_stored_input,
   cpu_convolution='auto',
+  standardize=False,
 ):
   """A bias-free conv with torch's symmetric padding of dilation * (k // 2) (never XLA's
   asymmetric SAME), ``groups`` channel groups and a ``dilation``-spaced kernel (torch's).
 
   ``lowering`` runs it (``lax.conv_general_dilated``'s signature), except the gradients of the
   float32 convolutions lowered for the CPU that oneDNN takes under ``cpu_convolution``
-  (``conv.cpu_convolution``; ungrouped, undilated ones only).
+  (``conv.cpu_convolution``; ungrouped, undilated ones only). ``standardize``: weight
+  standardisation (``StandardizedConv``).
   """
   pad = dilation * (kernel[0] // 2)
-  return nn.Conv(
+  return (StandardizedConv if standardize else nn.Conv)(
     features,
     kernel,
     strides,

@@ -4,7 +4,21 @@ Names: torchvision's (``resnet18..152``, ``resnext*``, ``wide_resnet*``), Bag of
 and -D as timm names them (``resnet50c``, ``resnet50d``), pre-activation nets (``preact_resnet*``,
 ``cifar_preact_resnet*``), the paper's CIFAR nets and every net's plain counterpart; and the
 paper's comparison nets, torchvision's ``vgg11..19``, ``vgg11_bn..vgg19_bn`` and ``alexnet``
-(``baselines.ClassicNet``) and ``googlenet`` (``googlenet.GoogLeNet``).
+(``baselines.ClassicNet``) and ``googlenet`` (``googlenet.GoogLeNet``); timm's attention nets
+(``seresnet*``, ``ecaresnet*d``) and BiT's ResNet-v2 (``bit_r50x1`` ... ``bit_r152x4``), entries of
+the table that ``register_model`` fills.
+
+Your own nets, without editing the library: a function that returns a net's constructor
+arguments (ResNet's ``stage_sizes`` and ``block_cls``, a block of your own derived from
+``BasicBlock`` or ``Bottleneck`` included, and any ResNet option; or ``module=`` a flax module
+class of your own and its arguments; or such a class itself, which takes ``num_classes`` and
+``dtype``) is a net by its import path, ``my_pkg.nets:se_resnet_tiny``,
+in every command (``--config.model=my_pkg.nets:se_resnet_tiny``), the module imported from
+``PYTHONPATH`` or the working directory. ``register_model`` names such a function in this process
+(the Python API). A module of your own is called as ours are, ``(images, train=...)`` -> logits;
+it may declare ``head_name`` (its classifier's module, else ``fc``, for a fresh head and
+``export``) and ``random_in_training`` (then it is called with ``example_keys``, one PRNG key per
+example, in training).
 
 Example:
   model = get_model('resnet50', num_classes=1000)
@@ -15,13 +29,17 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import functools
+import importlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
 
+from resnet_jax.models import attention as attention_layers
 from resnet_jax.models import baselines, googlenet, norms
-from resnet_jax.models.resnet import BasicBlock, Bottleneck, ResNet
+from resnet_jax.models.resnet import BasicBlock, Bottleneck, ResNet, _Block
 
 Dtype = Any
 
@@ -60,17 +78,57 @@ VALID_NAMES = (
   'vgg{11,13,16,19}, vgg{...}_bn, alexnet, googlenet'
 )
 _BASELINE_PATTERN = re.compile(r'^(?:vgg(11|13|16|19)(_bn)?|alexnet|googlenet)$')
-# What ClassicNet takes as options: its fields less those its name and the caller set.
-_BASELINE_OPTIONS = tuple(
-  field
-  for field in baselines.ClassicNet.__dataclass_fields__
-  if field not in ('family', 'depth', 'batch_norm', 'num_classes', 'dtype', 'parent', 'name')
-)
-_GOOGLENET_OPTIONS = tuple(
-  field
-  for field in googlenet.GoogLeNet.__dataclass_fields__
-  if field not in ('num_classes', 'dtype', 'parent', 'name')
-)
+# Named nets by function (timm's ``register_model``): each returns its net's constructor
+# arguments. The regex families above (every depth) are the fallback.
+_ENTRY_POINTS: dict[str, Callable[[], dict[str, Any]]] = {}
+# A net of your own by import path: 'package.module:function'.
+_IMPORT_PATH = re.compile(r'^([A-Za-z_][\w.]*):([A-Za-z_]\w*)$')
+
+
+def register_model(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+  """Decorator: ``fn`` (no arguments; returns the net's constructor arguments, as a net named by
+  import path does) becomes the net named ``fn.__name__``, for ``get_model`` and the Python
+  API."""
+  name = fn.__name__
+  if _BASELINE_PATTERN.match(name) or _NAME_PATTERN.match(name) or name in _BUILT_IN:
+    raise ValueError(f'{name!r} is a built-in net; give yours another name.')
+  _ENTRY_POINTS[fn.__name__] = fn
+  return fn
+
+
+def _with_attention(base: str, attention: str) -> dict[str, Any]:
+  return dict(model_config(base), attention=attention)
+
+
+# timm's squeeze-and-excitation and ECA nets: its resnet* and resnet*d with attn_layer.
+for _depth in (18, 34, 50, 101, 152):
+  _ENTRY_POINTS[f'seresnet{_depth}'] = functools.partial(_with_attention, f'resnet{_depth}', 'se')
+for _depth in (50, 101):
+  _ENTRY_POINTS[f'ecaresnet{_depth}d'] = functools.partial(
+    _with_attention, f'resnet{_depth}d', 'eca'
+  )
+
+
+def _bit(depth: int, width: int) -> dict[str, Any]:
+  """BiT's ResNet-v2 (Kolesnikov et al. 2020; big_vision's bit_paper.py): pre-activation
+  bottlenecks ``width`` times as wide, GroupNorm(32), weight-standardised convs, the bare root."""
+  block_cls, stage_sizes = IMAGENET_DEPTHS[depth]
+  return dict(
+    stage_sizes=stage_sizes,
+    block_cls=block_cls,
+    widths=tuple(64 * width * 2**i for i in range(4)),
+    stem='bit',
+    preact=True,
+    norm='group',
+    weight_standardization=True,
+  )
+
+
+# The six nets of BiT's releases (its upstream S, M and L weights), as bit_r<depth>x<width>.
+BIT_NETS = ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4))
+for _depth, _width in BIT_NETS:
+  _ENTRY_POINTS[f'bit_r{_depth}x{_width}'] = functools.partial(_bit, _depth, _width)
+_BUILT_IN = frozenset(_ENTRY_POINTS)
 
 
 def list_models(pattern: str = '*') -> list[str]:
@@ -83,23 +141,27 @@ def list_models(pattern: str = '*') -> list[str]:
   cifar += [f'cifar_preact_resnet{d}' for d in (*PAPER_CIFAR_DEPTHS, 164, 1001)]
   classic = [f'vgg{d}{bn}' for d in (11, 13, 16, 19) for bn in ('', '_bn')]
   classic += ['alexnet', 'googlenet']
-  names = resnets + list(_VARIANTS) + cifar + classic
+  names = resnets + list(_VARIANTS) + cifar + classic + list(_ENTRY_POINTS)
   return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
-def is_baseline(name: str) -> bool:
-  """Whether ``name`` is one of the paper's comparison nets (VGG, AlexNet, GoogLeNet), not a
-  ResNet."""
-  return bool(_BASELINE_PATTERN.match(name))
+def module_class(name: str) -> type:
+  """The flax module class that builds ``name``."""
+  return model_config(name).get('module', ResNet)
 
 
 def head_name(name: str) -> str:
-  """The classifier's module: torchvision's ``classifier.6`` in VGG and AlexNet, else ``fc``."""
-  return 'classifier_6' if is_baseline(name) and name != 'googlenet' else 'fc'
+  """The classifier's module, as the net's class declares it (``head_name``; ``fc`` if not)."""
+  return getattr(module_class(name), 'head_name', 'fc')
+
+
+def valid_names() -> str:
+  return f'{VALID_NAMES}, {", ".join(_ENTRY_POINTS)}, or your own as package.module:function'
 
 
 def model_config(name: str) -> dict[str, Any]:
-  """The constructor arguments that ``name`` stands for (before user overrides).
+  """The constructor arguments that ``name`` stands for (before user overrides); ``module``, the
+  flax module class, where that is not ResNet.
 
   Raises:
     ValueError: for an unknown name or an impossible depth, naming the valid choices.
@@ -107,29 +169,79 @@ def model_config(name: str) -> dict[str, Any]:
   baseline = _BASELINE_PATTERN.match(name)
   if baseline:
     depth, batch_norm = baseline.groups()
-    if name in ('alexnet', 'googlenet'):
-      return dict(family=name)
-    return dict(family='vgg', depth=int(depth), batch_norm=bool(batch_norm))
+    if name == 'googlenet':
+      return dict(module=googlenet.GoogLeNet)
+    if name == 'alexnet':
+      return dict(module=baselines.ClassicNet, family=name)
+    return dict(
+      module=baselines.ClassicNet, family='vgg', depth=int(depth), batch_norm=bool(batch_norm)
+    )
+  if name in _ENTRY_POINTS:
+    return _checked_entry(name, _ENTRY_POINTS[name])
+  if _IMPORT_PATH.match(name):
+    return _checked_entry(name, _imported(name))
   if name in _VARIANTS:
     depth, groups, width_per_group = _VARIANTS[name]
     return dict(model_config(f'resnet{depth}'), groups=groups, width_per_group=width_per_group)
   match = _NAME_PATTERN.match(name)
   if not match:
-    raise ValueError(f'Unknown model {name!r}. Valid names: {VALID_NAMES}.')
+    raise ValueError(f'Unknown model {name!r}. Valid names: {valid_names()}.')
   family, depth, tweak = match.group(1), int(match.group(2)), match.group(3)
   if tweak and family != 'resnet':
-    raise ValueError(f'Unknown model {name!r}: the -C/-D tweaks name resnets only ({VALID_NAMES}).')
+    raise ValueError(
+      f'Unknown model {name!r}: the -C/-D tweaks name resnets only ({valid_names()}).'
+    )
   residual, preact = 'resnet' in family, 'preact' in family
   if family.startswith('cifar'):
     return _cifar_config(name, depth, residual, preact)
   if depth not in IMAGENET_DEPTHS:
     raise ValueError(
       f'Impossible ImageNet depth {depth} in {name!r}: choose one of '
-      f'{sorted(IMAGENET_DEPTHS)}. Valid names: {VALID_NAMES}.'
+      f'{sorted(IMAGENET_DEPTHS)}. Valid names: {valid_names()}.'
     )
   block_cls, stage_sizes = IMAGENET_DEPTHS[depth]
   config = dict(stage_sizes=stage_sizes, block_cls=block_cls, residual=residual)
   return dict(config, **_TWEAKS.get(tweak, {}), **({'preact': True} if preact else {}))
+
+
+def _imported(name: str) -> Callable[[], dict[str, Any]]:
+  """The function that ``package.module:function`` names, its module imported."""
+  module_path, function = _IMPORT_PATH.match(name).groups()
+  try:
+    module = importlib.import_module(module_path)
+  except ImportError as e:
+    raise ValueError(
+      f'Cannot import {module_path!r} for model {name!r} ({e}); run from the directory that '
+      f'holds it or add that directory to PYTHONPATH.'
+    ) from None
+  fn = getattr(module, function, None)
+  if not callable(fn):
+    raise ValueError(f'{module_path} has no function {function!r} (model {name!r}).')
+  return fn
+
+
+def _checked_entry(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+  """What an entry point returns, checked for what a net needs."""
+  # A flax module class named directly is a net of its own, built with its defaults.
+  config = dict(module=fn) if isinstance(fn, type) and hasattr(fn, 'init') else fn()
+  if not isinstance(config, dict):
+    raise ValueError(f'{name} must return a dict of constructor arguments, got {type(config)}.')
+  config = dict(config)
+  module = config.get('module', ResNet)
+  if not (isinstance(module, type) and hasattr(module, 'init')):
+    raise ValueError(f"{name}: 'module' must be a flax module class, got {module!r}.")
+  if module is ResNet:
+    missing = [k for k in ('stage_sizes', 'block_cls') if k not in config]
+    if missing:
+      raise ValueError(f'{name} returns no {" or ".join(missing)}: a ResNet needs both.')
+    block = config['block_cls']
+    if not (isinstance(block, type) and issubclass(block, _Block)):
+      raise ValueError(
+        f'{name}: block_cls must be a block class derived from BasicBlock or Bottleneck '
+        f'(resnet_jax.models.resnet), got {block!r}.'
+      )
+    config.pop('module', None)
+  return config
 
 
 def _cifar_config(name, depth, residual, preact):
@@ -155,8 +267,9 @@ def get_model(
   """Builds a network by name.
 
   Args:
-    name: one of VALID_NAMES (positional: ``name=`` is the flax module's name, so the net can be
-      a named submodule of your own, ``get_model('resnet50', num_classes=0, name='backbone')``).
+    name: one of ``list_models()``, or ``package.module:function`` (positional: ``name=`` is
+      the flax module's name, so the net can be a named submodule of your own,
+      ``get_model('resnet50', num_classes=0, name='backbone')``).
     num_classes: classifier width.
     dtype: compute dtype (``jnp.bfloat16`` / ``jnp.float16`` for mixed precision).
     **overrides: any ResNet attribute, e.g. ``shortcut='C'``, ``zero_init_residual=True``,
@@ -171,16 +284,16 @@ def get_model(
   """
   kwargs = model_config(name)
   module_name = overrides.pop('name', None)
-  if kwargs.get('family') == 'googlenet':
-    return _googlenet(num_classes, dtype, overrides, module_name)
+  module = kwargs.pop('module', ResNet)
+  if module is not ResNet:
+    options = _options_of(name, overrides, _options(module, kwargs))
+    return module(num_classes=num_classes, dtype=dtype, name=module_name, **kwargs, **options)
   googlenets = sorted({'aux_logits', 'transform_input'} & set(overrides))
   if googlenets:
     raise ValueError(
       f"{name} has no {' or '.join(googlenets)}: auxiliary classifiers and torchvision's input "
       f"transform are googlenet's."
     )
-  if 'family' in kwargs:
-    return _baseline(name, kwargs, num_classes, dtype, overrides, module_name)
   if 'dropout' in overrides:
     raise ValueError(
       f'{name} has no dropout (its head is a global average pool and one linear layer); '
@@ -226,16 +339,11 @@ def _options_of(name: str, overrides: dict, options: tuple[str, ...]) -> dict:
   return {k: v for k, v in overrides.items() if k in options}
 
 
-def _baseline(name, kwargs, num_classes, dtype, overrides, module_name) -> baselines.ClassicNet:
-  options = _options_of(name, overrides, _BASELINE_OPTIONS)
-  return baselines.ClassicNet(
-    num_classes=num_classes, dtype=dtype, name=module_name, **kwargs, **options
-  )
-
-
-def _googlenet(num_classes, dtype, overrides, module_name) -> googlenet.GoogLeNet:
-  options = _options_of('googlenet', overrides, _GOOGLENET_OPTIONS)
-  return googlenet.GoogLeNet(num_classes=num_classes, dtype=dtype, name=module_name, **options)
+def _options(module: type, kwargs: dict) -> tuple[str, ...]:
+  """What a net other than a ResNet takes as options: its class's fields less those its name
+  (``kwargs``) and the caller set."""
+  fixed = {*kwargs, *getattr(module, 'name_fields', ()), 'num_classes', 'dtype', 'parent', 'name'}
+  return tuple(f for f in module.__dataclass_fields__ if f not in fixed)
 
 
 def _check_block_options(name: str, kwargs: dict):
@@ -247,17 +355,31 @@ def _check_block_options(name: str, kwargs: dict):
     raise ValueError(f'replace_stride_with_dilation needs 3 values (stages 2-4), got {dilation}.')
   if groups < 1 or width < 1:
     raise ValueError(f'groups and width_per_group must be >= 1, got {groups} and {width}.')
-  # issubclass: a block of your own derived from one of these keeps its rules.
-  if issubclass(kwargs['block_cls'], BasicBlock) and (groups != 1 or width != 64 or any(dilation)):
+  # What the block declares: a block of your own keeps its parent's rules or sets its own.
+  takes_groups = kwargs['block_cls'].takes_groups
+  if not takes_groups and (groups != 1 or width != 64 or any(dilation)):
     raise ValueError(
-      f'{name} is built of basic blocks, which have no groups, width_per_group or dilation '
-      f'(torchvision: groups=1, width_per_group=64, no dilation); use a bottleneck net '
-      f'(resnet50 and deeper, resnext*, wide_resnet*).'
+      f'{name} is built of blocks without a grouped 3x3 ({kwargs["block_cls"].__name__}): they '
+      f'have no groups, width_per_group or dilation (torchvision: groups=1, width_per_group=64, '
+      f'no dilation); use a bottleneck net (resnet50 and deeper, resnext*, wide_resnet*).'
+    )
+  attention = kwargs.get('attention', '')
+  if attention not in attention_layers.ATTENTIONS:
+    raise ValueError(f"attention must be '', 'se' or 'eca', got {attention!r}.")
+  if attention and kwargs.get('preact'):
+    raise ValueError(
+      f"{name}: channel attention (SE, ECA) sits after a block's last norm, which a "
+      f'pre-activation block does not have; no reference places it there.'
     )
   if kwargs.get('avg_down') and (any(dilation) or kwargs.get('shortcut', 'B') == 'A'):
     raise ValueError(
       f'{name}: the average-pool shortcut (ResNet-D) is a projection of a strided block; it '
       f'takes neither dilated stages nor option A shortcuts.'
+    )
+  if kwargs.get('stem') == 'bit' and not kwargs.get('preact'):
+    raise ValueError(
+      f"{name}: BiT's root has no norm after its conv: its first block must open with one "
+      f'(pre-activation blocks, preact=True).'
     )
   if kwargs.get('preact') and (kwargs.get('stem') == 'deep' or kwargs.get('avg_down')):
     raise ValueError(
@@ -279,12 +401,9 @@ def norm_channels(kwargs: dict) -> set[int]:
   channels = {widths[0]}
   if kwargs.get('stem') == 'deep':
     channels.add(kwargs.get('stem_width', 32))
+  shape = dict(groups=kwargs.get('groups', 1), width_per_group=kwargs.get('width_per_group', 64))
   for width in widths:
-    if issubclass(kwargs['block_cls'], Bottleneck):
-      inner = int(width * kwargs.get('width_per_group', 64) / 64) * kwargs.get('groups', 1)
-      channels |= {inner, width * 4}
-    else:
-      channels.add(width)
+    channels |= kwargs['block_cls'].norm_channels(width, **shape)
   return channels
 
 

@@ -1,7 +1,9 @@
 """Released weights of the family's nets, by name: ``torchvision:resnet50.IMAGENET1K_V2`` (the
 weights tables of torchvision's ``resnet.py``, ``vgg.py``, ``alexnet.py`` and ``googlenet.py``) and
-``timm:resnet50.a1_in1k`` (timm's hub releases), each with the net it fits, its file's URL and the
-ImageNet top-1 its source publishes. ``train/pretrained.py`` downloads, checks and converts them.
+``timm:resnet50.a1_in1k`` (timm's hub releases) and ``bit:M-R50x1`` (BiT's ``.npz`` files, the
+names big_vision's bit_paper.py takes), each with the net it fits, its file's URL and the ImageNet
+top-1 its source publishes (where it publishes one). ``train/pretrained.py`` downloads, checks
+and converts them.
 """
 
 from __future__ import annotations
@@ -86,8 +88,37 @@ TIMM = {
   'resnet50.a1_in1k': Weights('resnet50', _HF.format('resnet50.a1_in1k'), 80.4, 'RSB A1'),
   'resnet50.a2_in1k': Weights('resnet50', _HF.format('resnet50.a2_in1k'), 79.8, 'RSB A2'),
   'resnet50.a3_in1k': Weights('resnet50', _HF.format('resnet50.a3_in1k'), 78.1, 'RSB A3 (160 px)'),
+  # timm's SE-ResNet-50 trained by the same procedures (its hub publishes no top-1 we record).
+  **{
+    f'seresnet50.{tag}_in1k': Weights('seresnet50', _HF.format(f'seresnet50.{tag}_in1k'), note=note)
+    for tag, note in (('a1', 'RSB A1'), ('a2', 'RSB A2'), ('a3', 'RSB A3 (160 px)'))
+  },
 }
-SOURCES = {'torchvision': TORCHVISION, 'timm': TIMM}
+# BiT's releases (google-research/big_transfer; big_vision's bit_paper.py names them so):
+# S-R<d>x<w> trained on ImageNet-1k, M-R<d>x<w> on ImageNet-21k (21,843 classes), and
+# M-R<d>x<w>-ILSVRC2012 that one fine-tuned on ImageNet-1k; and the ResNet-50 distilled from
+# BiT-M-R152x2 ("a good teacher is patient and consistent", Beyer et al. 2022: 82.8% at 224 px).
+# BiT's nets take images scaled to [-1, 1].
+_BIT = 'https://storage.googleapis.com/bit_models/'
+_BIT_INPUT = (
+  ('normalization', 'channel_mean_std'),
+  ('channel_mean', (127.5, 127.5, 127.5)),
+  ('channel_std', (127.5, 127.5, 127.5)),
+)
+BIT = {
+  f'{kind}-R{depth}x{width}{tuned}': Weights(
+    f'bit_r{depth}x{width}',
+    f'{_BIT}BiT-{kind}-R{depth}x{width}{tuned}.npz',
+    note={'S': 'ImageNet-1k', 'M': 'ImageNet-21k'}[kind] + (' -> ImageNet-1k' if tuned else ''),
+    requires=_BIT_INPUT,
+  )
+  for depth, width in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4))
+  for kind, tuned in (('S', ''), ('M', ''), ('M', '-ILSVRC2012'))
+}
+BIT['FunMatch-224px-i1k82.8'] = Weights(
+  'bit_r50x1', f'{_BIT}distill/R50x1_224.npz', 82.8, 'distilled, 224 px', requires=_BIT_INPUT
+)
+SOURCES = {'torchvision': TORCHVISION, 'timm': TIMM, 'bit': BIT}
 
 
 def names() -> list[str]:
@@ -113,7 +144,9 @@ def lookup(name: str) -> Weights:
   hint = f' (closest: {", ".join(close)})' if close else ''
   raise UserError(
     f'Unknown weights {name!r}{hint}. Known: torchvision:<net>.IMAGENET1K_V1|V2 for '
-    f'{", ".join(sorted({w.model for w in TORCHVISION.values()}))}; timm:{", timm:".join(TIMM)}.'
+    f'{", ".join(sorted({w.model for w in TORCHVISION.values()}))}; timm:{", timm:".join(TIMM)}; '
+    f'bit:S-R50x1, bit:M-R50x1, bit:M-R50x1-ILSVRC2012 (and R50x3, R101x1, R101x3, R152x2, '
+    f'R152x4), bit:FunMatch-224px-i1k82.8.'
   )
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.cpu import native
+from resnet_jax.models import attention as attention_layers
 from resnet_jax.models import conv as conv_lowering
 from resnet_jax.models import example_draws, layers, norms, stem
 from resnet_jax.models.block_layout import SCAN_SUFFIX
@@ -88,6 +89,13 @@ class _Block(nn.Module):
     dilation: bottleneck only: the 3x3's dilation (and padding), torchvision's.
     preact: one of PREACT_MODES.
     avg_down: ResNet-D's projection shortcut (see shortcut_path).
+    attention: '', 'se' or 'eca': channel attention on the residual branch after its last norm,
+      before the addition (``attention``; timm's ``attn_layer``).
+    dtype: the compute dtype (of the attention module; the convs and norms come configured).
+
+  What a block declares for the net's checks (a subclass of your own inherits them, or sets its
+  own): ``expansion`` (output channels per base filter), ``takes_groups`` (whether it has a 3x3
+  that groups, widens and dilates) and ``norm_channels`` (what its norms see).
 
   A block's ``__call__`` takes ``drop=(keys, block_index, rate)`` in training with stochastic
   depth (``drop_path``), else None.
@@ -106,6 +114,21 @@ class _Block(nn.Module):
   dilation: int = 1
   preact: str = ''
   avg_down: bool = False
+  attention: str = ''
+  dtype: Any = jnp.float32
+
+  expansion = 1
+  takes_groups = False
+
+  @classmethod
+  def norm_channels(cls, features, groups=1, width_per_group=64) -> set[int]:
+    """The channel counts its norm layers see (GroupNorm's groups must divide each)."""
+    return {features * cls.expansion}
+
+  def attend(self, y):
+    """The residual branch after its last norm, through the block's channel attention."""
+    layer = attention_layers.attention_layer(self.attention, self.dtype)
+    return y if layer is None else layer(y)
 
   def last_norm(self, name):
     init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
@@ -162,7 +185,7 @@ class BasicBlock(_Block):
     y = self.conv(self.features, (3, 3), strides, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y, train=train))
     y = self.conv(self.features, (3, 3), name='conv2')(y)
-    y = self.last_norm('bn2')(y, train=train)
+    y = self.attend(self.last_norm('bn2')(y, train=train))
     return self.join(y, x, train=train, drop=drop)
 
 
@@ -177,13 +200,26 @@ class Bottleneck(_Block):
   ``conv1``, ``conv2``, ``conv3``), + shortcut.
   """
 
+  expansion = 4
+  takes_groups = True
+
+  @classmethod
+  def norm_channels(cls, features, groups=1, width_per_group=64) -> set[int]:
+    return {cls.inner_width(features, groups, width_per_group), features * cls.expansion}
+
+  @staticmethod
+  def inner_width(features, groups, width_per_group) -> int:
+    """torchvision's width of the 1x1 reduction and the 3x3."""
+    return int(features * (width_per_group / 64.0)) * groups
+
   @nn.compact
   def __call__(self, x, *, train: bool, drop=None):
     return self.forward(x, train, drop)
 
   def forward(self, x, train: bool, drop=None):
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
-    width = int(self.features * (self.width_per_group / 64.0)) * self.groups
+    width = self.inner_width(self.features, self.groups, self.width_per_group)
+    out = self.features * self.expansion
     conv2 = functools.partial(
       self.conv, width, (3, 3), (s3, s3), groups=self.groups, dilation=self.dilation, name='conv2'
     )
@@ -192,13 +228,13 @@ class Bottleneck(_Block):
       y = self.conv(width, (1, 1), (s1, s1), name='conv1')(y)
       y = conv2()(nn.relu(self.norm(name='bn2')(y, train=train)))
       y = nn.relu(self.norm(name='bn3')(y, train=train))
-      last = self.conv(self.features * 4, (1, 1), name='conv3', kernel_init=self.last_conv_init())
+      last = self.conv(out, (1, 1), name='conv3', kernel_init=self.last_conv_init())
       return self.join(last(y), x, train=train, drop=drop)
     y = self.conv(width, (1, 1), (s1, s1), name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y, train=train))
     y = nn.relu(self.norm(name='bn2')(conv2()(y), train=train))
-    y = self.conv(self.features * 4, (1, 1), name='conv3')(y)
-    y = self.last_norm('bn3')(y, train=train)
+    y = self.conv(out, (1, 1), name='conv3')(y)
+    y = self.attend(self.last_norm('bn3')(y, train=train))
     return self.join(y, x, train=train, drop=drop)
 
 
@@ -227,12 +263,14 @@ class ResNet(nn.Module):
 
   Attributes:
     stage_sizes: blocks per stage.
-    block_cls: BasicBlock or Bottleneck.
+    block_cls: BasicBlock, Bottleneck, or a block of your own derived from one (the checks read
+      what it declares: ``_Block``).
     num_classes: width of the classifier.
     widths: base filters per stage (64/128/256/512 ImageNet, 16/32/64 CIFAR).
     stem: 'imagenet' (7x7/2 conv + 3x3/2 max pool), 'deep' (ResNet-C of He et al. 2019, timm's
       'deep': three 3x3 convs, the first at stride 2, of stem_width, stem_width and widths[0]
-      filters, then the max pool) or 'cifar' (3x3 conv, no pool).
+      filters, then the max pool), 'cifar' (3x3 conv, no pool) or 'bit' (BiT's root: the 7x7/2
+      conv and the max pool with no norm between; its pre-activation first block normalises).
     stem_width: the deep stem's first two convs' filters (timm's 32).
     shortcut: 'A', 'B' or 'C' (paper Table 3).
     residual: False builds the plain counterpart (same layers, no shortcuts).
@@ -244,10 +282,15 @@ class ResNet(nn.Module):
       resolution and dilates its 3x3s instead (torchvision's: output stride 16 or 8, as
       segmentation and detection backbones use). Bottleneck nets only.
     avg_down: ResNet-D's projection shortcuts (average pool, then a stride-1 1x1; shortcut_path).
+    attention: '', 'se' (squeeze-and-excitation) or 'eca' (efficient channel attention) in every
+      block, as timm's ``attn_layer`` (``attention``): timm's seresnet*, ecaresnet*. Not in
+      pre-activation blocks (no reference places it there).
     preact: pre-activation blocks (He et al. 2016: norm-ReLU before each conv, nothing after the
       addition) and a final norm-ReLU (``final_bn``) before the pool; the CIFAR stem is then a
       bare conv. Block types as their fb.resnet.torch code (PREACT_MODES).
     norm: 'batch', 'group' or 'frozen_batch' (``norms``), torchvision's ``norm_layer``.
+    weight_standardization: every conv standardises its kernel (``layers.StandardizedConv``):
+      BiT's ResNet-v2 (Kolesnikov et al. 2020) with GroupNorm and the 'bit' stem.
     norm_groups: GroupNorm's groups (torch's first argument; Wu & He's 32).
     drop_path_rate: stochastic depth (Huang et al. 2016) as timm's: in training each example
       drops a block's residual branch with the block's rate, linear in depth from 0 to this
@@ -285,8 +328,10 @@ class ResNet(nn.Module):
   width_per_group: int = 64
   replace_stride_with_dilation: Sequence[bool] = (False, False, False)
   avg_down: bool = False
+  attention: str = ''
   preact: bool = False
   norm: str = 'batch'
+  weight_standardization: bool = False
   norm_groups: int = 32
   drop_path_rate: float = 0.0
   bn_momentum: float = 0.9
@@ -339,7 +384,12 @@ class ResNet(nn.Module):
       raise ValueError(
         f'Unknown features {unknown}; this net has stem, {", ".join(stages)}, pre_logits.'
       )
-    conv = functools.partial(layers.conv, dtype=self.dtype, cpu_convolution=self.cpu_convolution)
+    conv = functools.partial(
+      layers.conv,
+      dtype=self.dtype,
+      cpu_convolution=self.cpu_convolution,
+      standardize=self.weight_standardization,
+    )
     norm = norms.norm_layer(
       self.norm,
       momentum=self.bn_momentum,
@@ -385,8 +435,10 @@ class ResNet(nn.Module):
     if self.stem == 'cifar':
       x = conv(self.widths[0], (3, 3), name='conv1')(x)
       return x if self.preact else nn.relu(norm(name='bn1')(x, train=train))
-    if self.stem == 'imagenet':
+    if self.stem in ('imagenet', 'bit'):
       x = conv(self.widths[0], (7, 7), (2, 2), name='conv1', lowering=stem.stem_conv)(x)
+      if self.stem == 'bit':
+        return stem.max_pool_3x3(x, native.kernels_for(x, self.cpu_kernels))
     elif self.stem == 'deep':  # timm's names: conv1 is a Sequential of conv, norm, ReLU, ...
       x = conv(self.stem_width, (3, 3), (2, 2), name='conv1_0')(x)
       x = nn.relu(norm(name='conv1_1')(x, train=train))
@@ -394,7 +446,7 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='conv1_4')(x, train=train))
       x = conv(self.widths[0], (3, 3), name='conv1_6')(x)
     else:
-      raise ValueError(f"stem must be 'imagenet', 'deep' or 'cifar', got {self.stem!r}")
+      raise ValueError(f"stem must be 'imagenet', 'deep', 'cifar' or 'bit', got {self.stem!r}")
     x = nn.relu(norm(name='bn1')(x, train=train))
     return stem.max_pool_3x3(x, native.kernels_for(x, self.cpu_kernels))
 
@@ -402,7 +454,8 @@ class ResNet(nn.Module):
     """(stage i's first block's, its other blocks') PREACT_MODES, as fb.resnet.torch's."""
     if not self.preact:
       return '', ''
-    return ('given' if i == 0 and self.stem != 'cifar' else 'shared'), 'branch'
+    # After a stem that ends on norm-ReLU, the first block's input is activated already.
+    return ('given' if i == 0 and self.stem in ('imagenet', 'deep') else 'shared'), 'branch'
 
   def _stage(self, x, i, strides, dilations, conv, norm, train, drop):
     """Stage ``i``: its first block (``strides``, ``dilations[0]``), then the identical others
@@ -425,6 +478,8 @@ class ResNet(nn.Module):
       groups=self.groups,
       width_per_group=self.width_per_group,
       avg_down=self.avg_down,
+      attention=self.attention,
+      dtype=self.dtype,
     )
     first, others = self._preact_modes(i)
     first_block = functools.partial(block, strides=strides, dilation=dilations[0], preact=first)

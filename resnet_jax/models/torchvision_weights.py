@@ -3,7 +3,8 @@ timm's for ResNet-C/-D (its names are torchvision's plus the deep stem's ``conv1
 and the shortcut's ``downsample.1``/``.2``); torchvision's VGG and AlexNet (``features.N``,
 ``classifier.N``; their first linear layer's rows in torch's channel-major flatten order, which
 ``baselines.ClassicNet`` keeps); torchvision's GoogLeNet, with its auxiliary classifiers or
-without.
+without; timm's attention nets (``seresnet*``, ``ecaresnet*d``: its ``se.fc1``/``se.fc2`` and
+``se.conv``, a Conv1d).
 
 torchvision's pretrained weights expect inputs scaled to [0, 1] and normalised per channel, so
 fine-tune or evaluate them with ``--config.normalization=channel_mean_std``. The command that
@@ -45,8 +46,8 @@ def _flax_path(torch_key: str, rank: int) -> tuple[str, tuple[str, ...]]:
     collection, name = ('params', 'kernel') if rank > 1 else ('params', 'scale')
   elif leaf in _LEAF_NAMES:
     collection, name = _LEAF_NAMES[leaf]
-  else:
-    collection, name = 'unknown', leaf
+  else:  # a parameter of a block of your own keeps its name: 'layer1.0.gate'
+    collection, name = 'params', leaf
   return collection, (*path, name)
 
 
@@ -60,6 +61,8 @@ def flax_key(torch_key: str) -> tuple[str, ...]:
 def _to_flax_layout(value: np.ndarray) -> np.ndarray:
   if value.ndim == 4:  # conv OIHW -> HWIO
     return value.transpose(2, 3, 1, 0)
+  if value.ndim == 3:  # Conv1d OIW -> WIO (ECA's)
+    return value.transpose(2, 1, 0)
   if value.ndim == 2:  # linear (out, in) -> (in, out)
     return value.T
   return value
@@ -163,9 +166,12 @@ def to_torchvision(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     array = np.asarray(value, dtype=np.float32)
     if array.ndim == 4:  # conv HWIO -> OIHW
       array = array.transpose(3, 2, 0, 1)
+    elif array.ndim == 3:  # Conv1d WIO -> OIW
+      array = array.transpose(2, 1, 0)
     elif array.ndim == 2:  # linear (in, out) -> (out, in)
       array = array.T
-    state_dict[f'{modules}.{_TORCH_LEAF[collection, leaf]}'] = np.ascontiguousarray(array)
+    torch_leaf = _TORCH_LEAF.get((collection, leaf), leaf)  # your own block's: its own name
+    state_dict[f'{modules}.{torch_leaf}'] = np.array(array, order='C')  # a scalar stays 0-d
     if (collection, leaf) == ('batch_stats', 'mean') and ('params', *path, 'scale') in flat:
       # BatchNorm2d's counter; torchvision's FrozenBatchNorm2d has none.
       state_dict[f'{modules}.num_batches_tracked'] = np.array(0, np.int64)

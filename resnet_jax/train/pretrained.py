@@ -1,6 +1,7 @@
-"""Released weights by name (``torchvision:resnet50.IMAGENET1K_V2``, ``timm:resnet50.a1_in1k``) or
-by URL: downloaded once into a cache, checked, converted once, and given to ``init_from``,
-``evaluate``, ``export``, ``convert`` and ``resnet_jax.create_model`` as a converted checkpoint.
+"""Released weights by name (``torchvision:resnet50.IMAGENET1K_V2``, ``timm:resnet50.a1_in1k``,
+``bit:M-R50x1``) or by URL: downloaded once into a cache, checked, converted once, and given to
+``init_from``, ``evaluate``, ``export``, ``convert`` and ``resnet_jax.create_model`` as a converted
+checkpoint.
 
 - The cache is ``$RESNET_JAX_WEIGHTS_CACHE``, else ``~/.cache/resnet_jax/weights``
   (``$RESNET_JAX_CACHE/weights``): ``downloads/`` holds the files as published, ``converted/``
@@ -29,7 +30,7 @@ import urllib.request
 
 from resnet_jax import storage, torch_files
 from resnet_jax.errors import UserError
-from resnet_jax.models import releases, torchvision_weights
+from resnet_jax.models import bit_weights, releases, torchvision_weights
 from resnet_jax.train import checkpoint
 
 LOG = logging.getLogger(__name__)
@@ -183,14 +184,25 @@ def _check(path: str, url: str, *, cached: bool):
   )
 
 
+def variables_of_file(data: bytes, source: str, model: str) -> dict:
+  """A weights file's bytes as ``model``'s variables: BiT's ``.npz`` by its key names, else a
+  torch file (``.pth``, ``.safetensors``) of torchvision's or timm's.
+
+  Raises:
+    torch_files.NotWeights: not a weights file; ValueError: weights of another net.
+  """
+  if bit_weights.is_npz(data):
+    return bit_weights.from_bit(bit_weights.read_npz(data), model)
+  return torchvision_weights.from_torchvision(torch_files.read(data, source), model)
+
+
 def _convert(file: str, url: str, model: str, converted: str):
   """The downloaded file as a checkpoint of ``model``, written under a temporary name, then
   renamed into place (another process may have done it first)."""
   with open(file, 'rb') as f:
     data = f.read()
   try:
-    state_dict = torch_files.read(data, file)
-    variables = torchvision_weights.from_torchvision(state_dict, model)
+    variables = variables_of_file(data, file, model)
   except (torch_files.NotWeights, ValueError) as e:
     raise UserError(f'{url} ({file}): {e}') from None
   partial = f'{converted}.{os.getpid()}.part'

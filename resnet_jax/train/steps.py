@@ -116,7 +116,7 @@ def train_step(
     mix_draw = batch_mixing.draw(config, config.seed, state.step, height, width)
     images, targets = batch_mixing.mix(images, targets, mix_draw, AXIS)
   inputs = {'image': images, 'target': targets}
-  if model.random_in_training:  # stochastic depth, dropout
+  if getattr(model, 'random_in_training', False):  # stochastic depth, dropout
     inputs['keys'] = example_keys(config.seed, state.step, images)
 
   # Only BatchNorm updates statistics in training. GroupNorm has none, and a frozen BatchNorm's
