@@ -1,18 +1,21 @@
 """A net defined outside the library, in a module of the user's own, through every command:
 trained by ``main``, scored by ``evaluate``, tabled by ``summary``, written by ``export`` and
-``convert`` both ways, named ``package.module:function`` (models/registry.py)."""
+``convert`` both ways (with torch), named ``package.module:function`` (models/registry.py)."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 from helpers import REPO, tiny_flags
 
 import resnet_jax
 from resnet_jax import torch_files
+from resnet_jax.train import checkpoint
 
 # A researcher's module: a basic block whose residual branch, after the squeeze-and-excitation
 # the net's options give it, is scaled by a learned scalar gate (1 at first), through the block's
@@ -90,8 +93,24 @@ def test_a_net_of_your_own_goes_through_every_command(tmp_path):
   assert exported.returncode == 0 and onnx_file.stat().st_size > 0, exported.stderr[-2000:]
   assert 'within' in exported.stdout  # onnxruntime's logits checked against JAX's
 
+
+def test_a_net_of_your_own_converts_both_ways(tmp_path, monkeypatch):
+  """``convert`` to a torch file and back: the block's own parameter by its own name, SE's by
+  timm's, every tensor bit for bit (the weights a run of it would leave)."""
+  pytest.importorskip('torch')  # writing a .pth needs torch
+  package = tmp_path / 'src' / 'their_lab'
+  package.mkdir(parents=True)
+  (package / '__init__.py').write_text('')
+  (package / 'nets.py').write_text(THEIR_NETS)
+  monkeypatch.syspath_prepend(str(tmp_path / 'src'))
+  _, variables = resnet_jax.create_model(NET, num_classes=10, image_size=8, seed=3)
+  variables = jax.device_get(variables)
+  checkpoint.save_variables(str(tmp_path / 'weights'), variables)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, str(tmp_path / 'src')]))
   pth = tmp_path / 'gated.pth'
-  to_torch = command('convert', f'--weights={workdir}', f'--to_torchvision={pth}', env=env)
+  to_torch = command(
+    'convert', f'--weights={tmp_path / "weights"}', f'--to_torchvision={pth}', env=env
+  )
   assert to_torch.returncode == 0, to_torch.stderr[-2000:]
   state_dict = torch_files.read(pth.read_bytes())
   assert state_dict['layer2.0.gate'].shape == ()  # the block's own parameter, by its own name
@@ -100,9 +119,11 @@ def test_a_net_of_your_own_goes_through_every_command(tmp_path):
     'convert', f'--torchvision={pth}', f'--model={NET}', f'--out={tmp_path / "c"}', env=env
   )
   assert back.returncode == 0, back.stderr[-2000:]
-  converted = resnet_jax.load_variables(str(tmp_path / 'c'))['params']
-  for i in (1, 2, 3):
-    np.testing.assert_array_equal(converted[f'layer{i}_0']['gate'], params[f'layer{i}_0']['gate'])
+  converted = resnet_jax.load_variables(str(tmp_path / 'c'))
+  flat = traverse_util.flatten_dict(converted)
+  assert len(flat) == len(traverse_util.flatten_dict(variables))
+  for key, value in traverse_util.flatten_dict(variables).items():
+    np.testing.assert_array_equal(flat[key], value, err_msg=str(key))
 
 
 def test_a_net_that_cannot_be_imported_is_one_line(tmp_path):

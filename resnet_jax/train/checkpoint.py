@@ -78,6 +78,22 @@ class _WithoutMetricWarning(logging.Filter):
 logging.getLogger('absl').addFilter(_WithoutMetricWarning())
 
 
+def _while_listed(list_steps, directory):
+  """``list_steps()`` (orbax listing a run's steps: a CheckpointManager made or reloaded), again
+  when a running trainer's retention deleted a step between orbax listing it and reading its
+  time (a ``FileNotFoundError`` for that step): a listing out of date, not damage."""
+  for _ in range(VANISHED_RETRIES):
+    try:
+      return list_steps()
+    except FileNotFoundError as e:
+      LOG.info('A checkpoint step was deleted while it was listed (%s): listing again.', e)
+  raise CheckpointError(
+    f'The checkpoints in {directory} were deleted as fast as they were listed '
+    f'({VANISHED_RETRIES} tries): the run writing this workdir saves often and keeps few. '
+    f'Read them after it ends, or give it a larger --config.keep_checkpoints.'
+  )
+
+
 def _first_line(error: Exception) -> str:
   lines = str(error).strip().splitlines()
   return f'{type(error).__name__}: {lines[0] if lines else ""}'[:300]
@@ -128,9 +144,13 @@ class Checkpointer:
       cleanup_tmp_directories=not reader,
       create=False,  # created by the first save: a run refused at start-up leaves no trace
     )
-    self.manager = ocp.CheckpointManager(
-      self.directory, options=options, item_names=('state', 'meta')
+    self.manager = _while_listed(
+      lambda: ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'meta')),
+      self.directory,
     )
+
+  def _reload(self):
+    _while_listed(self.manager.reload, self.directory)
 
   def check_space(self, state, what: str):
     """Raises CheckpointError, before anything is written, when the local disk cannot hold one
@@ -216,7 +236,7 @@ class Checkpointer:
         'only its newest steps): reading the newest step again.',
         vanished,
       )
-      self.manager.reload()
+      self._reload()
     else:
       raise CheckpointError(
         f'The checkpoints in {self.directory} were deleted as fast as they were read '
@@ -232,7 +252,7 @@ class Checkpointer:
     return None
 
   def _step_exists(self, step: int) -> bool:
-    self.manager.reload()
+    self._reload()
     return step in self.manager.all_steps() and (self.directory / str(step)).exists()
 
   def _move_aside(self, damaged_steps: list[int]):
@@ -249,7 +269,7 @@ class Checkpointer:
         (self.directory / str(step)).rename(target)
         LOG.warning('Moved damaged checkpoint step %d to %s', step, target)
     multihost_utils.sync_global_devices('checkpoint_move_aside')
-    self.manager.reload()
+    self._reload()
 
   def _restore_step(self, step: int, abstract_state, expected_meta: dict[str, Any], upgrade=None):
     path = self.directory / str(step)
@@ -407,7 +427,9 @@ def _read_latest_state(run_checkpoints, sharding) -> tuple[int, dict]:
   """(step, saved state) of a run's newest checkpoint, as saved. A step that a running trainer's
   retention deletes while it is read is not damage: the new newest is read instead."""
   handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
-  manager = ocp.CheckpointManager(run_checkpoints, item_handlers=handlers)
+  manager = _while_listed(
+    lambda: ocp.CheckpointManager(run_checkpoints, item_handlers=handlers), run_checkpoints
+  )
   try:
     for _ in range(VANISHED_RETRIES):
       step = manager.latest_step()
@@ -418,7 +440,7 @@ def _read_latest_state(run_checkpoints, sharding) -> tuple[int, dict]:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
         return step, manager.restore(step, args=args)['state']
       except Exception:
-        manager.reload()
+        _while_listed(manager.reload, run_checkpoints)
         if step in manager.all_steps() and (run_checkpoints / str(step)).exists():
           raise  # there and unreadable: reported as such by the caller
         LOG.info('Checkpoint step %d was deleted while it was read: reading the newest.', step)
