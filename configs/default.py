@@ -21,6 +21,12 @@ def get_config():
   c.data_dir = ''
   c.train_split = 'train'  # TFDS split syntax, e.g. 'train[:45000]' for CIFAR's 45k/5k protocol.
   c.eval_split = 'validation'  # e.g. 'train[45000:]' or 'test'.
+  # More sets scored at every evaluation beside eval_split, with its protocol (data/eval_sets.py):
+  # comma-separated NAME=[DATASET@]SPLIT, DATASET a TFDS name under data_dir (omitted: this
+  # dataset) with the net's classes. ImageNet's: 'v2=imagenet_v2@test, minival=train[99%:],
+  # real=imagenet2012_real@validation' (ReaL: a prediction is right when it is one of the image's
+  # labels; unlabelled images left out; no loss). Logged as NAME/top1_err, NAME/top5_err, ...
+  c.eval_sets = ''
   c.num_classes = 0  # 0: read from the dataset's info.
   # Datasets whose split is smaller than this are decoded once and held in host memory.
   c.in_memory_max_bytes = 2 * 1024**3
@@ -248,6 +254,9 @@ def get_config():
   # The classifier's initial weights and bias times this as a run starts (after init_from; not on
   # resume): timm's --head-init-scale; 0 is BiT's zero head.
   c.head_init_scale = 1.0
+  # configs/recipes/bit_hyperrule.py: the training examples its schedule was picked for; a training
+  # split of another size class (< 20k, < 500k, more) is refused at start. 0 = no check.
+  c.hyperrule_train_examples = 0
 
   # --- Optimisation (train/optim.py) --------------------------------------------------------------
   c.batch_size = 256  # Global, over all devices of all processes.
@@ -316,6 +325,7 @@ def get_config():
   c.plateau_cooldown = 0
   c.plateau_min_lr = 1e-5
   c.warmup_epochs = 0.0  # Linear warmup (Goyal et al.); counted in epochs.
+  c.warmup_steps = 0  # The warm-up counted in steps instead (BiT-HyperRule's 100 or 500); 0 = off.
   # Where the warm-up starts, as a fraction of the peak: 0 (Goyal et al.), 0.01 (torchvision's
   # --lr-warmup-decay 0.01).
   c.warmup_start_factor = 0.0

@@ -120,6 +120,17 @@ def class_ids(name, value):
     _fail(name, value, "'' or two or more distinct comma-separated class ids, e.g. '5,6,7,8,9'")
 
 
+def eval_set_list(name, value):
+  from resnet_jax.data import eval_sets
+
+  if not isinstance(value, str):
+    _fail(name, value, "a string of NAME=[DATASET@]SPLIT entries, e.g. 'v2=imagenet_v2@test'")
+  try:
+    eval_sets.parse(value)
+  except ValueError as e:
+    raise ConfigError(f'--config.{name}={value!r}: {e}.') from None
+
+
 def recipe_name(name, value):
   from configs.experiments.paper import PAPER
 
@@ -140,6 +151,7 @@ RULES: dict[str, Rule] = {
   'data_dir': text(),
   'train_split': text(required=True),
   'eval_split': text(required=True),
+  'eval_sets': eval_set_list,
   'num_classes': NONNEG_INT,
   'in_memory_max_bytes': NONNEG_INT,
   'shuffle_buffer': POSITIVE_INT,
@@ -224,6 +236,7 @@ RULES: dict[str, Rule] = {
   'lr_mults': text(),
   'layer_decay': number(0.0, 1.0),
   'head_init_scale': number(0.0),
+  'hyperrule_train_examples': NONNEG_INT,
   'fewshot_shots': numbers(None, number(1, integer=True), increasing=True),
   'fewshot_seeds': POSITIVE_INT,
   'fewshot_l2_reg': number(0.0, open_lo=True),
@@ -268,6 +281,7 @@ RULES: dict[str, Rule] = {
   'plateau_cooldown': NONNEG_INT,
   'plateau_min_lr': number(0.0),
   'warmup_epochs': number(0.0),
+  'warmup_steps': NONNEG_INT,
   'warmup_start_factor': FRACTION,
   'warmup_until_train_error': number(0.0, 1.0),
   'warmup_lr_factor': number(0.0, 1.0, open_lo=True),
@@ -364,6 +378,11 @@ def _check_combinations(c, num_devices: int, num_processes: int, set_fields: _Se
     raise ConfigError(
       f'--config.scale_range={tuple(c.scale_range)}: the shorter side must be >= image_size='
       f'{c.image_size} to take an image_size crop.'
+    )
+  if c.warmup_steps and c.warmup_epochs:
+    raise ConfigError(
+      f'--config.warmup_steps={c.warmup_steps} and --config.warmup_epochs={c.warmup_epochs} both '
+      f'set the warm-up: set one, the other 0.'
     )
   if c.schedule == 'step' and not c.lr_boundaries:
     _fail('lr_boundaries', c.lr_boundaries, "non-empty with --config.schedule='step'")

@@ -113,6 +113,17 @@ def _difference(result: dict, paper: dict) -> str:
   return '-'
 
 
+def _with_eval_sets(results):
+  """(protocol, result, is the run's eval split) for each result, followed by a row of each of
+  its ``eval_sets`` (figures keyed ``NAME/...``), as 'PROTOCOL on NAME'."""
+  for protocol, result in results:
+    yield protocol, result, True
+    names = dict.fromkeys(k.split('/', 1)[0] for k in result if '/' in k)
+    for name in names:
+      figures = {k.split('/', 1)[1]: v for k, v in result.items() if k.startswith(f'{name}/')}
+      yield f'{protocol} on {name}', {'step': result.get('step', '-'), **figures}, False
+
+
 def run_rows(workdir: str) -> list[dict]:
   """The rows of one workdir: its training evaluation and each recorded evaluate protocol."""
   root = storage.path(workdir)
@@ -135,9 +146,10 @@ def run_rows(workdir: str) -> list[dict]:
   if not results:  # not evaluated yet (or diverged before its first evaluation): still a row
     results = [('-', {})]
   rows = []
-  for protocol, result in results:
+  for protocol, result, own_set in _with_eval_sets(results):
     # Released weights: their own published figure, before the paper's for the architecture.
     paper = _release_figure(config, protocol) or PAPER.get(paper_key(config, protocol), {})
+    paper = paper if own_set else {}  # the published figures are for the eval split
     top1 = 100 * result.get('top1_err', float('nan'))
     rows.append(
       {

@@ -7,11 +7,13 @@ import signal
 import subprocess
 import time
 
+import jax
 import numpy as np
 import pytest
-from helpers import REPO, final_params, run_main, tiny, tiny_flags
+from flax import traverse_util
+from helpers import REPO, digits_config, final_params, run_main, tiny, tiny_flags
 
-from resnet_jax.train import metrics
+from resnet_jax.train import experiment, metrics
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +69,7 @@ def test_two_processes_match_one_process_and_restore_anywhere(tmp_path):
     fewshot_in_evaluations=True,  # features gathered across processes, in the global order
     fewshot_shots=(1, 5),
     fewshot_seeds=2,
+    attention='se',  # squeeze-and-excitation in every block
   )
   multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')
   result = launch_local(tmp_path, multi, tiny_flags(tmp_path, **steps), port=12421)
@@ -194,3 +197,64 @@ def test_sigterm_to_one_process_checkpoints_both_and_exits(tmp_path):
   saved = {int(s) for s in re.findall(r'Saved step (\d+) after SIGTERM', out)}
   assert saved == {steps[-1]} and steps[-1] > 20, (saved, steps)  # both processes, one step
   assert not os.path.exists(os.path.join(workdir, 'run.lock'))
+
+
+def test_googlenet_with_its_auxiliary_heads_resumes_bitwise_and_two_processes_match_one(tmp_path):
+  """The auxiliary classifiers (their parameters, BatchNorm statistics and dropout draws, 0.7)
+  through an interruption and across processes: one process interrupted after step 1 and resumed
+  equals its straight run bit for bit; two processes equal one to the collectives' rounding."""
+  flags = [
+    '--config.model=googlenet',  # image_size 16 (configs/digits.py): above its 15-pixel minimum
+    '--config.learning_rate=0.02',
+    '--config.schedule=step',  # a rate that does not depend on num_train_steps: the interrupted
+    '--config.lr_boundaries=(100,)',  # run compiles the straight run's program (the tests'
+    '--config.lr_boundaries_unit=steps',  # compilation cache)
+    '--config.warmup_epochs=0',
+    '--config.batch_size=32',
+    '--config.num_train_steps=2',
+    '--config.checkpoint_every=1',
+    '--config.eval_every=2',
+    '--config.log_every=1',
+    '--config.async_checkpoints=False',
+    f'--config.mean_image_path={tmp_path / "mean.npy"}',
+  ]
+  straight, resumed, multi = (str(tmp_path / name) for name in ('straight', 'resumed', 'multi'))
+  for workdir, extra in ((straight, []), (resumed, ['--config.num_train_steps=1']), (resumed, [])):
+    result = run_main(workdir, *flags, *extra, devices=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+  result = launch_local(tmp_path, multi, flags, port=12461)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+  config = digits_config(tmp_path, model='googlenet', batch_size=32, num_train_steps=2)
+  config.mean_image_path = str(tmp_path / 'mean.npy')
+  ours, steps = {}, {}
+  for name in ('initial', 'straight', 'resumed', 'multi'):
+    run = experiment.Experiment(config, str(tmp_path / name))  # 'initial': a new workdir, step 0
+    state = run.data_parallel.host(run.initial_state())
+    run.checkpointer.close()
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    ours[name] = traverse_util.flatten_dict(jax.device_get(variables), sep='/')
+    steps[name] = int(state.step)
+  assert steps == {'initial': 0, 'straight': 2, 'resumed': 2, 'multi': 2}
+  assert {'params/aux1/fc2/kernel', 'batch_stats/aux2/conv/bn/mean'} <= set(ours['straight'])
+  for key, value in ours['straight'].items():
+    assert np.array_equal(ours['resumed'][key], value), key
+  # Two processes compile each device's program for fewer threads, so its sums round in another
+  # order. The heads and the forward pass agree to a ten-thousandth of how far two steps moved
+  # them (a dropout key or an auxiliary weight taken differently would move them by their whole
+  # step). The trunk's gradients pass backwards through BatchNorm over 8 rows of 1x1 maps, which
+  # subtracts nearly equal sums: there the same rounding grows to a few percent (5.8% measured,
+  # inception5b.branch1's kernel).
+  for key, value in ours['straight'].items():
+    moved = np.abs(value - ours['initial'][key]).max()
+    assert moved > 0, key
+    rounding = 2 * np.spacing(np.abs(value).max())  # float32's step at the stored values
+    heads = key.startswith(('batch_stats/', 'params/aux', 'params/fc/'))
+    allowed = (1e-4 if heads else 0.1) * moved + rounding
+    assert np.abs(ours['multi'][key] - value).max() <= allowed, key
+  losses = {  # the last evaluation (the interrupted run evaluated at step 1 too)
+    name: [r['loss'] for r in metrics.read(str(tmp_path / name)) if r['split'] == 'eval'][-1]
+    for name in ('straight', 'resumed', 'multi')
+  }
+  assert losses['resumed'] == losses['straight']
+  assert losses['multi'] == pytest.approx(losses['straight'], rel=1e-4)

@@ -93,6 +93,11 @@ RULES = [
     'skip: downloads torchvision weights and needs ImageNet (tests/test_pretrained.py serves '
     'released files from 127.0.0.1)',
   ),
+  (
+    r'^python -m resnet_jax\.main --config=configs/recipes/(bit_hyperrule|timm_finetune)\.py',
+    'skip: downloads released weights and a dataset (tests/test_transfer_recipes.py checks the '
+    'recipes and runs one on the bundled photos)',
+  ),
   (r'^python -m resnet_jax\.(evaluate|plot|summary|convert|export) ', ('run', [])),
   (r'^python -m resnet_jax\.report /tmp/digits ', ('run', [])),
   (r'^python -m resnet_jax\.report gs://', 'skip: reads runs of a paper study on a bucket'),

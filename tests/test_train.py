@@ -50,8 +50,9 @@ def test_shard_map_and_pmap_give_the_same_parameters(tmp_path):
 
 # Today's recipe parts: mixup and CutMix (drawn per step), LAMB with the gradient clip, BCE,
 # accumulation, repeated augmentation (3 of 16 rows), timm's RandAugment, random erasing, the
-# weights' average.
+# weights' average; ECA attention in every block.
 MODERN = dict(
+  attention='eca',
   mixup_alpha=0.2,
   cutmix_alpha=1.0,
   optimizer='lamb',

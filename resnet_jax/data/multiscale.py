@@ -61,9 +61,10 @@ def views(image, label, mask, *, sizes, bucket, normalize):
   return out
 
 
-def _padding(sizes, bucket) -> dict:
+def _padding(sizes, bucket, label_width: int) -> dict:
   zeros = {f'image_{s}': tf.zeros([*view_hw(s, bucket), 3], tf.float32) for s in sizes}
-  return {'label': tf.constant(0, tf.int32), 'mask': tf.constant(False), **zeros}
+  label = tf.fill([label_width], -1) if label_width else tf.constant(0, tf.int32)
+  return {'label': label, 'mask': tf.constant(False), **zeros}
 
 
 def _local_reader(source, layout):
@@ -142,7 +143,7 @@ def eval_dataset(config, source, layout, normalize) -> tuple[tf.data.Dataset, in
       return views(image, label, True, sizes=sizes, bucket=bucket, normalize=normalize)
 
     real = read(np.flatnonzero(local == b)).map(example_views, num_parallel_calls=parallel)
-    padding = tf.data.Dataset.from_tensors(_padding(sizes, bucket))
+    padding = tf.data.Dataset.from_tensors(_padding(sizes, bucket, source.label_width))
     padding = padding.repeat(steps * lb - int(counts[b]))
     parts.append(real.concatenate(padding).batch(lb))
     total_steps += steps

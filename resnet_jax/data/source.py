@@ -57,6 +57,8 @@ class Source:
     load: tf function turning fetched ``data`` into what ``augment`` takes (reads files).
     stream: (process_index, process_count, train) -> this process's ``StreamShare``, for TFDS
       datasets without random access.
+    label_width: 0: one label per example; W: a set of up to W labels per example, padded with
+      -1 (ReaL's, ``eval_sets.py``).
   """
 
   name: str
@@ -70,6 +72,7 @@ class Source:
   fingerprint: str = ''  # changes whenever the examples do (keys caches such as the mean image)
   # After a decoding error: () -> a message naming the files that do not decode ('' if none).
   diagnose: Callable[[], str] | None = None
+  label_width: int = 0
 
   def fetch_tf(self, indices):
     """``fetch`` as a tf op on a 1-D batch of indices, with static ranks for what follows."""
@@ -77,7 +80,7 @@ class Source:
       self.fetch, [indices], (self.data_dtype, tf.int32), stateful=False
     )
     data.set_shape([None] if self.encoded else [None, None, None, 3])
-    labels.set_shape([None])
+    labels.set_shape([None, self.label_width] if self.label_width else [None])
     return data, labels
 
 
@@ -86,7 +89,24 @@ def array_source(name, images, labels, num_classes, encoded) -> Source:
     return images[indices], labels[indices]
 
   dtype = tf.string if encoded else tf.uint8
-  return Source(name, len(labels), num_classes, encoded, fetch, data_dtype=dtype)
+  width = labels.shape[1] if labels.ndim == 2 else 0
+  return Source(name, len(labels), num_classes, encoded, fetch, data_dtype=dtype, label_width=width)
+
+
+# The widest label set a source holds, padded with -1; an example with more is refused, not cut.
+LABEL_SET_WIDTH = 16
+
+
+def label_sets(sets) -> np.ndarray:
+  """Variable-length label sets as an int32 [n, LABEL_SET_WIDTH] array padded with -1."""
+  out = np.full((len(sets), LABEL_SET_WIDTH), -1, np.int32)
+  for row, labels in zip(out, sets, strict=True):
+    if len(labels) > LABEL_SET_WIDTH:
+      raise DatasetError(
+        f'An example has {len(labels)} labels; label sets of at most {LABEL_SET_WIDTH} are read.'
+      )
+    row[: len(labels)] = labels
+  return out
 
 
 def numpy_batches(ds: tf.data.Dataset, source: Source):

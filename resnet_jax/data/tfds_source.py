@@ -126,7 +126,17 @@ def _tfds_split(builder, name, split, *, in_memory_max_bytes: int, seed: int) ->
   info = builder.info
   split_info = info.splits[split]
   num_examples = split_info.num_examples
-  num_classes = info.features['label'].num_classes
+  # ReaL (imagenet2012_real) has a set of labels per image, 'real_label', and no 'label'.
+  key = 'real_label' if 'real_label' in info.features else 'label'
+  if key not in info.features:
+    raise source.DatasetError(
+      f'TFDS dataset {name!r} has no label feature (it has {", ".join(info.features)}).'
+    )
+  feature = info.features[key]
+  multi_label = key == 'real_label'
+  num_classes = (feature.feature if multi_label else feature).num_classes
+  labels_of = source.label_sets if multi_label else lambda ls: np.asarray(ls, np.int32)
+  width = source.LABEL_SET_WIDTH if multi_label else 0
   image_feature = info.features['image']
   fixed_shape = None not in image_feature.shape
   decoders = None if fixed_shape else {'image': tfds.decode.SkipDecoding()}
@@ -139,12 +149,19 @@ def _tfds_split(builder, name, split, *, in_memory_max_bytes: int, seed: int) ->
     def fetch(indices):
       items = records.__getitems__(list(indices))
       data = np.array([item['image'] for item in items], dtype=object)
-      return data, np.array([item['label'] for item in items], dtype=np.int32)
+      return data, labels_of([item[key] for item in items])
 
     if in_memory:  # encoded bytes in host memory, decoded on use
       return source.array_source(name, *fetch(np.arange(num_examples)), num_classes, True)
-    return source.Source(name, num_examples, num_classes, True, fetch, data_dtype=tf.string)
+    return source.Source(
+      name, num_examples, num_classes, True, fetch, data_dtype=tf.string, label_width=width
+    )
 
+  if in_memory and multi_label:  # label sets are ragged: read example by example
+    examples = list(tfds.as_numpy(builder.as_dataset(split, decoders=skip)))
+    images = np.array([x['image'] for x in examples], dtype=object)
+    labels = labels_of([x[key] for x in examples])
+    return source.array_source(name, images, labels, num_classes, True)
   if in_memory:
     data = tfds.as_numpy(builder.as_dataset(split, batch_size=-1, decoders=decoders))
     images = data['image'] if fixed_shape else np.array(list(data['image']), dtype=object)
@@ -172,9 +189,29 @@ def _tfds_split(builder, name, split, *, in_memory_max_bytes: int, seed: int) ->
     ds = builder.as_dataset(
       shards[process_index], decoders=skip, shuffle_files=train, read_config=read_config
     )
-    ds = ds.map(lambda x: (x['image'], tf.cast(x['label'], tf.int32)))
+    label = _padded_labels if multi_label else lambda x: tf.cast(x, tf.int32)
+    ds = ds.map(lambda x: (x['image'], label(x[key])))
     return source.StreamShare(ds, counts[process_index], max(counts))
 
   return source.Source(
-    name, num_examples, num_classes, True, None, stream=stream, data_dtype=tf.string
+    name,
+    num_examples,
+    num_classes,
+    True,
+    None,
+    stream=stream,
+    data_dtype=tf.string,
+    label_width=width,
   )
+
+
+def _padded_labels(labels):
+  """A label set as int32 [LABEL_SET_WIDTH], padded with -1 (``source.label_sets`` in tf)."""
+  width = source.LABEL_SET_WIDTH
+  check = tf.debugging.assert_less_equal(
+    tf.size(labels), width, message=f'An example has more than {width} labels.'
+  )
+  with tf.control_dependencies([check]):
+    labels = tf.cast(labels, tf.int32)
+    padded = tf.pad(labels, [[0, width - tf.size(labels)]], constant_values=-1)
+  return tf.ensure_shape(padded, [width])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -31,12 +30,6 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
   """ECA's adaptive 1-D kernel: |log2(C) + beta| / gamma, made odd upwards, at least 3."""
   t = int(abs(math.log(channels, 2) + beta) / gamma)
   return max(t if t % 2 else t + 1, 3)
-
-
-def _torch_bias_init(fan_in: int):
-  """torch's default conv bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 class SqueezeExcite(nn.Module):
@@ -58,7 +51,7 @@ class SqueezeExcite(nn.Module):
         dtype=self.dtype,
         param_dtype=jnp.float32,
         kernel_init=layers.conv_init,
-        bias_init=_torch_bias_init(fan_in),
+        bias_init=layers.torch_default_bias(fan_in),
         name=name,
       )
 

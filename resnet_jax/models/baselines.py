@@ -41,19 +41,8 @@ ALEXNET_POOL_AFTER = (0, 1, 4)
 
 # torchvision's VGG init: its ResNet's kaiming_normal_ convs (layers.conv_init), N(0, 0.01)
 # linears, zero biases. AlexNet keeps torch's defaults (layers.dense_kernel_init for every weight,
-# torch_default_bias).
+# layers.torch_default_bias).
 vgg_dense_init = nn.initializers.normal(0.01)
-
-
-def torch_default_bias(fan_in: int):
-  """torch's default bias, U(-1/sqrt(fan_in), 1/sqrt(fan_in)): flax's bias initialiser does not
-  see the kernel's fan-in, so it is given here."""
-
-  def init(key, shape, dtype=jnp.float32):
-    bound = 1.0 / fan_in**0.5
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
 
 
 def adaptive_average_pool(x, size: int):
@@ -198,7 +187,7 @@ class ClassicNet(nn.Module):
     else:
       kernel_init, bias_init = (
         layers.dense_kernel_init,
-        torch_default_bias(kernel * kernel * in_channels),
+        layers.torch_default_bias(kernel * kernel * in_channels),
       )
     lowering = conv_lowering.conv_general_dilated_stored_input
     return nn.Conv(
@@ -258,7 +247,7 @@ class ClassicNet(nn.Module):
       if self.family == 'vgg':
         kernel_init, bias_init = vgg_dense_init, nn.initializers.zeros
       else:
-        kernel_init, bias_init = layers.dense_kernel_init, torch_default_bias(fan_in)
+        kernel_init, bias_init = layers.dense_kernel_init, layers.torch_default_bias(fan_in)
       linear = Linear(width, kernel_init, bias_init, name=f'classifier_{index}')
       x = linear(x, window if layer == 0 else 0)
       if layer < 2:

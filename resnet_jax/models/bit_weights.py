@@ -89,35 +89,15 @@ def from_bit(arrays: dict[str, Any], name: str, **model_overrides) -> dict[str, 
   expected = traverse_util.flatten_dict(
     torchvision_weights.expected_variables(name, num_classes, **model_overrides)
   )
-  converted, unexpected, misshaped, seen = {}, [], [], set()
-  for key, value in arrays.items():
-    path = flax_path(key)
-    if path is None or ('params', *path) not in expected:
-      unexpected.append(key)
-      continue
-    array = np.asarray(value, np.float32)
-    if key == head:
-      array = array[0, 0]  # a 1x1 conv over the pooled features: the dense layer
-    seen.add(('params', *path))
-    want = expected['params', *path].shape
-    if array.shape != want:
-      misshaped.append(f'{key}: got {array.shape}, {name} wants {want}')
-      continue
-    converted['params', *path] = array
-  missing = ['/'.join(k) for k in expected if k not in seen]
-  problems = [
-    f'{len(items)} {what}: {", ".join(items[:3])}{" ..." if len(items) > 3 else ""}'
-    for what, items in (
-      (f'missing for {name}', missing),
-      ('unexpected', unexpected),
-      ('mis-shaped', misshaped),
-    )
-    if items
-  ]
-  if problems:
-    raise ValueError(
-      f'Cannot read these BiT weights as {name} (a file of another net? BiT-M-R50x3.npz is '
-      f"bit_r50x3's); " + '; '.join(problems)
-    )
-  variables = traverse_util.unflatten_dict(converted)
+
+  def pairs():
+    for key, value in arrays.items():
+      array = np.asarray(value, np.float32)
+      if key == head:
+        array = array[0, 0]  # a 1x1 conv over the pooled features: the dense layer
+      path = flax_path(key)
+      yield key, None if path is None else ('params', *path), array
+
+  what = f"these BiT weights as {name} (a file of another net? BiT-M-R50x3.npz is bit_r50x3's)"
+  variables = torchvision_weights.checked_variables(pairs(), expected, name, what)
   return block_layout.stack_blocks(variables) if scan_blocks else variables

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 
 from resnet_jax.models import conv as conv_lowering
 from resnet_jax.models import example_draws, norms
-from resnet_jax.models.baselines import Linear, adaptive_average_pool, torch_default_bias
+from resnet_jax.models.baselines import Linear, adaptive_average_pool
+from resnet_jax.models.layers import torch_default_bias
 
 Dtype = Any
 # Each inception module's widths, torchvision's arguments: the 1x1 branch; the 3x3 branch's

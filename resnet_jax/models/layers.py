@@ -3,7 +3,10 @@ standardised for BiT), torch's default linear initialisation, and ResNet-D's 2x2
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from resnet_jax.models import conv as conv_lowering
@@ -12,6 +15,17 @@ from resnet_jax.models import conv as conv_lowering
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias.
 dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_default_bias(fan_in: int):
+  """torch's default bias of a linear or convolution layer, U(-1/sqrt(fan_in), 1/sqrt(fan_in)):
+  flax's bias initialiser does not see the kernel's fan-in, so it is given here."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
 
 
 # BiT's weight standardisation epsilon (its TF code and big_vision's bit_paper.py, whose released

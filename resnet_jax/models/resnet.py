@@ -12,12 +12,10 @@ float precision.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from resnet_jax.cpu import native
@@ -509,13 +507,12 @@ class ResNet(nn.Module):
   def _head(self, x, spatial_logits):
     if not spatial_logits:
       x = jnp.mean(x, axis=(1, 2))
-    bound = 1.0 / math.sqrt(x.shape[-1])
     head = nn.Dense(
       self.num_classes,
       dtype=jnp.float32,
       param_dtype=jnp.float32,
       kernel_init=layers.dense_kernel_init,
-      bias_init=lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
+      bias_init=layers.torch_default_bias(x.shape[-1]),
       name='fc',
     )
     return head(x)

@@ -84,6 +84,45 @@ def expected_variables(name: str, num_classes: int, **overrides) -> dict[str, An
   )
 
 
+def checked_variables(pairs, expected: dict, name: str, what: str) -> dict[str, Any]:
+  """Converted arrays as the net's variables, every key of a weights file accounted for.
+
+  Args:
+    pairs: (the file's key, its flax path or None, its array in flax's layout) for each tensor.
+    expected: the net's flattened variables (``expected_variables``), for their paths and shapes.
+    name: the net's name, for the message.
+    what: what is read, for the message (``this state_dict as resnet18``).
+
+  Raises:
+    ValueError: counting and naming the missing, unexpected and mis-shaped keys.
+  """
+  converted, unexpected, misshaped, seen = {}, [], [], set()
+  for key, flax_key, array in pairs:
+    if flax_key not in expected:
+      unexpected.append(key)
+      continue
+    seen.add(flax_key)
+    if array.shape != expected[flax_key].shape:
+      misshaped.append(f'{key}: got {array.shape}, {name} wants {expected[flax_key].shape}')
+      continue
+    converted[flax_key] = array
+  # Parameters first: the statistics missing beside them say less about what went wrong.
+  missing = sorted((k for k in expected if k not in seen), key=lambda k: k[0] != 'params')
+  missing = ['/'.join(k) for k in missing]
+  problems = [
+    f'{len(keys)} {kind}: {", ".join(keys[:5])}{" ..." if len(keys) > 5 else ""}'
+    for kind, keys in (
+      (f'missing for {name}', missing),
+      ('unexpected', unexpected),
+      ('mis-shaped', misshaped),
+    )
+    if keys
+  ]
+  if problems:
+    raise ValueError(f'Cannot read {what}; ' + '; '.join(problems))
+  return traverse_util.unflatten_dict(converted)
+
+
 def from_torchvision(
   state_dict: Mapping[str, Any], name: str, **model_overrides
 ) -> dict[str, dict[str, Any]]:
@@ -112,34 +151,18 @@ def from_torchvision(
   scan_blocks = model_overrides.pop('scan_blocks', False)  # converted per block, then stacked
   expected = traverse_util.flatten_dict(expected_variables(name, num_classes, **model_overrides))
 
-  converted, unexpected, misshaped = {}, [], []
-  for key, value in state_dict.items():
-    if key.endswith(_IGNORED_SUFFIXES):
-      continue
-    array = _as_numpy(value)
-    collection, path = _flax_path(key, array.ndim)
-    flax_key = (collection, *path)
-    if flax_key not in expected and ('batch_stats', *path) in expected:
-      flax_key = ('batch_stats', *path)  # a frozen BatchNorm's scale and bias (norms.py)
-    if flax_key not in expected:
-      unexpected.append(key)
-      continue
-    array = _to_flax_layout(array)
-    if array.shape != expected[flax_key].shape:
-      misshaped.append(f'{key}: got {array.shape}, model wants {expected[flax_key].shape}')
-      continue
-    converted[flax_key] = array
-  missing = ['/'.join(k) for k in expected if k not in converted]
-  problems = []
-  if missing:
-    problems.append(f'missing for {name}: {missing}')
-  if unexpected:
-    problems.append(f'unexpected keys: {unexpected}')
-  if misshaped:
-    problems.append(f'mis-shaped: {misshaped}')
-  if problems:
-    raise ValueError(f'Cannot convert state_dict to {name}; ' + '; '.join(problems))
-  variables = traverse_util.unflatten_dict(converted)
+  def pairs():
+    for key, value in state_dict.items():
+      if key.endswith(_IGNORED_SUFFIXES):
+        continue
+      array = _as_numpy(value)
+      collection, path = _flax_path(key, array.ndim)
+      flax_key = (collection, *path)
+      if flax_key not in expected and ('batch_stats', *path) in expected:
+        flax_key = ('batch_stats', *path)  # a frozen BatchNorm's scale and bias (norms.py)
+      yield key, flax_key, _to_flax_layout(array)
+
+  variables = checked_variables(pairs(), expected, name, f'this state_dict as {name}')
   return block_layout.stack_blocks(variables) if scan_blocks else variables
 
 

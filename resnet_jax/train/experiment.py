@@ -15,7 +15,7 @@ import jax
 from flax import traverse_util
 
 from resnet_jax import storage
-from resnet_jax.data import device_pixels, input_pipeline, mean_image, sources
+from resnet_jax.data import device_pixels, eval_sets, input_pipeline, mean_image, sources
 from resnet_jax.errors import UserError
 from resnet_jax.models import param_groups
 from resnet_jax.train import (
@@ -44,8 +44,21 @@ class Experiment:
     if config.eval_batch_size:
       parallel.check_batch(config.eval_batch_size, jax.device_count(), jax.process_count())
     self.train_source = sources.get_source(config, config.train_split)
+    if self.train_source.label_width:
+      raise sources.source.DatasetError(
+        f'{self.train_source.name} gives each image a set of labels (ReaL): it is an evaluation '
+        f"set (--config.eval_sets='real={config.dataset}@{config.train_split}'), not training data."
+      )
     self.eval_source = sources.get_source(config, config.eval_split)
+    if config.hyperrule_train_examples:  # the schedule the recipe picked fits this split
+      from configs.recipes import bit_hyperrule
+
+      bit_hyperrule.check_training_split(
+        config.hyperrule_train_examples, self.train_source.num_examples, self.train_source.name
+      )
     self.num_classes = config.num_classes or self.train_source.num_classes
+    self.eval_sets = eval_sets.get_sources(config)  # scored beside eval_split, by name
+    eval_sets.check_classes(self.eval_sets, self.num_classes)
     self.mean_image = None  # pixel_mean normalisation: loaded (or computed) once, on first use
     self.layout = input_pipeline.Layout.current(config.batch_size)
     self.steps_per_epoch = input_pipeline.train_steps_per_epoch(self.train_source, self.layout)
@@ -108,12 +121,12 @@ class Experiment:
 
   def save(self, step: int, state, metric: dict | None = None):
     """Checkpoints ``state`` (asynchronously if configured); ``metric`` ranks the best ones."""
-    self.checkpointer.save(step, self.data_parallel.as_global(state), self.meta, metric)
+    self.checkpointer.save(step, self.data_parallel.for_checkpoint(state), self.meta, metric)
 
   def check_checkpoint_space(self, state):
     """Stops a run at start-up whose disk cannot take its next checkpoint (rather than after
     training up to it)."""
-    self.checkpointer.check_space(self.data_parallel.as_global(state), 'the next checkpoint')
+    self.checkpointer.check_space(self.data_parallel.for_checkpoint(state), 'the next checkpoint')
 
   def after_evaluation(self, state, record: dict):
     """``state`` with its reduce-on-plateau state updated by an evaluation's result."""
@@ -146,18 +159,29 @@ class Experiment:
     return state
 
   def evaluate(self, state) -> dict:
-    """Scores the eval split; ``state`` as ``initial_state`` returns it. With a moving average of
-    the weights, scores it too: its figures are the ``ema_``-prefixed ones."""
+    """Scores the eval split, then each of ``eval_sets`` (its figures prefixed ``NAME/``);
+    ``state`` as ``initial_state`` returns it. With a moving average of the weights, scores it
+    too: its figures are the ``ema_``-prefixed ones."""
+    result = self._score(state, self.eval_source)
+    for name, eval_source in self.eval_sets:
+      scored = self._score(state, eval_source)
+      result['eval_time_s'] += scored.pop('eval_time_s')
+      result.update({f'{name}/{k}': v for k, v in scored.items() if k != 'eval_steps'})
+    if self.config.fewshot_in_evaluations:
+      result.update(self.fewshot(state))
+    return result
+
+  def _score(self, state, split_source) -> dict:
+    """One split's figures, and the moving average's (``ema_``) where there is one."""
     score = lambda s: scoring.score_split(  # noqa: E731
-      self.data_parallel, s, self.eval_fn, self.config, self.eval_source, self.pixel_mean()
+      self.data_parallel, s, self.eval_fn, self.config, split_source, self.pixel_mean()
     )
     result = score(state)
     if ema.enabled(self.config):
       averaged = score(ema.averaged(state))
-      result.update({f'ema_{k}': averaged[k] for k in ('loss', 'top1_err', 'top5_err')})
+      metrics = ('loss', 'top1_err', 'top5_err')
+      result.update({f'ema_{k}': averaged[k] for k in metrics if k in averaged})
       result['eval_time_s'] += averaged['eval_time_s']
-    if self.config.fewshot_in_evaluations:
-      result.update(self.fewshot(state))
     return result
 
   def fewshot(self, state) -> dict:

@@ -257,6 +257,15 @@ def _evaluate(experiment, writer, state, step) -> dict:
       result['num_examples'],
       f'; EMA top1_err {result["ema_top1_err"]:.4f}' if 'ema_top1_err' in result else '',
     )
+    for name, _ in experiment.eval_sets:
+      LOG.info(
+        'eval step %d on %s: top1_err %.4f top5_err %.4f over %d examples',
+        step,
+        name,
+        result[f'{name}/top1_err'],
+        result[f'{name}/top5_err'],
+        result[f'{name}/num_examples'],
+      )
     shots = [k for k in result if k.startswith('fewshot_') and k.endswith('shot')]
     if shots:
       LOG.info('few-shot probe: %s', ', '.join(f'{k[8:]} {result[k]:.4f}' for k in shots))

@@ -33,7 +33,7 @@ def peak_learning_rate(config) -> float:
 
 def schedule_fn(config, steps_per_epoch: int, total_steps: int) -> Callable:
   """Step -> multiplier of the peak learning rate (the parts that depend on the step alone)."""
-  warmup = round(config.warmup_epochs * steps_per_epoch)
+  warmup = config.warmup_steps or round(config.warmup_epochs * steps_per_epoch)
   if config.schedule == 'step':
     unit = steps_per_epoch if config.lr_boundaries_unit == 'epochs' else 1
     if config.lr_boundaries_unit not in ('epochs', 'steps'):

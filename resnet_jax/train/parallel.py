@@ -68,6 +68,16 @@ class DataParallel:
       tree = jax.tree.map(lambda x: np.asarray(x[0]), tree)
     return jax.device_put(tree, self.replicated)
 
+  def for_checkpoint(self, tree):
+    """State as orbax writes it. Across processes, replicated over the mesh: orbax has each
+    replica write a slice, so the hosts share the writing. Within one process every replica is
+    in the same memory, and that slicing compiles a program per tensor shape and device (a first
+    checkpoint of GoogLeNet on 4 CPU devices took 11 s, one device's copy 1.5 s)."""
+    tree = self.as_global(tree)
+    if jax.process_count() > 1:
+      return tree
+    return jax.device_put(tree, jax.local_devices()[0])
+
   def host(self, tree):
     """Replicated outputs (metrics, state) as numpy on this host."""
     if self.kind == 'pmap':

@@ -49,11 +49,28 @@ def view_probs(model, variables, batch, config):
   return sum(probs) / len(probs)
 
 
+def label_set_errors(probs, label_sets, mask):
+  """ReaL's scoring: per-example top-1 and top-5 errors where a prediction is right when it is
+  one of the example's labels ([batch, width], padded with -1), and the mask that leaves out
+  examples without any label."""
+  present = label_sets >= 0
+  mask = mask * present.any(axis=-1)
+  top5 = lax.top_k(probs, min(5, probs.shape[-1]))[1]
+  hit = (top5[:, :, None] == label_sets[:, None, :]) & present[:, None, :]
+  top1_err = 1.0 - hit[:, 0].any(axis=-1).astype(jnp.float32)
+  top5_err = 1.0 - hit.any(axis=(1, 2)).astype(jnp.float32)
+  return top1_err * mask, top5_err * mask, mask
+
+
 def eval_step(state, batch, *, model, config):
-  """Sums over this step's real examples, reduced over all devices."""
+  """Sums over this step's real examples, reduced over all devices. Label sets (ReaL) have no
+  loss: only their errors are summed."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   probs = view_probs(model, variables, batch, config)
   mask = batch['mask'].astype(jnp.float32)
+  if batch['label'].ndim == 2:
+    top1, top5, mask = label_set_errors(probs, batch['label'], mask)
+    return lax.psum({'top1_err': top1.sum(), 'top5_err': top5.sum(), 'n': mask.sum()}, AXIS)
   top1, top5 = steps.topk_errors(probs, batch['label'], mask)
   picked = jnp.take_along_axis(probs, batch['label'][:, None], axis=-1)[:, 0]
   loss = -jnp.log(jnp.maximum(picked, MIN_PROBABILITY)) * mask
@@ -74,11 +91,9 @@ def score_split(data_parallel, state, eval_fn, config, source, mean=None) -> dic
     sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = data_parallel.host(totals)
-  n = float(totals['n'])
+  n = float(totals.pop('n'))
   return {
-    'loss': float(totals['loss']) / n,
-    'top1_err': float(totals['top1_err']) / n,
-    'top5_err': float(totals['top5_err']) / n,
+    **{k: float(v) / n for k, v in totals.items()},  # loss (not for label sets), errors
     'num_examples': round(n),
     'eval_steps': num_steps,
     'eval_time_s': time.time() - start,
