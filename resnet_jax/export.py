@@ -7,8 +7,9 @@ The graph takes what the network takes: float32 images, normalised as the run's 
 pipeline normalises them, of any batch size, NHWC (``--layout=NCHW``: torch's order). BatchNorm
 is folded into the convolutions' weights and biases unless ``--fold_batch_norm=false``. Where
 onnxruntime is installed, the command runs the file and reports how far its logits are from
-JAX's on a random batch. The file opens in Netron (https://netron.app), each node named after
-the layer it belongs to (``layer1_0/conv1/Conv_12``).
+JAX's on a random batch. The graph reads like the net (``onnx_layout.py``): NCHW throughout,
+ONNX's own operators, each node named after its layer (``layer1.0.conv1``); it opens in Netron
+(https://netron.app).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def inference_model(config, variables, image_size: int):
 def export(source, config, image_size: int, layout: str, fold: bool, use_ema: bool = False):
   """The ONNX model, JAX's inference function and its variables (the run's average of them with
   ``use_ema``)."""
-  from resnet_jax import onnx_graph
+  from resnet_jax import onnx_graph, onnx_layout
   from resnet_jax.models import block_layout
   from resnet_jax.train import checkpoint
 
@@ -126,7 +127,7 @@ def export(source, config, image_size: int, layout: str, fold: bool, use_ema: bo
   graph = onnx_graph.to_onnx(forward, variables, shape)
   if fold:
     graph = onnx_graph.fold_batch_norm(graph)
-  return graph, forward, variables, shape
+  return onnx_layout.readable(graph), forward, variables, shape
 
 
 def runtime_check(graph, forward, variables, shape) -> tuple[bool, str]:

@@ -95,6 +95,7 @@ class _Translator:
     self.b = builder
     self.names = names  # id of a variable's array -> its path, for readable initializer names
     self.named = {}
+    self.outer_scope = ''  # the scope of the call whose body is being exported
 
   def read(self, env, atom):
     if isinstance(atom, jax_core.Literal):
@@ -122,8 +123,7 @@ class _Translator:
   def equation(self, eqn, inputs):
     name, params = eqn.primitive.name, eqn.params
     if name in _BODIES:
-      body = params[_BODIES[name]]
-      return self.run(body.jaxpr, body.consts, inputs)
+      return self.run_body(eqn, params[_BODIES[name]], inputs)
     if name == 'platform_index':
       return [_Platform()]
     if name == 'cond':
@@ -131,12 +131,12 @@ class _Translator:
         raise NotImplementedError('cond on values (only lax.platform_dependent exports)')
       platforms = params['branches_platforms']
       branch = params['branches'][platforms.index(None) if None in platforms else -1]
-      return self.run(branch.jaxpr, branch.consts, inputs[1:])
+      return self.run_body(eqn, branch, inputs[1:])
     if not any(isinstance(x, _Tensor) for x in inputs):  # the variables' own arithmetic
       outputs = eqn.primitive.bind(*inputs, **params)
       outputs = outputs if eqn.primitive.multiple_results else [outputs]
       return [np.asarray(x) for x in outputs]
-    self.b.scope = _scope(eqn.source_info.name_stack)
+    self.b.scope = self.scope_of(eqn)
     translate = getattr(self, f'_{name}', None)
     if name in _ELEMENTWISE:
       return [self.elementwise(_ELEMENTWISE[name], inputs)]
@@ -148,6 +148,17 @@ class _Translator:
       raise NotImplementedError(f'ONNX export of the JAX primitive {name!r}')
     out = translate(inputs, params, eqn)
     return out if isinstance(out, list) else [out]
+
+  def run_body(self, eqn, body, inputs):
+    """A call's body in place; its equations' names start again, so they go under the call's."""
+    outer, self.outer_scope = self.outer_scope, self.scope_of(eqn)
+    try:
+      return self.run(body.jaxpr, body.consts, inputs)
+    finally:
+      self.outer_scope = outer
+
+  def scope_of(self, eqn) -> str:
+    return '/'.join(p for p in (self.outer_scope, _scope(eqn.source_info.name_stack)) if p)
 
   def elementwise(self, op, inputs):
     batched = any(isinstance(x, _Tensor) and x.batched for x in inputs)

@@ -1,5 +1,6 @@
 """Evaluation protocols, the evaluate / convert / summary / plot command lines, init_from."""
 
+import collections
 import json
 import os
 import subprocess
@@ -69,6 +70,7 @@ def test_export_cli_writes_the_runs_network_as_onnx(trained):
   """The command on a trained run's workdir: the graph onnxruntime runs gives the logits the
   run's checkpoint gives in JAX, for torch's NCHW layout and any batch."""
   onnxruntime = pytest.importorskip('onnxruntime')
+  onnx = pytest.importorskip('onnx')
   _, workdir, tmp_path = trained
   out = str(tmp_path / 'run.onnx')
   cmd = [sys.executable, '-m', 'resnet_jax.export', f'--workdir={workdir}', f'--out={out}']
@@ -79,6 +81,9 @@ def test_export_cli_writes_the_runs_network_as_onnx(trained):
   assert f'Wrote {out}: cifar_resnet8, input images [batch, 3, 8, 8] NCHW float32' in result.stdout
   assert 'BatchNorm folded into 7 convolutions' in result.stdout  # conv1 and two per block
   assert 'logits within' in result.stdout and "of JAX's" in result.stdout
+  operators = collections.Counter(n.op_type for n in onnx.load(out).graph.node)
+  assert 'Transpose' not in operators  # NCHW from the input on
+  assert operators['Conv'] == operators['Relu'] == 7 and operators['Gemm'] == 1
   variables = block_layout.unstack_blocks(checkpoint.read_variables(epath.Path(workdir)))
   model = registry.get_model('cifar_resnet8', num_classes=10)
   images = np.random.default_rng(0).standard_normal((5, 8, 8, 3)).astype(np.float32)

@@ -1,6 +1,8 @@
 """ONNX export: onnxruntime's logits equal JAX's for every kind of net in the family, with and
 without BatchNorm folded, at any batch size; and the command on a trained run."""
 
+import collections
+
 import jax
 import numpy as np
 import pytest
@@ -9,34 +11,81 @@ from resnet_jax.models import registry
 
 onnx = pytest.importorskip('onnx')
 onnxruntime = pytest.importorskip('onnxruntime')
-from resnet_jax import onnx_graph  # noqa: E402  (imports onnx)
+from resnet_jax import onnx_graph, onnx_layout  # noqa: E402  (import onnx)
 
-# One of each kind, at the smallest size its pools allow, with random BN statistics; and how many
-# convolutions take the affine that follows them into their weights and bias.
+# One of each kind, at the smallest size its pools allow, with random BN statistics; how many
+# convolutions take the affine that follows them into their weights and bias; and the readable
+# graph's operators (NHWC input: its one transpose). torch.onnx.export gives resnet18 49 nodes.
 SLOW = pytest.mark.slow
+RESNET18 = dict(Conv=20, Relu=17, MaxPool=1, Add=8, GlobalAveragePool=1, Flatten=1, Gemm=1)
 FAMILY = [
-  pytest.param('cifar_resnet20', {}, 32, 19, id='cifar_resnet20'),  # option A: slices, zeros
-  pytest.param('resnet18', {}, 32, 20, id='resnet18'),
-  pytest.param('preact_resnet18', {}, 32, 9, id='preact_resnet18'),  # stem, each first conv
-  pytest.param('alexnet', {}, 63, 5, id='alexnet'),  # no norms: the convs' own bias additions
+  pytest.param(  # option A: slices and zeros, as torch's CIFAR ResNets (akamaster's) write them
+    *('cifar_resnet20', {}, 32, 19),
+    dict(Conv=19, Relu=19, Add=9, Slice=2, Pad=2, GlobalAveragePool=1, Flatten=1, Gemm=1),
+    id='cifar_resnet20',
+  ),
+  pytest.param('resnet18', {}, 32, 20, RESNET18, id='resnet18'),
+  pytest.param(  # stem, each first conv; the other norms are BatchNormalization nodes
+    *('preact_resnet18', {}, 32, 9),
+    dict(RESNET18, BatchNormalization=8),
+    id='preact_resnet18',
+  ),
+  pytest.param(  # no norms: the convs' own bias additions. At 63 px the adaptive pool to 6x6
+    *('alexnet', {}, 63, 5),  # averages 1-pixel windows: slices, sums, divisions, two concats
+    dict(Conv=5, Relu=7, MaxPool=3, Slice=12, ReduceSum=12, Div=12, Concat=2, Reshape=1, Gemm=3),
+    id='alexnet',
+  ),
   # Inception branches concatenated; ceil-mode pools; the auxiliary classifiers never in eval.
-  pytest.param('googlenet', {}, 32, 57, id='googlenet'),
-  pytest.param('resnet50d', {}, 32, 55, id='resnet50d', marks=SLOW),  # deep stem, avg-pool paths
   pytest.param(
-    *('resnext50_32x4d', dict(norm='group'), 32, 0), id='resnext50_groupnorm', marks=SLOW
-  ),  # grouped convs; GroupNorm normalises per example: nothing to fold
+    *('googlenet', {}, 32, 57),
+    dict(Conv=57, Relu=57, MaxPool=13, Concat=9, GlobalAveragePool=1, Flatten=1, Gemm=1),
+    id='googlenet',
+  ),
+  pytest.param(  # deep stem, the shortcuts' average pools (count_include_pad=False, ceil mode)
+    *('resnet50d', {}, 32, 55),
+    dict(
+      Conv=55, Relu=51, MaxPool=1, Add=16, AveragePool=3, GlobalAveragePool=1, Flatten=1, Gemm=1
+    ),
+    id='resnet50d',
+    marks=SLOW,
+  ),
+  pytest.param(  # grouped convs; GroupNorm normalises per example: nothing to fold; its groups
+    *('resnext50_32x4d', dict(norm='group'), 32, 0),  # (N, G, C/G, H, W) on NCHW
+    dict(Conv=53, Relu=49, MaxPool=1, GlobalAveragePool=1, Flatten=1, Gemm=1, Reshape=106),
+    id='resnext50_groupnorm',
+    marks=SLOW,
+  ),
   pytest.param(
     *('resnet50', dict(replace_stride_with_dilation=(False, True, True), norm='frozen_batch')),
     *(32, 53),
+    dict(Conv=53, Relu=49, MaxPool=1, Add=16, GlobalAveragePool=1, Flatten=1, Gemm=1),
     id='resnet50_dilated_frozen',
     marks=SLOW,
   ),
-  pytest.param('vgg11_bn', {}, 32, 8, id='vgg11_bn', marks=SLOW),  # 133 M parameters
-  # SE: mean, 1x1 convs (their bias additions folded too), sigmoid gate.
-  pytest.param('seresnet18', {}, 32, 36, id='seresnet18'),
-  pytest.param('ecaresnet50d', {}, 32, 55, id='ecaresnet50d', marks=SLOW),  # ECA's 1-D conv
+  pytest.param(  # 133 M parameters; the flatten's dense rows permuted to NCHW's order
+    *('vgg11_bn', {}, 32, 8),
+    dict(Conv=8, Relu=10, MaxPool=5, Slice=14, ReduceSum=14, Div=14, Concat=2, Reshape=1, Gemm=3),
+    id='vgg11_bn',
+    marks=SLOW,
+  ),
+  pytest.param(  # SE: global pool, 1x1 convs (their bias additions folded too), sigmoid gate
+    *('seresnet18', {}, 32, 36),
+    dict(RESNET18, Conv=36, Relu=25, GlobalAveragePool=9, Sigmoid=8, Mul=8),
+    id='seresnet18',
+  ),
+  pytest.param(  # ECA's 1-D conv over the pooled channels: reshapes around it
+    *('ecaresnet50d', {}, 32, 55),
+    dict(Conv=71, Relu=51, MaxPool=1, Add=16, AveragePool=3, GlobalAveragePool=17, Sigmoid=16),
+    id='ecaresnet50d',
+    marks=SLOW,
+  ),
   # Weight-standardised kernels (computed from the variables: constants), GroupNorm, bare root.
-  pytest.param('bit_r50x1', {}, 32, 0, id='bit_r50x1', marks=SLOW),
+  pytest.param(
+    *('bit_r50x1', {}, 32, 0),
+    dict(Conv=53, Relu=49, MaxPool=1, GlobalAveragePool=1, Flatten=1, Gemm=1),
+    id='bit_r50x1',
+    marks=SLOW,
+  ),
 ]
 
 
@@ -56,8 +105,10 @@ def random_variables(model, size):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-@pytest.mark.parametrize('name, options, size, folds', FAMILY)
-def test_onnxruntime_logits_equal_jaxs(name, options, size, folds):
+@pytest.mark.parametrize('name, options, size, folds, operators', FAMILY)
+def test_onnxruntime_logits_equal_jaxs_and_the_graph_reads_like_the_net(
+  name, options, size, folds, operators
+):
   model = registry.get_model(
     name, num_classes=10, cpu_convolution='xla', cpu_kernels='xla', **options
   )
@@ -73,7 +124,13 @@ def test_onnxruntime_logits_equal_jaxs(name, options, size, folds):
   biased = [n for n in folded.graph.node if n.op_type == 'Conv' and len(n.input) == 3]
   bias_before = sum(1 for n in graph.graph.node if n.op_type == 'Conv' and len(n.input) == 3)
   assert len(biased) - bias_before == folds  # each BatchNorm after a conv merged into it
-  for version in (graph, folded):
+  readable = onnx_layout.readable(folded)
+  counts = collections.Counter(n.op_type for n in readable.graph.node)
+  assert counts['Transpose'] == 1  # the NHWC input's, nothing between layers
+  assert readable.graph.node[0].op_type == 'Transpose'
+  assert 'Max' not in counts and 'MatMul' not in counts  # Relu; Gemm
+  assert {op: counts[op] for op in operators} == operators
+  for version in (graph, folded, readable, onnx_layout.readable(graph)):
     session = onnxruntime.InferenceSession(
       version.SerializeToString(), providers=['CPUExecutionProvider']
     )
@@ -82,3 +139,24 @@ def test_onnxruntime_logits_equal_jaxs(name, options, size, folds):
       assert got.shape == (batch, 10)
       error = np.abs(got - want[:batch]).max()
       assert error <= onnx_graph.LOGIT_TOLERANCE * np.abs(want).max()
+
+
+def test_resnet18_reads_as_torchs_export_of_it():
+  """NCHW input: the 49 nodes torch.onnx.export writes for torchvision's resnet18, named after
+  its modules; unfolded, each BatchNorm one BatchNormalization node."""
+  model = registry.get_model('resnet18', num_classes=10, cpu_convolution='xla', cpu_kernels='xla')
+  variables = random_variables(model, 32)
+
+  def forward(variables, images):  # the export command's NCHW input
+    return model.apply(variables, jax.numpy.transpose(images, (0, 2, 3, 1)), train=False)
+
+  graph = onnx_graph.to_onnx(forward, variables, (3, 32, 32))
+  folded = onnx_layout.readable(onnx_graph.fold_batch_norm(graph))
+  assert collections.Counter(n.op_type for n in folded.graph.node) == RESNET18
+  assert len(folded.graph.node) == 49
+  convs = [n.name for n in folded.graph.node if n.op_type == 'Conv']
+  assert convs[:4] == ['conv1', 'layer1.0.conv1', 'layer1.0.conv2', 'layer1.1.conv1']
+  assert 'layer2.0.downsample.0' in convs
+  assert [n.name for n in folded.graph.node if n.op_type == 'Gemm'] == ['fc']
+  unfolded = collections.Counter(n.op_type for n in onnx_layout.readable(graph).graph.node)
+  assert unfolded == dict(RESNET18, BatchNormalization=20)
