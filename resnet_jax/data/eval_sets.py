@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from resnet_jax.data import source
-
 # The names the eval record already uses for its own figures.
 RESERVED = frozenset({'ema', 'fewshot', 'train', 'eval'})
 
@@ -48,9 +46,9 @@ def parse(text: str) -> list[EvalSet]:
   return sets
 
 
-def get_sources(config) -> list[tuple[str, source.Source]]:
-  """(name, source) of each of ``config.eval_sets``; a set's classes must be the run's."""
-  from resnet_jax.data import sources
+def get_sources(config) -> list:
+  """(name, ``Source``) of each of ``config.eval_sets``."""
+  from resnet_jax.data import sources  # tensorflow: not for the config rule, which parses only
 
   out = []
   for eval_set in parse(config.eval_sets):
@@ -65,6 +63,8 @@ def get_sources(config) -> list[tuple[str, source.Source]]:
 def check_classes(named_sources, num_classes: int):
   """Refuses a set whose labels do not index the run's classifier (ReaL's 1000 classes under a
   10-class net would score nonsense, not fail)."""
+  from resnet_jax.data import source
+
   for name, found in named_sources:
     if found.num_classes != num_classes:
       raise source.DatasetError(
