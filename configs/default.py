@@ -189,11 +189,12 @@ def get_config():
   # to and from the per-block layout on restore and init_from. Costs step time on a GPU (0.62-0.68x
   # on an H100, PERFORMANCE.md); on the CPU the step is as fast or faster.
   c.scan_blocks = False
-  # Who runs float32 convolutions' gradients on a CPU: 'auto' = oneDNN's direct kernels
-  # (cpu/onednn.py, built on first use; needs libdnnl-dev and a C++ compiler) where they build, else
-  # XLA's; 'onednn' = oneDNN or an error; 'xla' = XLA's (what jax.jvp and jax.export of a CPU
-  # program need). Forward values are XLA's either way, gradients equal to float32 rounding; up
-  # to 1.23x faster CPU train steps (PERFORMANCE.md).
+  # Who runs float32 convolutions' gradients (and grouped ones' forward pass) on a CPU: 'auto' =
+  # oneDNN's direct kernels (cpu/onednn.py, built on first use; needs libdnnl-dev and a C++
+  # compiler) where they build, else XLA's; 'onednn' = oneDNN or an error; 'xla' = XLA's (what
+  # jax.jvp and jax.export of a CPU program need). Ungrouped forward values are XLA's either way,
+  # the rest equal to float32 rounding; up to 1.23x faster CPU train steps, ResNeXt's several
+  # times (PERFORMANCE.md).
   c.cpu_convolution = 'auto'
   # The project's own C++ kernels for float32 steps on a CPU (cpu/native.py, built on first use;
   # need a C++ compiler with OpenMP): training BatchNorm's per-channel sums in one read of the
@@ -202,6 +203,11 @@ def get_config():
   # program needs). Equal to float32 rounding (pool values exactly); CPU train steps 1.1-1.3x
   # faster (PERFORMANCE.md).
   c.cpu_kernels = 'auto'
+  # Who runs augment_policy's ops in the input pipeline: 'auto' = one C++ TensorFlow op per
+  # example (data/policy_kernel.py, built on first use with a C++ compiler) where it builds, else
+  # TensorFlow graphs of the same ops; 'native' = the C++ op or an error; 'tensorflow' = the
+  # graphs. Both PIL's pixels exactly; the op 2-4x faster (PERFORMANCE.md).
+  c.policy_kernel = 'auto'
   # XLA's persistent compilation cache (a local or gs:// directory): a run restarted after
   # preemption, or evaluated again, loads its compiled steps instead of compiling them. '' = off.
   c.compilation_cache_dir = ''

@@ -222,6 +222,7 @@ RULES: dict[str, Rule] = {
   'scan_blocks': boolean,
   'cpu_convolution': one_of('auto', 'onednn', 'xla'),
   'cpu_kernels': one_of('auto', 'native', 'xla'),
+  'policy_kernel': one_of('auto', 'native', 'tensorflow'),
   'bn_momentum': number(0.0, 1.0),
   'bn_epsilon': number(0.0),
   'bn_group_size': NONNEG_INT,
@@ -406,6 +407,10 @@ def _check_combinations(c, num_devices: int, num_processes: int, set_fields: _Se
     from resnet_jax.cpu import native
 
     native.kernels_enabled(c.cpu_kernels)
+  if c.policy_kernel == 'native':
+    from resnet_jax.data import policy_kernel
+
+    policy_kernel.enabled(c.policy_kernel)
   if c.lock_heartbeat_seconds >= c.lock_stale_seconds:
     raise ConfigError(
       f'--config.lock_heartbeat_seconds={c.lock_heartbeat_seconds} must be shorter than '

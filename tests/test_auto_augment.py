@@ -11,7 +11,7 @@ import tensorflow as tf
 from helpers import TINY, digits_config, mean_of, sample_photos
 from PIL import Image, ImageEnhance, ImageOps
 
-from resnet_jax.data import auto_augment, draws, input_pipeline, policy_ops, sources
+from resnet_jax.data import auto_augment, draws, input_pipeline, policy_kernel, policy_ops, sources
 from resnet_jax.data.input_pipeline import Layout
 
 
@@ -89,12 +89,31 @@ SIGNATURE = [
   tf.TensorSpec([3], tf.uint8),
 ]
 BLACK = np.zeros(3, np.uint8)
+# Both implementations of the ops: TensorFlow graphs and the C++ op (one slot).
+needs_native = pytest.mark.skipif(
+  bool(policy_kernel.unavailable_reason()),
+  reason=f'C++ policy op unavailable: {policy_kernel.unavailable_reason()}',
+)
+KERNELS = ['tensorflow', pytest.param('native', marks=needs_native)]
 
 
+def one_op(kernel: str):
+  """``policy_ops.apply_op``'s signature, run by ``kernel``."""
+  if kernel == 'tensorflow':
+    return tf.function(policy_ops.apply_op, input_signature=SIGNATURE)
+
+  def native(image, op, magnitude, matrix, resample, fill):
+    drawn = {'op': [op], 'magnitude': [magnitude], 'matrix': [matrix], 'resample': [resample]}
+    return policy_kernel.apply(image, drawn, fill)
+
+  return native
+
+
+@pytest.mark.parametrize('kernel', KERNELS)
 @pytest.mark.parametrize('name', auto_augment.OPS[: auto_augment.OP['SolarizeAdd']])
-def test_each_torchvision_op_is_pils_pixel_for_pixel(name):
+def test_each_torchvision_op_is_pils_pixel_for_pixel(name, kernel):
   tables = [('rand', 31), ('wide', 31), ('rand', 10)]
-  run = tf.function(policy_ops.apply_op, input_signature=SIGNATURE)
+  run = one_op(kernel)
   compared = changed = 0
   for image in sample_images():
     height, width = image.shape[:2]
@@ -157,12 +176,13 @@ def timm_reference(image, name, level, negative, increasing, resample, fill):
   return np.asarray(im)
 
 
+@pytest.mark.parametrize('kernel', KERNELS)
 @pytest.mark.parametrize('name', auto_augment.TIMM_OPS)
-def test_each_timm_op_is_pils_pixel_for_pixel(name):
+def test_each_timm_op_is_pils_pixel_for_pixel(name, kernel):
   """timm's ops at several levels, both signs, both argument sets, and (the geometric ops) both
   filters with ImageNet's mean as the fill; the bilinear and bicubic paths are PIL's
   ImagingGenericTransform in float64."""
-  run = tf.function(policy_ops.apply_op, input_signature=SIGNATURE)
+  run = one_op(kernel)
   fill = np.array([124, 116, 104], np.uint8)
   geometric = name in ('Rotate', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
   filters = (Image.BILINEAR, Image.BICUBIC) if geometric else (Image.BILINEAR,)
@@ -331,15 +351,21 @@ def pil_drawn(image, name, argument, matrix, resample, fill):
 
 @pytest.mark.slow  # four tf.data pipelines
 @pytest.mark.parametrize(
-  'policy, other', [('autoaugment', 'trivialaugment'), ('randaugment_timm', 'randaugment_timm')]
+  'policy, other, kernel',
+  [
+    ('autoaugment', 'trivialaugment', 'auto'),
+    ('randaugment_timm', 'randaugment_timm', 'auto'),
+    ('randaugment_timm', 'randaugment_timm', 'tensorflow'),
+  ],
 )
 def test_the_policy_is_applied_in_the_real_pipeline_and_keyed_on_the_position(
-  tmp_path, policy, other
+  tmp_path, policy, other, kernel
 ):
-  """digits at 16 px through tf.data with a policy: the crops are the ops of their draws on the
-  plain crops; 1 and 2 processes build the same rows with ``other`` and random erasing's boxes
-  (the 1-vs-2-process training test runs digits)."""
-  options = dict(image_size=16, eval_resize=16, train_augment='none')
+  """digits at 16 px through tf.data with a policy (run by the C++ op where it builds, or by
+  TensorFlow's graphs): the crops are the ops of their draws on the plain crops; 1 and 2
+  processes build the same rows with ``other`` and random erasing's boxes (the 1-vs-2-process
+  training test runs digits)."""
+  options = dict(image_size=16, eval_resize=16, train_augment='none', policy_kernel=kernel)
   plain = digits_config(tmp_path, **options)
   timm = dict(randaugment_magnitude=9, randaugment_magnitude_std=0.5, randaugment_increasing=True)
   config = digits_config(

@@ -1,6 +1,8 @@
 """``onednn``: lax's convolution with oneDNN's gradients on the CPU (values bitwise lax's, gradients
-to float32 rounding), wired into the networks under ``cpu_convolution``, and a clear error or
-fallback where it cannot be built (that of the project's other CPU kernels, ``cpu_kernels``, too).
+to float32 rounding; grouped convolutions oneDNN's in both passes, all to float32 rounding), wired
+into the networks under ``cpu_convolution``, and a clear error or fallback where it cannot be
+built (that of the project's other CPU kernels, ``cpu_kernels``, and of the augmentation
+policies' op, ``policy_kernel``, too).
 
 CI installs oneDNN (``.ci/run``) and fails if it does not build, so these tests run there; on a
 machine without it they are skipped with the build error as the reason.
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from helpers import train_gradient_and_hlo
 
+from resnet_jax import models
 from resnet_jax.cpu import onednn
 from resnet_jax.errors import UserError
 from resnet_jax.models import conv, registry
@@ -24,7 +27,8 @@ from resnet_jax.models import conv, registry
 needs_onednn = pytest.mark.skipif(
   bool(onednn.unavailable_reason()), reason=f'oneDNN unavailable: {onednn.unavailable_reason()}'
 )
-INPUT_GRADIENT, KERNEL_GRADIENT = (
+FORWARD, INPUT_GRADIENT, KERNEL_GRADIENT = (
+  'ResnetJaxOnednnConvForward',
   'ResnetJaxOnednnConvInputGradient',
   'ResnetJaxOnednnConvKernelGradient',
 )
@@ -36,11 +40,23 @@ def _close(ours, ref, name):
   np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6 * scale, err_msg=name)
 
 
-def _value_and_grads(lowering, x, w, strides, padding):
+def _close_trees(ours, ref):
+  """``_close`` for each leaf of two parameter trees."""
+  for path, value in jax.tree_util.tree_leaves_with_path(ours):
+    _close(value, _at(ref, path), jax.tree_util.keystr(path))
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree
+
+
+def _value_and_grads(lowering, x, w, strides, padding, groups=1):
   numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, conv.NHWC)
 
   def f(x, w):
-    y = lowering(x, w, strides, padding, dimension_numbers=numbers)
+    y = lowering(x, w, strides, padding, dimension_numbers=numbers, feature_group_count=groups)
     return jnp.sum(y * jnp.cos(y)), y  # a non-trivial output gradient
 
   return jax.jit(jax.value_and_grad(f, (0, 1), has_aux=True))(x, w)
@@ -71,6 +87,67 @@ def test_values_are_laxs_and_gradients_equal_laxs_to_rounding(shape, kernel, str
     _close(value, ref, name)
 
 
+@needs_onednn
+@pytest.mark.parametrize(
+  'shape, kernel, groups, strides, padding',
+  [
+    ((2, 10, 10, 32), (3, 3, 4, 32), 8, (1, 1), [(1, 1), (1, 1)]),  # ResNeXt's: 4 per group
+    ((2, 10, 10, 32), (3, 3, 4, 64), 8, (2, 2), [(1, 1), (1, 1)]),  # strided, 8 out per group
+    ((2, 9, 9, 16), (3, 3, 1, 16), 16, (1, 1), [(1, 1), (1, 1)]),  # depthwise
+    ((2, 8, 8, 24), (1, 1, 8, 12), 3, (1, 1), [(0, 0), (0, 0)]),  # 1x1
+    ((3, 9, 13, 6), (3, 5, 2, 9), 3, (2, 1), [(0, 1), (2, 2)]),  # odd sizes, asymmetric padding
+  ],
+)
+def test_grouped_convolutions_are_onednns_and_equal_laxs_to_rounding(
+  shape, kernel, groups, strides, padding
+):
+  """XLA:CPU runs grouped convolutions 10-20x slower than oneDNN in every pass, so a grouped
+  convolution is oneDNN's forward and gradients, each equal to lax's to float32 rounding (the
+  grouped kernel read in XLA's HWIO layout, outputs group-major)."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), kernel) / np.sqrt(np.prod(kernel[:3]))
+  lax_conv = jax.lax.conv_general_dilated
+  ours = conv.cpu_convolution(lax_conv, 'onednn')
+  (_, y), (dx, dw) = _value_and_grads(ours, x, w, strides, padding, groups)
+  (_, y_ref), (dx_ref, dw_ref) = _value_and_grads(lax_conv, x, w, strides, padding, groups)
+  for name, value, ref in (('y', y, y_ref), ('dx', dx, dx_ref), ('dw', dw, dw_ref)):
+    assert value.shape == ref.shape, name
+    _close(value, ref, name)
+  fn = jax.jit(lambda x, w: _value_and_grads(ours, x, w, strides, padding, groups))
+  text = fn.lower(x, w).compile().as_text()
+  assert [_calls(text, t) for t in (FORWARD, INPUT_GRADIENT, KERNEL_GRADIENT)] == [1, 1, 1]
+
+
+@needs_onednn
+def test_a_resnext_trains_through_onednn_only_and_matches_xla():
+  """A ResNeXt (32 groups of 4 channels) read from its compiled train gradient: under 'onednn'
+  its grouped 3x3s run no XLA convolution at all, its other convolutions XLA's forward only;
+  parameter gradients equal to XLA's to float32 rounding."""
+  images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
+  grads, texts = {}, {}
+  for mode in ('onednn', 'xla'):
+    model = models.resnet.ResNet(
+      stage_sizes=(1, 1),
+      block_cls=models.resnet.Bottleneck,
+      widths=(32, 64),
+      stem='cifar',
+      stem_width=32,
+      groups=32,
+      width_per_group=4,
+      num_classes=10,
+      cpu_convolution=mode,
+      cpu_kernels='xla',
+    )
+    grads[mode], texts[mode] = train_gradient_and_hlo(model, images)
+  ours, xla = texts['onednn'], texts['xla']
+  convolutions = 1 + 2 * 3 + 2  # the stem, three per block, two projections
+  assert _calls(ours, FORWARD) == 2  # one grouped 3x3 per block
+  assert _calls(ours, KERNEL_GRADIENT) == convolutions
+  assert _calls(ours, INPUT_GRADIENT) == convolutions - 1  # none for the images
+  assert 'feature_group_count=32' in xla and 'feature_group_count' not in ours
+  _close_trees(grads['onednn'], grads['xla'])
+
+
 def _calls(text, target):
   return text.count(f'custom_call_target="{target}"')
 
@@ -97,11 +174,7 @@ def test_network_gradients_are_onednns_and_match_xlas(name, scan_blocks):
   assert xla.count(' convolution(') == 3 * forward - 1
   assert _calls(ours, KERNEL_GRADIENT) == forward and _calls(ours, INPUT_GRADIENT) == forward - 1
   assert (' while(' in ours) == scan_blocks
-  for path, value in jax.tree_util.tree_leaves_with_path(grads['onednn']):
-    ref = grads['xla']
-    for key in path:
-      ref = ref[key.key]
-    _close(value, ref, jax.tree_util.keystr(path))
+  _close_trees(grads['onednn'], grads['xla'])
 
 
 @needs_onednn
@@ -208,6 +281,7 @@ def test_the_library_is_built_once_per_source_and_reused(tmp_path):
   [
     ('--config.cpu_convolution=onednn', "--config.cpu_convolution='onednn' but oneDNN convol"),
     ('--config.cpu_kernels=native', "--config.cpu_kernels='native' but resnet_jax's CPU kern"),
+    ('--config.policy_kernel=native', "--config.policy_kernel='native' but the augmentation p"),
   ],
 )
 def test_the_command_line_refuses_kernels_it_cannot_build_before_writing_anything(

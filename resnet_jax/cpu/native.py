@@ -46,12 +46,15 @@ class Library:
     sources: the C++ files, in this package.
     targets: the FFI handler symbols they export, registered under the same names.
     flags: extra compiler and linker arguments (include and library paths, ``-l...``).
+    versions: what else it is built against (a TensorFlow op: TensorFlow's version), hashed into
+      its file's name so that an upgrade rebuilds it.
   """
 
   name: str
   sources: tuple[str, ...]
   targets: tuple[str, ...]
   flags: tuple[str, ...] = ()
+  versions: tuple[str, ...] = ()
 
   @property
   def source_paths(self) -> list[pathlib.Path]:
@@ -72,7 +75,7 @@ def library_path(library: Library) -> pathlib.Path:
   for source in library.source_paths:
     key.update(source.read_bytes())
   key.update(' '.join(compile_command(library, pathlib.Path('out'))).encode())
-  key.update(jax.__version__.encode())
+  key.update(' '.join((jax.__version__, *library.versions)).encode())
   return cache / f'{library.name}-{key.hexdigest()[:16]}.so'
 
 
@@ -93,15 +96,21 @@ def _build(library: Library, path: pathlib.Path):
     os.replace(partial, path)
 
 
+def built(library: Library) -> pathlib.Path:
+  """The compiled library's path, built there first if this machine has not yet (``OSError``
+  or ``subprocess.TimeoutExpired`` where that fails)."""
+  path = library_path(library)
+  if not path.exists():
+    _build(library, path)
+  return path
+
+
 @functools.cache
 def unavailable_reason(library: Library) -> str:
   """Builds ``library`` (once per machine) and registers its custom calls (once per process);
   '' when that worked, else what went wrong."""
-  path = library_path(library)
   try:
-    if not path.exists():
-      _build(library, path)
-    loaded = ctypes.cdll.LoadLibrary(str(path))
+    loaded = ctypes.cdll.LoadLibrary(str(built(library)))
   except (OSError, subprocess.TimeoutExpired) as e:
     return str(e)
   for target in library.targets:
@@ -140,14 +149,15 @@ def enabled(library: Library, name: str, field: str, mode: str, required: str, h
   if reason := unavailable_reason(library):
     if mode == required:
       raise UserError(f'--config.{field}={mode!r} but {name} are unavailable ({reason}): {hint}.')
-    _note_fallback(name, reason, hint)
+    note_fallback(name, reason, hint, "XLA's lowering")
     return False
   return True
 
 
 @functools.cache
-def _note_fallback(name: str, reason: str, hint: str):
-  log.info("%s unavailable (%s); using XLA's lowering: %s", name, reason, hint)
+def note_fallback(name: str, reason: str, hint: str, instead: str):
+  """One log line per process: ``name`` is unavailable, why, what runs ``instead``, the fix."""
+  log.info('%s unavailable (%s); using %s: %s', name, reason, instead, hint)
 
 
 def kernels_enabled(mode: str) -> bool:

@@ -1,4 +1,4 @@
-"""oneDNN's convolution gradients for the CPU train step: XLA FFI custom calls, built on first use.
+"""oneDNN's convolutions for the CPU train step: XLA FFI custom calls, built on first use.
 
 Why: XLA:CPU runs a convolution as im2col blocks fed to a matrix multiply (Eigen), and its
 gradients as more of the same after transposing activations; PyTorch runs oneDNN's direct
@@ -9,13 +9,20 @@ take about the same time, and oneDNN's channels-last forward rounds worse (up to
 error on wide 3x3 layers), enough to take ResNet-50's train-mode logits outside torchvision's
 float32 tolerance. So values stay bitwise those of ``lax.conv_general_dilated``.
 
+Grouped convolutions (ResNeXt) are oneDNN's in the forward pass too: XLA:CPU runs them 8-15x
+slower than oneDNN in every pass (ResNeXt-50's layer1 3x3, batch 8: 212 against 15 ms forward),
+and a grouped output sums few products (3 x 3 x C/G: 36 to 288 in ResNeXt-50), so oneDNN's
+forward values differ from XLA's by float32 rounding only (below 1e-6 relative,
+tests/test_onednn.py).
+
 What: ``conv(x, w, params)`` is ``lax.conv_general_dilated(x, w, **dict(params))`` with a custom
 VJP whose input and kernel gradients are oneDNN's, equal to XLA's to float32 rounding (~1e-6
-relative). ``conv.cpu_convolution`` hands it the float32 NHWC x HWIO convolutions with explicit
-padding, undilated and ungrouped, when XLA lowers for the CPU (``lax.platform_dependent``). A
-custom VJP means forward-mode differentiation (``jax.jvp``) of a network using it fails, and
-``jax.export`` refuses a CPU program holding the custom calls (their targets are this library's,
-not XLA's): ``cpu_convolution='xla'`` gives XLA's gradients for both.
+relative), and whose forward pass is XLA's, or oneDNN's where grouped. ``conv.cpu_convolution``
+hands it the float32 NHWC x HWIO convolutions with explicit padding and no dilation when XLA
+lowers for the CPU (``lax.platform_dependent``). A custom VJP means forward-mode differentiation
+(``jax.jvp``) of a network using it fails, and ``jax.export`` refuses a CPU program holding the
+custom calls (their targets are this library's, not XLA's): ``cpu_convolution='xla'`` gives
+XLA's convolutions for both.
 
 How it is built: ``native`` compiles ``onednn_conv.cc`` on first use (~3 s, once per machine)
 against the system's oneDNN (Debian/Ubuntu: ``apt-get install libdnnl-dev``; or a oneDNN install
@@ -39,6 +46,7 @@ from jax import lax
 from resnet_jax.cpu import native
 
 _TARGETS = {
+  'forward': 'ResnetJaxOnednnConvForward',
   'input_gradient': 'ResnetJaxOnednnConvInputGradient',
   'kernel_gradient': 'ResnetJaxOnednnConvKernelGradient',
 }
@@ -75,20 +83,34 @@ def enabled(mode: str) -> bool:
   return native.enabled(library(), name, 'cpu_convolution', mode, 'onednn', INSTALL_HINT)
 
 
-def _call(target: str, shape, a, b, strides, padding):
+def _call(kind: str, shape, a, b, params: tuple):
+  settings = dict(params)
   # Batched (jax.vmap, e.g. per-example gradients): one call per example, as the kernels take
   # 4-d tensors only.
-  call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, a.dtype), vmap_method='sequential')
-  return call(a, b, strides=np.asarray(strides, np.int64), padding=np.asarray(padding, np.int64))
+  call = jax.ffi.ffi_call(
+    _TARGETS[kind], jax.ShapeDtypeStruct(shape, a.dtype), vmap_method='sequential'
+  )
+  return call(
+    a,
+    b,
+    strides=np.asarray(settings['window_strides'], np.int64),
+    # top, bottom, left, right
+    padding=np.asarray([p for pair in settings['padding'] for p in pair], np.int64),
+    groups=np.int64(settings['feature_group_count']),
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv(x, w, params: tuple):
   """``lax.conv_general_dilated(x, w, **dict(params))``: float32 ``x`` [N, H, W, C] and ``w``
-  [KH, KW, C, O], explicit padding, no dilation or groups (``conv.cpu_convolution`` checks).
-  ``params`` are hashable (name, value) pairs, as a custom derivative's static argument must be.
-  Its gradients are registered for the CPU only."""
-  return lax.conv_general_dilated(x, w, **dict(params))
+  [KH, KW, C/G, O], explicit padding, undilated (``conv.cpu_convolution`` checks). ``params``
+  are hashable (name, value) pairs, as a custom derivative's static argument must be. Lowered for
+  the CPU only: a grouped convolution's forward pass is oneDNN's too."""
+  settings = dict(params)
+  if settings['feature_group_count'] == 1:
+    return lax.conv_general_dilated(x, w, **settings)
+  shape = jax.eval_shape(functools.partial(lax.conv_general_dilated, **settings), x, w).shape
+  return _call('forward', shape, x, w, params)
 
 
 def _conv_forward(x, w, params):
@@ -97,12 +119,9 @@ def _conv_forward(x, w, params):
 
 def _conv_backward(params, residuals, dy):
   x, w = residuals
-  settings = dict(params)
-  strides = tuple(settings['window_strides'])
-  padding = tuple(p for pair in settings['padding'] for p in pair)  # top, bottom, left, right
-  dx = _call(_TARGETS['input_gradient'], x.shape, dy, w, strides, padding)
-  dw = _call(_TARGETS['kernel_gradient'], w.shape, x, dy, strides, padding)
-  return dx, dw
+  return _call('input_gradient', x.shape, dy, w, params), _call(
+    'kernel_gradient', w.shape, x, dy, params
+  )
 
 
 conv.defvjp(_conv_forward, _conv_backward)

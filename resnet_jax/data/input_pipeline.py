@@ -20,7 +20,15 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax.data import augment, auto_augment, device_pixels, draws, multiscale, policy_ops
+from resnet_jax.data import (
+  augment,
+  auto_augment,
+  device_pixels,
+  draws,
+  multiscale,
+  policy_kernel,
+  policy_ops,
+)
 from resnet_jax.data.source import FETCH_CHUNK, DatasetError, Source
 
 # Stream-only sources: process p seeds its examples' augmentation from p * this, so processes
@@ -153,7 +161,10 @@ def train_example(data, label, drawn, *, config, encoded, normalize):
   if config.augment_policy != 'none':  # on the uint8 crop, as torchvision on a PIL image
     ops = {k: drawn[f'policy_{k}'] for k in ('op', 'magnitude', 'matrix', 'resample')}
     fill, filters = auto_augment.fill(config), auto_augment.filters(config)
-    image = policy_ops.apply(augment.to_uint8(image), ops, fill, filters)
+    if policy_kernel.enabled(config.policy_kernel):
+      image = policy_kernel.apply(augment.to_uint8(image), ops, fill)
+    else:
+      image = policy_ops.apply(augment.to_uint8(image), ops, fill, filters)
   if config.pixel_ops == 'device':
     pixel_draws = {name: drawn[name] for name in device_pixels.DRAWS}
     return {'image': augment.to_uint8(image), 'label': label, **pixel_draws}

@@ -68,7 +68,7 @@ def conv(
 
   ``lowering`` runs it (``lax.conv_general_dilated``'s signature), except the gradients of the
   float32 convolutions lowered for the CPU that oneDNN takes under ``cpu_convolution``
-  (``conv.cpu_convolution``; ungrouped, undilated ones only). ``standardize``: weight
+  (``conv.cpu_convolution``; undilated ones only). ``standardize``: weight
   standardisation (``StandardizedConv``).
   """
   pad = dilation * (kernel[0] // 2)

@@ -301,8 +301,8 @@ class ResNet(nn.Module):
       Their variables are stacked under ``layer{i}_scan`` (``block_layout`` converts); the
       numbers are those of the per-block network with the same weights.
     cpu_convolution: 'auto', 'onednn' or 'xla': who runs the gradients of the float32
-      convolutions lowered for the CPU (``cpu.onednn``). The same forward values; gradients
-      equal to float32 rounding.
+      convolutions lowered for the CPU, and the forward pass of grouped ones (``cpu.onednn``).
+      The same ungrouped forward values; the rest equal to float32 rounding.
     cpu_kernels: 'auto', 'native' or 'xla': whether float32 training BatchNorm's per-channel
       sums and the stem's max pool, lowered for the CPU, are the project's C++ kernels
       (``native.kernels_enabled``). Pool values equal; statistics and gradients equal to float32
