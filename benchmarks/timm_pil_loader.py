@@ -29,7 +29,6 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from resnet_jax import benchmark  # write_benchmark_jpegs: the same JPEGs as ours
 
 WARMUP = 16

@@ -136,27 +136,37 @@ INSTALL_HINT = (
 )
 
 
-def enabled(library: Library, name: str, field: str, mode: str, required: str, hint: str) -> bool:
-  """Whether programs lowered for the CPU call ``library`` (``name``, for messages) under
-  ``--config.{field}=mode``: 'auto' on a CPU backend where it builds (else one log line saying
-  why and ``hint``), ``required`` always (a ``UserError`` saying what is missing where it cannot
-  build), 'xla' never."""
-  modes = ('auto', required, 'xla')
+def choose(
+  field: str, mode: str, required: str, off: str, name: str, reason, hint, instead
+) -> bool:
+  """Whether a built kernel (``name``, plural, for messages) runs under ``--config.{field}=mode``:
+  'auto' where ``reason()`` is '' (else one log line saying why, that ``instead`` runs, and
+  ``hint``), ``required`` always (a ``UserError`` saying what is missing where it cannot build),
+  ``off`` never."""
+  modes = ('auto', required, off)
   if mode not in modes:
     raise UserError(f'--config.{field}={mode!r}: must be one of {", ".join(modes)}.')
-  if mode == 'xla' or (mode == 'auto' and jax.default_backend() != 'cpu'):
+  if mode == off:
     return False
-  if reason := unavailable_reason(library):
+  if why := reason():
     if mode == required:
-      raise UserError(f'--config.{field}={mode!r} but {name} are unavailable ({reason}): {hint}.')
-    note_fallback(name, reason, hint, "XLA's lowering")
+      raise UserError(f'--config.{field}={mode!r} but {name} are unavailable ({why}): {hint}.')
+    _note_fallback(name, why, hint, instead)
     return False
   return True
 
 
+def enabled(library: Library, name: str, field: str, mode: str, required: str, hint: str) -> bool:
+  """Whether programs lowered for the CPU call ``library`` under ``--config.{field}=mode``
+  (``choose``; 'auto' only on a CPU backend, 'xla' never)."""
+  if mode == 'auto' and jax.default_backend() != 'cpu':
+    return False
+  reason = functools.partial(unavailable_reason, library)
+  return choose(field, mode, required, 'xla', name, reason, hint, "XLA's lowering")
+
+
 @functools.cache
-def note_fallback(name: str, reason: str, hint: str, instead: str):
-  """One log line per process: ``name`` is unavailable, why, what runs ``instead``, the fix."""
+def _note_fallback(name: str, reason: str, hint: str, instead: str):
   log.info('%s unavailable (%s); using %s: %s', name, reason, instead, hint)
 
 

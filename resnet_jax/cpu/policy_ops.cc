@@ -242,7 +242,6 @@ void AffineNearest(const Image& im, const double* a, const uint8_t* fill) {
 typedef double Rgb __attribute__((vector_size(32)));
 typedef int32_t Ints4 __attribute__((vector_size(16)));
 
-
 // PIL's BICUBIC macro (a = -1 cubic convolution), in its order of operations.
 inline Rgb Cubic(Rgb v1, Rgb v2, Rgb v3, Rgb v4, double d) {
   const Rgb p2 = -v1 + v3;

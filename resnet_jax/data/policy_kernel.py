@@ -19,9 +19,8 @@ import functools
 import subprocess
 
 from resnet_jax.cpu import native
-from resnet_jax.errors import UserError
 
-NAME = "the augmentation policies' C++ op"
+NAME = "the augmentation policies' ops in C++"
 INSTALL_HINT = (
   'install a C++ compiler (Debian/Ubuntu: apt-get install g++), '
   'or set --config.policy_kernel=tensorflow'
@@ -61,19 +60,16 @@ def unavailable_reason() -> str:
 def enabled(mode: str) -> bool:
   """Whether the policies run as the C++ op under ``policy_kernel=mode`` ('auto', 'native' or
   'tensorflow')."""
-  modes = ('auto', 'native', 'tensorflow')
-  if mode not in modes:
-    raise UserError(f'--config.policy_kernel={mode!r}: must be one of {", ".join(modes)}.')
-  if mode == 'tensorflow':
-    return False
-  if reason := unavailable_reason():
-    if mode == 'native':
-      raise UserError(
-        f"--config.policy_kernel='native' but {NAME} is unavailable ({reason}): {INSTALL_HINT}."
-      )
-    native.note_fallback(NAME, reason, INSTALL_HINT, 'TensorFlow graphs')
-    return False
-  return True
+  return native.choose(
+    'policy_kernel',
+    mode,
+    'native',
+    'tensorflow',
+    NAME,
+    unavailable_reason,
+    INSTALL_HINT,
+    "TensorFlow's graphs of the same ops",
+  )
 
 
 def apply(image, drawn, fill):
