@@ -3,12 +3,15 @@ these policies to PIL images: torchvision's RandAugment, TrivialAugmentWide, Aut
 RandAugment), the magnitude tables, the policies' draws, and random erasing's boxes."""
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TINY, digits_config, mean_of, sample_photos
+from helpers import REPO, TINY, digits_config, mean_of, sample_photos
 from PIL import Image, ImageEnhance, ImageOps
 
 from resnet_jax.data import auto_augment, draws, input_pipeline, policy_kernel, policy_ops, sources
@@ -396,3 +399,45 @@ def test_the_policy_is_applied_in_the_real_pipeline_and_keyed_on_the_position(
   for key, value in whole.items():
     np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), value, err_msg=key)
   assert whole['erase'][:, 2].any()
+
+
+@pytest.mark.slow  # a fresh interpreter whose build of the op fails
+def test_without_a_compiler_auto_runs_the_graphs_and_says_so_once(tmp_path):
+  """No C++ compiler: policy_kernel='auto' builds the same batch as 'tensorflow' (TensorFlow's
+  graphs), after one log line that says why and what to install."""
+  code = f"""
+from pathlib import Path
+from helpers import digits_config, mean_of
+from resnet_jax import console
+from resnet_jax.data import input_pipeline, sources
+console.setup()
+batches = []
+for kernel in ('auto', 'tensorflow', 'auto'):
+  config = digits_config(
+    Path({str(tmp_path)!r}), image_size=16, eval_resize=16, augment_policy='randaugment_timm',
+    randaugment_magnitude=9, randaugment_magnitude_std=0.5, policy_kernel=kernel)
+  layout = input_pipeline.Layout(64, 0, 1)
+  data = input_pipeline.train_dataset(
+    config, sources.get_source(config, 'train'), layout, mean=mean_of(config))
+  batches.append(next(data.as_numpy_iterator())['image'])
+print('equal', all((b == batches[1]).all() for b in batches))
+"""
+  env = {
+    **os.environ,
+    'CXX': 'no-such-compiler',
+    'RESNET_JAX_CACHE': str(tmp_path / 'cache'),
+    'PYTHONPATH': os.pathsep.join([REPO, os.path.join(REPO, 'tests')]),
+  }
+  done = subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stdout.splitlines()
+  assert lines[-1] == 'equal True', lines
+  fallback = [line for line in lines if 'unavailable' in line]
+  assert len(fallback) == 1, lines
+  assert fallback[0].endswith(
+    "the augmentation policies' ops in C++ unavailable (no C++ compiler 'no-such-compiler'); "
+    "using TensorFlow's graphs of the same ops: install a C++ compiler (Debian/Ubuntu: apt-get "
+    'install g++), or set --config.policy_kernel=tensorflow'
+  ), fallback

@@ -45,6 +45,7 @@ def test_adaptive_average_pool_is_torchs(size, out):
   np.testing.assert_allclose(pooled, want, rtol=1e-6, atol=1e-7)  # sums of values near 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, size', [('vgg11', 224), ('alexnet', 223)])
 def test_dense_evaluation_at_the_classifiers_window_gives_the_logits(name, size):
   """VGG's dense evaluation uses the linear layers' own weights: where the feature map is just
@@ -62,6 +63,7 @@ def test_dense_evaluation_at_the_classifiers_window_gives_the_logits(name, size)
   assert wider.shape == (1, 2, 2, 5)  # 32 more pixels: one more window each way
 
 
+@pytest.mark.slow
 def test_training_draws_dropout_from_the_train_steps_example_keys():
   """The classifier's masks come from the keys the train step derives from (seed, step, row):
   the same keys, the same logits; other keys, others; dropout 0, no keys needed."""

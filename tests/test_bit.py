@@ -60,6 +60,7 @@ def test_weight_standardisation_is_bits():
   assert np.all(np.isfinite(layers.standardize_kernel(jnp.ones((1, 1, 2, 3)))))
 
 
+@pytest.mark.slow
 def test_logits_equal_big_visions_module_for_the_same_released_file():
   arrays = bit_reference.random_npz(50, 1, num_classes=10, seed=0)
   images = np.random.RandomState(1).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)

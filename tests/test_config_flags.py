@@ -62,6 +62,7 @@ def test_the_readme_data_dir_override_parses_for_every_recipe():
     assert parse(recipe, '--config.data_dir=/data/tfds').data_dir == '/data/tfds'
 
 
+@pytest.mark.slow
 def test_every_command_answers_help_with_its_usage_and_exit_code_0():
   commands = ['main', 'evaluate', 'convert', 'export', 'benchmark', 'prepare', 'mean_image']
   commands += ['summary', 'plot', 'report', 'study']

@@ -90,6 +90,7 @@ def _network_gradient(lowering, scan_blocks=False):
   return compiled(variables['params']), count
 
 
+@pytest.mark.slow
 def test_kernel_gradients_transpose_stored_activations_on_cpu():
   """The speed-up's mechanism, read from the compiled program: with lax's convolution XLA:CPU
   recomputes ReLUs inside the kernel gradients' transposes; with ours none does. The whole

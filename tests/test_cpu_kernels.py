@@ -189,6 +189,7 @@ def test_the_max_pool_is_laxs_and_its_gradient_the_xla_lowerings(shape):
   np.testing.assert_allclose(results[True][1], results[False][1], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_an_imagenet_network_pools_through_the_kernels_on_the_cpu_only():
   model = registry.get_model('resnet18', num_classes=10)

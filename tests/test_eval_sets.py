@@ -103,6 +103,7 @@ def test_real_label_sets_are_read_on_every_path_and_padded_for_two_processes(fil
       assert sorted(seen, key=lambda s: s[-1]) == sets, (in_memory, processes)
 
 
+@pytest.mark.slow
 def test_real_scores_count_a_prediction_in_the_images_set_and_leave_out_empty_sets(tmp_path):
   """The run's own net scores ReaL: label sets built from its own top-5 on each image give the
   top-1 and top-5 errors and the count they must (3 of 12 images unlabelled)."""

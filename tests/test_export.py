@@ -29,17 +29,20 @@ FAMILY = [
     *('preact_resnet18', {}, 32, 9),
     dict(RESNET18, BatchNormalization=8),
     id='preact_resnet18',
+    marks=SLOW,
   ),
   pytest.param(  # no norms: the convs' own bias additions. At 63 px the adaptive pool to 6x6
     *('alexnet', {}, 63, 5),  # averages 1-pixel windows: slices, sums, divisions, two concats
     dict(Conv=5, Relu=7, MaxPool=3, Slice=12, ReduceSum=12, Div=12, Concat=2, Reshape=1, Gemm=3),
     id='alexnet',
+    marks=SLOW,
   ),
   # Inception branches concatenated; ceil-mode pools; the auxiliary classifiers never in eval.
   pytest.param(
     *('googlenet', {}, 32, 57),
     dict(Conv=57, Relu=57, MaxPool=13, Concat=9, GlobalAveragePool=1, Flatten=1, Gemm=1),
     id='googlenet',
+    marks=SLOW,
   ),
   pytest.param(  # deep stem, the shortcuts' average pools (count_include_pad=False, ceil mode)
     *('resnet50d', {}, 32, 55),
@@ -72,6 +75,7 @@ FAMILY = [
     *('seresnet18', {}, 32, 36),
     dict(RESNET18, Conv=36, Relu=25, GlobalAveragePool=9, Sigmoid=8, Mul=8),
     id='seresnet18',
+    marks=SLOW,
   ),
   pytest.param(  # ECA's 1-D conv over the pooled channels: reshapes around it
     *('ecaresnet50d', {}, 32, 55),
@@ -141,6 +145,7 @@ def test_onnxruntime_logits_equal_jaxs_and_the_graph_reads_like_the_net(
       assert error <= onnx_graph.LOGIT_TOLERANCE * np.abs(want).max()
 
 
+@pytest.mark.slow
 def test_resnet18_reads_as_torchs_export_of_it():
   """NCHW input: the 49 nodes torch.onnx.export writes for torchvision's resnet18, named after
   its modules; unfolded, each BatchNorm one BatchNormalization node."""

@@ -33,6 +33,7 @@ def train_eval_records(workdir) -> list[dict]:
   return [r for r in metrics.read(workdir) if r['split'] in ('train', 'eval')]
 
 
+@pytest.mark.slow
 def test_a_nonfinite_step_is_never_applied(tmp_path):
   config = tiny(tmp_path, pixel_ops='host')
   run = experiment.Experiment(config, str(tmp_path / 'run'))

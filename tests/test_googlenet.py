@@ -134,6 +134,7 @@ def test_weights_convert_both_ways_one_to_one():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
 
 
+@pytest.mark.slow
 def test_weights_without_the_auxiliary_classifiers_load_and_train_them_from_scratch(
   tmp_path, monkeypatch
 ):

@@ -71,6 +71,11 @@ TORCHVISION_GMACS = {  # torchvision's model cards ("GFLOPS", counted as multipl
   'googlenet': 1.50,
 }
 
+# Over ~3 s each on a 2-core CPU (the 101- and 152-layer nets, the 1001- and 1202-layer CIFAR
+# nets): the full run only, not the fast lane.
+SLOW = pytest.mark.slow
+DEEPEST = ('resnet101', 'resnet152', 'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet101_2')
+
 
 def variables_of(model, size, batch=1):
   return jax.eval_shape(
@@ -130,7 +135,8 @@ def test_resnet50d_mult_adds_are_timms():
 
 
 @pytest.mark.parametrize(
-  'depth, total, paper_millions', [(164, 1_703_258, 1.7), (1001, 10_327_706, 10.2)]
+  'depth, total, paper_millions',
+  [(164, 1_703_258, 1.7), pytest.param(1001, 10_327_706, 10.2, marks=SLOW)],
 )
 def test_preact_cifar_bottleneck_nets_have_the_papers_parameters(depth, total, paper_millions):
   """He et al. 2016 give ResNet-164 1.7 M and ResNet-1001 10.2 M parameters: their convolutions'
@@ -231,12 +237,16 @@ def test_resnet_d_shortcut_averages_then_projects():
   assert sorted(set(stem)) == ['conv1_0', 'conv1_1', 'conv1_3', 'conv1_4', 'conv1_6']
 
 
+@pytest.mark.slow
 def test_cifar_resnet1202_has_19_4m_params():
   model = registry.get_model('cifar_resnet1202', num_classes=10)
   assert count(variables_of(model, 32)['params']) / 1e6 == pytest.approx(19.4, abs=0.05)
 
 
-@pytest.mark.parametrize('name', sorted(TORCHVISION_GMACS))
+@pytest.mark.parametrize(
+  'name',
+  [pytest.param(n, marks=SLOW) if n in DEEPEST else n for n in sorted(TORCHVISION_GMACS)],
+)
 def test_mult_adds_match_torchvision(name):
   rows = summary.layer_rows(registry.get_model(name, num_classes=1000), (1, 224, 224, 3))
   gmacs = sum(r.mult_adds for r in rows) / 1e9
@@ -476,7 +486,9 @@ def test_cifar_option_a_equals_plain_param_count():
     assert res == plain
 
 
-@pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])
+@pytest.mark.parametrize(
+  'depth', [18, 34, 50, pytest.param(101, marks=SLOW), pytest.param(152, marks=SLOW)]
+)
 def test_plain_nets_have_exactly_the_projections_fewer(depth):
   res = variables_of(registry.get_model(f'resnet{depth}', num_classes=1000), 64)['params']
   plain = variables_of(registry.get_model(f'plain{depth}', num_classes=1000), 64)['params']
@@ -486,6 +498,7 @@ def test_plain_nets_have_exactly_the_projections_fewer(depth):
   assert count(plain) == count(res) - projection
 
 
+@pytest.mark.slow
 def test_stride_in_1x1_moves_the_stride_and_keeps_params():
   v15 = registry.get_model('resnet50', num_classes=1000)
   v1 = registry.get_model('resnet50', num_classes=1000, stride_in_1x1=True)
@@ -498,6 +511,7 @@ def test_stride_in_1x1_moves_the_stride_and_keeps_params():
   assert sum(r.mult_adds for r in rows_v1.values()) < sum(r.mult_adds for r in rows_v15.values())
 
 
+@pytest.mark.slow
 def test_initialisation_matches_torchvision_statistics():
   model = registry.get_model('resnet50', num_classes=1000, zero_init_residual=True)
   v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
@@ -551,6 +565,7 @@ def example_keys(count, seed=0):
   return jax.vmap(lambda row: jax.random.fold_in(jax.random.key(seed), row))(jnp.arange(count))
 
 
+@pytest.mark.slow
 def test_stochastic_depth_is_timms_drop_path_per_example_and_linear_in_depth():
   assert example_draws.drop_path_rates((1, 1, 1), 0.2) == [0.0, 0.1, 0.2]
   assert example_draws.drop_path_rates((3, 4, 6, 3), 0.05)[-1] == 0.05
@@ -580,6 +595,7 @@ def test_stochastic_depth_is_timms_drop_path_per_example_and_linear_in_depth():
   assert not np.allclose(out[~dropped], full[~dropped])  # kept branches scaled by 1 / (1 - 0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['cifar_resnet20', 'cifar_preact_resnet20'])
 def test_stochastic_depth_trains_only_and_is_the_same_scanned(name):
   x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
@@ -730,6 +746,7 @@ def test_batchnorm_backward_equals_autodiff_of_its_forward(axis, dtype):
     )
 
 
+@pytest.mark.slow
 def test_stage_features_are_the_classifiers_own_internals():
   """``features=`` returns the named stage outputs (a backbone's C2..C5): the shapes torchvision's
   stages have, the tensor the head pools (its logits recomputed from them), no deeper stage run."""
@@ -770,6 +787,7 @@ def test_stage_features_are_the_classifiers_own_internals():
     model.apply(variables, x, train=False, features=('layer5',))
 
 
+@pytest.mark.slow
 def test_readme_python_examples_run_and_print_what_they_say(tmp_path):
   with open(os.path.join(REPO, 'README.md')) as f:
     blocks = re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)

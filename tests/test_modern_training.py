@@ -83,6 +83,7 @@ def test_rows_mix_with_the_previous_row_of_the_global_batch_on_any_device_count(
     np.testing.assert_array_equal(mixed_targets, one[1], err_msg=f'{devices} devices')
 
 
+@pytest.mark.slow
 def test_mixing_draws_follow_the_config_and_depend_on_seed_and_step_only(tmp_path):
   def draws(**options):
     config = mixing_config(tmp_path, **options)
@@ -198,6 +199,7 @@ def _optimizer(tmp_path, **options):
   return optim.create_optimizer(config, optim.schedule_fn(config, 10, 100)), config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('exclusions', [False, True])
 def test_lars_and_lamb_are_optaxs(tmp_path, exclusions):
   """Our chains against optax.lars / optax.lamb at a constant learning rate; with the usual

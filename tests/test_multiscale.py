@@ -90,6 +90,7 @@ def test_buckets_keep_common_imagenet_shapes_whole():
   assert multiscale.view_hw(240, (True, 1.5)) == (360, 240)
 
 
+@pytest.mark.slow
 def test_square_image_at_one_size_equals_the_fully_convolutional_score(net):
   model, variables = net
   source, images = photo_source(SHAPES)
@@ -112,6 +113,7 @@ def test_square_image_at_one_size_equals_the_fully_convolutional_score(net):
   )
 
 
+@pytest.mark.slow
 def test_non_square_scores_do_not_depend_on_the_batch_they_came_in(net):
   model, variables = net
   c = config(sizes=(24, 32))

@@ -118,6 +118,7 @@ def test_grouped_convolutions_are_onednns_and_equal_laxs_to_rounding(
   assert [_calls(text, t) for t in (FORWARD, INPUT_GRADIENT, KERNEL_GRADIENT)] == [1, 1, 1]
 
 
+@pytest.mark.slow
 @needs_onednn
 def test_a_resnext_trains_through_onednn_only_and_matches_xla():
   """A ResNeXt (32 groups of 4 channels) read from its compiled train gradient: under 'onednn'
@@ -153,7 +154,10 @@ def _calls(text, target):
 
 
 @needs_onednn
-@pytest.mark.parametrize('name, scan_blocks', [('cifar_resnet14', False), ('cifar_resnet20', True)])
+@pytest.mark.parametrize(
+  'name, scan_blocks',
+  [('cifar_resnet14', False), pytest.param('cifar_resnet20', True, marks=pytest.mark.slow)],
+)
 def test_network_gradients_are_onednns_and_match_xlas(name, scan_blocks):
   """Read from the compiled CPU train gradient: under 'onednn' XLA keeps the forward convolutions
   only and every gradient convolution is a oneDNN call (inside the scan's loop too); under 'xla'

@@ -66,9 +66,10 @@ def shapes(name: str, size: int = 32, **overrides) -> dict:
   'name, matcher',
   [
     ('resnet18', TIMM_RESNET_MATCHER),
-    ('resnet50d', TIMM_RESNET_MATCHER),  # the deep stem conv1.0..conv1.6, avg-pool shortcuts
+    # the deep stem conv1.0..conv1.6, avg-pool shortcuts
+    pytest.param('resnet50d', TIMM_RESNET_MATCHER, marks=pytest.mark.slow),
     ('cifar_preact_resnet20', TIMM_RESNET_MATCHER),  # its final norm goes with the head
-    ('vgg11_bn', TIMM_VGG_MATCHER),
+    pytest.param('vgg11_bn', TIMM_VGG_MATCHER, marks=pytest.mark.slow),
   ],
 )
 def test_layer_decay_scales_are_timms(name, matcher):

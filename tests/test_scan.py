@@ -40,7 +40,14 @@ def _close(a, b):
     )
 
 
-@pytest.mark.parametrize('name', ['cifar_resnet20', 'resnet50', 'plain18'])
+@pytest.mark.parametrize(
+  'name',
+  [
+    'cifar_resnet20',
+    pytest.param('resnet50', marks=pytest.mark.slow),
+    pytest.param('plain18', marks=pytest.mark.slow),
+  ],
+)
 def test_scanned_network_equals_the_per_block_one(name):
   per_block, scanned, variables, images = _pair(name)
   stacked = block_layout.stack_blocks(variables)
@@ -54,6 +61,7 @@ def test_scanned_network_equals_the_per_block_one(name):
   _close(scan_updates, block_layout.stack_blocks(updates))
 
 
+@pytest.mark.slow
 def test_gradients_and_an_sgd_step_are_those_of_the_per_block_network():
   per_block, scanned, variables, images = _pair('cifar_resnet14')
   labels = jnp.arange(4) % 10

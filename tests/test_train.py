@@ -172,6 +172,7 @@ def test_step_schedule_warmup_and_warmup_until_error():
   assert float(ramp(975)) == pytest.approx(0.5) and float(ramp(1950)) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('policy', ['none', 'autoaugment'])
 def test_a_step_on_uint8_crops_equals_a_step_on_the_host_pipelines_images(tmp_path, policy):
   """pixel_ops='device' moves the pixel ops, nothing else: at 8 px (no resize, so uint8 loses
@@ -201,6 +202,7 @@ def test_a_step_on_uint8_crops_equals_a_step_on_the_host_pipelines_images(tmp_pa
     np.testing.assert_array_equal(params['device'][name], value, err_msg=name)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_the_older_layout_is_converted_on_restore(tmp_path):
   """Before the learning-rate state moved into the optimiser, TrainState had a 'schedule' dict
   beside an opt_state of (weight decay, momentum); such a checkpoint resumes with its values."""
@@ -439,6 +441,7 @@ def test_a_checkpoint_written_before_the_package_move_resumes(tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
 
 
+@pytest.mark.slow
 def test_stochastic_depth_draws_are_keyed_on_the_step_and_the_global_row(tmp_path):
   """The train step's drop-path keys: a fixed function of (seed, step, global row) -- the same
   step twice gives the same loss; another step (the same weights and batch) changes it."""

@@ -32,6 +32,7 @@ def big_transfer_lr(step: int, dataset_size: int, base_lr: float = 0.003):
   return base_lr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('examples', [3_680, 50_000, 1_281_167])
 def test_hyperrule_schedule_is_big_transfers_at_every_step(examples):
   c = bit_hyperrule.get_config(str(examples))
