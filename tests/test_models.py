@@ -71,8 +71,8 @@ TORCHVISION_GMACS = {  # torchvision's model cards ("GFLOPS", counted as multipl
   'googlenet': 1.50,
 }
 
-# Over ~3 s each on a 2-core CPU (the 101- and 152-layer nets, the 1001- and 1202-layer CIFAR
-# nets): the full run only, not the fast lane.
+# Checks over ~3 s each on a 2-core CPU (among them any of the 101- and 152-layer nets and the
+# 1001- and 1202-layer CIFAR nets) are slow: the full run only, not the fast lane.
 SLOW = pytest.mark.slow
 DEEPEST = ('resnet101', 'resnet152', 'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet101_2')
 
