@@ -198,6 +198,16 @@ def run_main(workdir, *overrides, devices=8, wait=True):
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+def without_a_compiler(code: str, tmp_path):
+  """Runs ``code`` in a fresh interpreter (the tests' helpers importable) where every built kernel
+  fails to build: no C++ compiler, an empty kernel cache."""
+  env = dict(os.environ, CXX='no-such-compiler', RESNET_JAX_CACHE=str(tmp_path / 'cache'))
+  env['PYTHONPATH'] = os.pathsep.join([REPO, os.path.join(REPO, 'tests')])
+  return subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300
+  )
+
+
 def tiny_flags(tmp_path, **extra):
   """The TINY model on digits, as command-line overrides of configs/digits.py."""
   flags = dict(

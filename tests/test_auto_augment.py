@@ -3,15 +3,12 @@ these policies to PIL images: torchvision's RandAugment, TrivialAugmentWide, Aut
 RandAugment), the magnitude tables, the policies' draws, and random erasing's boxes."""
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import REPO, TINY, digits_config, mean_of, sample_photos
+from helpers import TINY, digits_config, mean_of, sample_photos, without_a_compiler
 from PIL import Image, ImageEnhance, ImageOps
 
 from resnet_jax.data import auto_augment, draws, input_pipeline, policy_kernel, policy_ops, sources
@@ -422,15 +419,7 @@ for kernel in ('auto', 'tensorflow', 'auto'):
   batches.append(next(data.as_numpy_iterator())['image'])
 print('equal', all((b == batches[1]).all() for b in batches))
 """
-  env = {
-    **os.environ,
-    'CXX': 'no-such-compiler',
-    'RESNET_JAX_CACHE': str(tmp_path / 'cache'),
-    'PYTHONPATH': os.pathsep.join([REPO, os.path.join(REPO, 'tests')]),
-  }
-  done = subprocess.run(
-    [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300
-  )
+  done = without_a_compiler(code, tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]
   lines = done.stdout.splitlines()
   assert lines[-1] == 'equal True', lines

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import train_gradient_and_hlo
+from helpers import train_gradient_and_hlo, without_a_compiler
 
 from resnet_jax import models
 from resnet_jax.cpu import onednn
@@ -213,14 +213,6 @@ def test_xla_mode_leaves_the_lowering_untouched_and_bad_modes_are_refused():
     conv.cpu_convolution(lowering, 'onenn')
 
 
-def _without_onednn(code: str, tmp_path):
-  """Runs ``code`` in a fresh interpreter whose build of the library fails (no compiler)."""
-  env = {**os.environ, 'CXX': 'no-such-compiler', 'RESNET_JAX_CACHE': str(tmp_path)}
-  return subprocess.run(
-    [sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300, check=False
-  )
-
-
 def test_without_a_compiler_auto_falls_back_to_xla_and_the_others_say_what_is_missing(tmp_path):
   """Neither library builds: 'auto' uses XLA's lowerings instead of either (one line each saying
   why), 'onednn' and 'native' are errors that say what to install."""
@@ -241,7 +233,7 @@ for field, mode in (('cpu_convolution', 'onednn'), ('cpu_kernels', 'native')):
   except UserError as e:
     print('error:', e)
 """
-  done = _without_onednn(code, tmp_path)
+  done = without_a_compiler(code, tmp_path)
   assert done.returncode == 0, done.stderr
   lines = done.stdout.splitlines()
   assert 'auto ran' in lines
