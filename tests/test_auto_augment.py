@@ -213,6 +213,7 @@ def test_each_timm_op_is_pils_pixel_for_pixel(name, kernel):
   assert changed >= compared // 2  # the comparisons are of images the op did change
 
 
+@pytest.mark.torch
 def test_magnitude_tables_are_torchvisions():
   rand = auto_augment.magnitudes('rand', 31, 224, 160)
   assert rand['TranslateX'][-1] == np.float32(150.0 / 331.0 * 224)  # torchvision: image width

@@ -116,6 +116,7 @@ def test_ten_identical_views_score_like_one_view_and_its_flip():
   np.testing.assert_allclose(probs, (one + flipped) / 2, atol=1e-6)
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_convert_cli_and_init_from_torchvision_weights(tmp_path):
   torch = pytest.importorskip('torch')  # the command reads a torch .pth

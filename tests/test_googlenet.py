@@ -39,6 +39,7 @@ def test_parameter_counts_are_torchvisions_with_and_without_the_auxiliary_classi
     registry.get_model('resnet50', num_classes=10, aux_logits=False)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize('size', [15, 16, 17, 31, 32, 33, 224])
 def test_ceil_mode_pools_are_torchs(size):
   torch = pytest.importorskip('torch')
@@ -62,6 +63,7 @@ def test_the_smallest_image_is_torchs_and_a_smaller_one_is_named():
         jax.eval_shape(init)
 
 
+@pytest.mark.torch
 @pytest.mark.slow  # torch's forward in float64
 def test_the_auxiliary_classifiers_logits_are_torchs():
   torch = pytest.importorskip('torch')

@@ -36,6 +36,7 @@ def torchvision_cutmix_box(lam: float, r_x: int, r_y: int, height: int, width: i
   return (y1, y2, x1, x2), float(1.0 - (x2 - x1) * (y2 - y1) / (width * height))
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize(
   'lam, r_y, r_x', [(0.3, 5, 7), (0.9, 0, 0), (0.01, 15, 2), (0.5, 8, 15), (0.999, 3, 3)]
 )
@@ -111,6 +112,7 @@ def test_mixing_draws_follow_the_config_and_depend_on_seed_and_step_only(tmp_pat
   assert draws(mixup_alpha=0.0).cutmix.all()
 
 
+@pytest.mark.torch
 def test_bce_is_torchs_binary_cross_entropy_with_logits():
   torch = pytest.importorskip('torch')
   rng = np.random.default_rng(1)
@@ -231,6 +233,7 @@ def test_lars_and_lamb_are_optaxs(tmp_path, exclusions):
     _assert_same_updates(ours, _updates(optax.lamb(lr, 0.9, 0.99, weight_decay=0.01), params))
 
 
+@pytest.mark.torch
 def test_lamb_with_a_gradient_clip_is_timms_lamb(tmp_path):
   """LAMB as "ResNet strikes back" runs it: timm's Lamb written out in torch (timm/optim/lamb.py:
   the gradients divided by max(1, global norm / 1.0), Adam's moments with bias correction, the

@@ -160,6 +160,7 @@ def _adamw_updates(tmp_path, params, grads, **options):
   return deltas, state, optim.peak_learning_rate(config)
 
 
+@pytest.mark.torch
 def test_adamw_with_lr_groups_and_frozen_tensors_is_torchs_adamw(tmp_path):
   """3 steps of our AdamW (layer decay 0.75, 'fc=10', the stem and stage 1 frozen) against
   torch.optim.AdamW with one parameter group per tensor (lr times its scale; decay on kernels

@@ -160,6 +160,7 @@ def test_every_readme_command_has_a_rule():
     rule_for(command)
 
 
+@pytest.mark.torch
 def test_readme_commands_run_as_written(tmp_path):
   data = write_image_folder(tmp_path / 'images', size=(48, 64))
   write_imagenet_archives(str(tmp_path / 'data_dir' / 'downloads' / 'manual'))

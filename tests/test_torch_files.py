@@ -26,6 +26,7 @@ def test_committed_torch_files_read_exactly(name):
   _assert_same(torch_files.read(data, name), torch_files_fixtures.expected())
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize('zipped', [True, False])
 def test_live_torch_save_reads_exactly(zipped):
   torch = pytest.importorskip('torch')
@@ -61,6 +62,7 @@ def test_damaged_and_foreign_files_are_refused():
     torch_files.read(b'<html>404 Not Found</html>')
 
 
+@pytest.mark.torch
 def test_only_a_state_dicts_objects_are_unpickled():
   torch = pytest.importorskip('torch')
   buffer = io.BytesIO()

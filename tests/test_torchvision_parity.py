@@ -100,6 +100,7 @@ def test_logits_and_bn_statistics_match_committed_torchvision_references(name, s
   )
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.parametrize(
   'name',

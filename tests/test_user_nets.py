@@ -94,6 +94,7 @@ def test_a_net_of_your_own_goes_through_every_command(tmp_path):
   assert 'within' in exported.stdout  # onnxruntime's logits checked against JAX's
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_a_net_of_your_own_converts_both_ways(tmp_path, monkeypatch):
   """``convert`` to a torch file and back: the block's own parameter by its own name, SE's by
