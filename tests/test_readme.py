@@ -5,7 +5,8 @@ README: a new command must be given a rule here.
 As written means: placeholders (DIR, DATA_DIR, /tmp/...) become temporary paths, and commands that
 need ImageNet-scale data or time get a tiny image folder and fewer steps through appended
 ``--config.`` flags (never by editing what is there). Commands run in README order, so later
-ones use what earlier ones made (evaluate and plot read the digits run).
+ones use what earlier ones made (evaluate and plot read the digits run). The commands that read or
+write a torch .pth run in a test of their own, marked torch, after the digits run they convert.
 """
 
 import os
@@ -160,26 +161,29 @@ def test_every_readme_command_has_a_rule():
     rule_for(command)
 
 
-@pytest.mark.torch
-def test_readme_commands_run_as_written(tmp_path):
+# The README's commands that read or write a torch .pth: they run in their own test, marked torch
+# (CI runs it once torch is installed), after the digits run they convert.
+TORCH_COMMANDS = re.compile(r'resnet_jax\.convert |init_from=/tmp/r50_tv')
+DIGITS_RUN = 'python -m resnet_jax.main --config=configs/digits.py --workdir=/tmp/digits'
+
+
+def one_device_env() -> dict:
+  """One device, as on a CPU user's machine (the multi-device and multi-process paths have their
+  own tests); eight simulated devices made each step here ~4x slower on two cores."""
+  return dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+
+
+def run_readme_commands(tmp_path, wanted) -> tuple[list, list, list]:
+  """Runs the README's commands that ``wanted`` picks, in README order, each by its rule; returns
+  (ran, dry-run, skipped) as ((line, result) ..., (line, result) ..., (command, why) ...)."""
   data = write_image_folder(tmp_path / 'images', size=(48, 64))
   write_imagenet_archives(str(tmp_path / 'data_dir' / 'downloads' / 'manual'))
-  try:  # the README's convert reads a torchvision .pth, which takes torch to write
-    import torch
-    from torch_resnet import build
-
-    torch.save(build('resnet50').state_dict(), tmp_path / 'resnet50.pth')
-    needs_torch = None
-  except ImportError:
-    needs_torch = 'skip: needs torch (pip install -e .[convert]) to write a .pth'
-  # One device, as on a CPU user's machine (the multi-device and multi-process paths have their
-  # own tests); eight simulated devices made each step here ~4x slower on two cores.
-  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = one_device_env()
   ran, dry, skipped = [], [], []
   for command in readme_commands():
     action = rule_for(command)
-    if needs_torch and re.search(r'resnet_jax\.convert |init_from=/tmp/r50_tv', command):
-      action = needs_torch
+    if not wanted(command):
+      action = 'skip: run by the other README test'
     if isinstance(action, str):
       skipped.append((command, action))
       continue
@@ -202,6 +206,32 @@ def test_readme_commands_run_as_written(tmp_path):
     assert not ABSL_INFO.search(result.stderr), f'{line}: absl INFO lines on stderr'
     (dry if kind == 'dry' else ran).append((line, result))
   print('\n'.join(f'skipped: {c} ({why})' for c, why in skipped))
+  return ran, dry, skipped
+
+
+@pytest.mark.torch
+def test_readme_torch_commands_run_as_written(tmp_path):
+  """convert from a torchvision .pth, the fine-tune from its output, and the digits run's weights
+  back to torchvision's state_dict."""
+  import torch
+  from torch_resnet import build
+
+  torch.save(build('resnet50').state_dict(), tmp_path / 'resnet50.pth')
+  ran, _, _ = run_readme_commands(
+    tmp_path, lambda command: command == DIGITS_RUN or TORCH_COMMANDS.search(command)
+  )
+  assert len(ran) == 4  # the digits run, two converts, the fine-tune
+  assert os.path.isdir(tmp_path / 'r50_tv')
+  assert os.path.isdir(tmp_path / 'dir' / 'checkpoints' / '2')  # the init_from fine-tune ran
+  state_dict = torch.load(tmp_path / 'digits' / 'weights.pth', weights_only=True)
+  # CIFAR ResNet-20: conv1, bn1 (weight, bias, running mean and var, num_batches_tracked), nine
+  # blocks of two convs and two BNs (option A: no projections), fc's weight and bias.
+  assert len(state_dict) == 1 + 5 + 9 * (2 + 2 * 5) + 2
+  assert state_dict['fc.weight'].shape == (10, 64)
+
+
+def test_readme_commands_run_as_written(tmp_path):
+  ran, dry, _ = run_readme_commands(tmp_path, lambda command: not TORCH_COMMANDS.search(command))
   assert len(ran) >= 8 and len(dry) >= 4
   by_tool = {}  # each tool's commands' output, together
   for line, result in ran:
@@ -215,23 +245,15 @@ def test_readme_commands_run_as_written(tmp_path):
   assert os.path.getsize(tmp_path / 'digits' / 'curves.png') > 10_000
   assert os.path.exists(tmp_path / 'digits' / 'eval_10crop.jsonl')
   assert '"fewshot_10shot": ' in by_tool['resnet_jax.evaluate']
-  if not needs_torch:  # the digits run's weights, as a torch state_dict
-    state_dict = torch.load(tmp_path / 'digits' / 'weights.pth', weights_only=True)
-    # CIFAR ResNet-20: conv1, bn1 (weight, bias, running mean and var, num_batches_tracked), nine
-    # blocks of two convs and two BNs (option A: no projections), fc's weight and bias.
-    assert len(state_dict) == 1 + 5 + 9 * (2 + 2 * 5) + 2
-    assert state_dict['fc.weight'].shape == (10, 64)
   assert '| digits | cifar_resnet20 | center |' in (tmp_path / 'digits' / 'results.md').read_text()
   assert os.path.getsize(tmp_path / 'photos.png') > 10_000
   assert os.path.exists(tmp_path / 'photos' / 'eval_multiscale.jsonl')
-  if not needs_torch:
-    assert os.path.isdir(tmp_path / 'r50_tv')
-    assert os.path.isdir(tmp_path / 'dir' / 'checkpoints' / '2')  # the init_from fine-tune ran
   assert os.path.isdir(tmp_path / 'digits_2proc' / 'checkpoints' / '8')  # two processes
   # The fine-tuning block: a linear probe (only the head trained), then a fine-tune of it.
   probe = [r for r in metrics.read(str(tmp_path / 'digits_probe')) if r['split'] == 'eval']
   tuned = [r for r in metrics.read(str(tmp_path / 'digits_tuned')) if r['split'] == 'eval']
   assert probe[-1]['step'] == tuned[-1]['step'] == 8
+  env = one_device_env()
   for block in readme_python_blocks():  # after the commands: they read the digits run
     code = localise(block, tmp_path)
     result = subprocess.run(

@@ -46,7 +46,11 @@ def test_a_dilated_resnext_learns_digits_through_the_command_line(tmp_path):
 
 # AlexNet's pools need 63 px; without norms it trains at a lower rate (0.02 learned slower).
 ALEXNET = ('--config.image_size=64', '--config.eval_resize=64', '--config.pad=8')
-ALEXNET += ('--config.learning_rate=0.01', '--config.warmup_epochs=0')
+# No normalisation layers: at 0.01 (torchvision's ImageNet rate) AlexNet learned digits through
+# oneDNN's convolutions (12.8% error) but blew up after step 22 through XLA's (72.5%), the same
+# float32 arithmetic rounded in another order, with or without a warm-up epoch. At 0.003 both
+# learn: 15.3% and 13.9% (2-core AMD EPYC, cpu_convolution auto and xla).
+ALEXNET += ('--config.learning_rate=0.003', '--config.warmup_epochs=0')
 
 
 @pytest.mark.slow
@@ -63,7 +67,7 @@ def test_new_kinds_of_net_learn_digits_through_the_command_line(
 ):
   """One net of each new kind, one device, on digits (chance is 90% error). On this machine:
   pre-activation ResNet-20 6.7% after 4 epochs at 16 px; ResNet-18-D 9.2%; AlexNet (with its
-  classifier's dropout) 12.8% after 4 epochs at 64 px."""
+  classifier's dropout) 13.9-15.3% after 4 epochs at 64 px."""
   workdir = str(tmp_path / model)
   result = run_main(
     workdir,
