@@ -213,10 +213,10 @@ def run_readme_commands(tmp_path, wanted) -> tuple[list, list, list]:
 def test_readme_torch_commands_run_as_written(tmp_path):
   """convert from a torchvision .pth, the fine-tune from its output, and the digits run's weights
   back to torchvision's state_dict."""
-  import torch
-  from torch_resnet import build
+  torch = pytest.importorskip('torch')
+  torch_resnet = pytest.importorskip('torch_resnet')
 
-  torch.save(build('resnet50').state_dict(), tmp_path / 'resnet50.pth')
+  torch.save(torch_resnet.build('resnet50').state_dict(), tmp_path / 'resnet50.pth')
   ran, _, _ = run_readme_commands(
     tmp_path, lambda command: command == DIGITS_RUN or TORCH_COMMANDS.search(command)
   )

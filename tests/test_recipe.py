@@ -48,8 +48,8 @@ def test_a_dilated_resnext_learns_digits_through_the_command_line(tmp_path):
 ALEXNET = ('--config.image_size=64', '--config.eval_resize=64', '--config.pad=8')
 # No normalisation layers: at 0.01 (torchvision's ImageNet rate) AlexNet learned digits through
 # oneDNN's convolutions (12.8% error) but blew up after step 22 through XLA's (72.5%), the same
-# float32 arithmetic rounded in another order, with or without a warm-up epoch. At 0.003 both
-# learn: 15.3% and 13.9% (2-core AMD EPYC, cpu_convolution auto and xla).
+# float32 arithmetic rounded in another order; with a warm-up epoch it blew up through both. At
+# 0.003 both learn: 15.3% and 13.9% (2-core AMD EPYC, cpu_convolution auto and xla).
 ALEXNET += ('--config.learning_rate=0.003', '--config.warmup_epochs=0')
 
 
