@@ -241,17 +241,21 @@ def test_googlenet_with_its_auxiliary_heads_resumes_bitwise_and_two_processes_ma
     assert np.array_equal(ours['resumed'][key], value), key
   # Two processes compile each device's program for fewer threads, so its sums round in another
   # order. The heads and the forward pass agree to a ten-thousandth of how far two steps moved
-  # them (a dropout key or an auxiliary weight taken differently would move them by their whole
-  # step). The trunk's gradients pass backwards through BatchNorm over 8 rows of 1x1 maps, which
-  # subtracts nearly equal sums: there the same rounding grows to a few percent (5.8% measured,
-  # inception5b.branch1's kernel).
+  # them, element by element (a dropout key or an auxiliary weight taken differently would move
+  # them by their whole step). The trunk's gradients pass backwards through BatchNorm over 8 rows
+  # of 1x1 maps, which subtracts nearly equal sums: there the same rounding grows, most in a few
+  # elements (the largest one 5.8% and 11.1% of its tensor's largest move in two runs), so the
+  # trunk is held to a tenth of its move as a whole tensor (norm-wise; 2.2% at most in the 11.1%
+  # run, inception5a.branch3_1's kernel).
   for key, value in ours['straight'].items():
-    moved = np.abs(value - ours['initial'][key]).max()
-    assert moved > 0, key
+    moved = value - ours['initial'][key]
+    off = ours['multi'][key] - value
     rounding = 2 * np.spacing(np.abs(value).max())  # float32's step at the stored values
-    heads = key.startswith(('batch_stats/', 'params/aux', 'params/fc/'))
-    allowed = (1e-4 if heads else 0.1) * moved + rounding
-    assert np.abs(ours['multi'][key] - value).max() <= allowed, key
+    assert np.abs(moved).max() > 0, key
+    if key.startswith(('batch_stats/', 'params/aux', 'params/fc/')):  # the heads
+      assert np.abs(off).max() <= 1e-4 * np.abs(moved).max() + rounding, key
+    else:
+      assert np.linalg.norm(off) <= 0.1 * np.linalg.norm(moved) + rounding * np.sqrt(off.size), key
   losses = {  # the last evaluation (the interrupted run evaluated at step 1 too)
     name: [r['loss'] for r in metrics.read(str(tmp_path / name)) if r['split'] == 'eval'][-1]
     for name in ('straight', 'resumed', 'multi')
